@@ -1,0 +1,5 @@
+"""``python -m onnxopt`` runs the CLI."""
+
+from onnxopt.cli import main
+
+main()

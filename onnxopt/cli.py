@@ -1,0 +1,192 @@
+"""The ``onnxopt`` command line: thin click commands over the library.
+
+Every command parses its options, calls one library function and prints a summary. Errors
+from :mod:`onnxopt.errors` become one line on stderr and their exit code (2 usage, 1 runtime);
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from onnxopt import __version__
+from onnxopt.errors import OnnxoptError, UsageError
+
+PathArg = click.Path(path_type=Path)
+
+
+class _Group(click.Group):
+    """Turns onnxopt errors into one line and an exit code, unless --debug is given."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OnnxoptError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxopt")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Export, quantize, scale, measure and search ONNX models for edge runtimes."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@main.command("recipes")
+def recipes_cmd() -> None:
+    """List the reference model recipes."""
+    from onnxopt.models.recipes import RECIPES
+
+    for recipe in RECIPES.values():
+        click.echo(f"{recipe.name:<26} {recipe.description}")
+
+
+def _data_options(f):
+    f = click.option("--label-column", default="label", show_default=True,
+                     help="Label column of a generic CSV file.")(f)
+    f = click.option("--data-format", default=None,
+                     type=click.Choice(["digits", "npz", "csv", "jsc-openml", "jsc-h5"]),
+                     help="Format of --data (inferred from the extension by default).")(f)
+    return click.option("--data", "data_spec", default="digits", show_default=True,
+                        help="'digits' (bundled) or a .npz/.csv/.parquet/.h5 file.")(f)
+
+
+def _load_data(data_spec: str, data_format: str | None, label_column: str):
+    from onnxopt.data import load_dataset
+
+    return load_dataset(data_spec, data_format=data_format, label_column=label_column)
+
+
+@main.command("train")
+@click.argument("recipe")
+@_data_options
+@click.option("--epochs", type=int, default=None, help="Epochs (the recipe's default if unset).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=None, help="Adam learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=PathArg, required=True, help="Weights file to write (.pt).")
+def train_cmd(recipe, data_spec, data_format, label_column, epochs, batch_size, learning_rate,
+              seed, output) -> None:
+    """Train RECIPE on a dataset and save its weights (state dict)."""
+    from onnxopt.models.recipes import get_recipe
+    from onnxopt.models.training import save_weights, train
+
+    get_recipe(recipe)  # unknown names fail before the data is read
+    dataset = _load_data(data_spec, data_format, label_column)
+    trained = train(recipe, dataset, epochs=epochs, batch_size=batch_size,
+                    learning_rate=learning_rate, seed=seed)
+    save_weights(trained, output)
+    click.echo(f"trained {recipe} on {dataset.name}: best validation accuracy "
+               f"{trained.val_accuracy:.4f} after {trained.epochs} epochs (seed {seed}) -> {output}")
+
+
+def _load_factory(spec: str, weights: Path | None):
+    import importlib
+
+    import torch
+
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise UsageError(f"--factory {spec!r} must look like 'package.module:function'")
+    try:
+        factory = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--factory {spec!r} cannot be imported ({exc})") from None
+    module = factory()
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"--factory {spec!r} returned {type(module).__name__}, not a torch module")
+    if weights is not None:
+        from onnxopt.models.training import load_state_dict
+
+        module.load_state_dict(load_state_dict(weights))
+    return module
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...]:
+    if not text:
+        raise UsageError("--factory needs --input-shape (per sample, e.g. 64 or 1,8,8)")
+    try:
+        shape = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r} must be integers separated by commas") from None
+    if any(d <= 0 for d in shape):
+        raise UsageError(f"--input-shape {text!r} must be positive")
+    return shape
+
+
+@main.command("export")
+@click.argument("model", type=PathArg, required=False)
+@click.option("--recipe", help="Recipe the weights belong to (read from the weights file if unset).")
+@click.option("--weights", type=PathArg, help="Weights file from 'onnxopt train' (or a state dict).")
+@click.option("--factory", help="'module:function' returning a torch nn.Module.")
+@click.option("--input-shape", help="Per-sample input shape for --factory, e.g. 64 or 1,8,8.")
+@click.option("--opset", type=int, default=21, show_default=True)
+@click.option("-o", "--output", type=PathArg, required=True, help="ONNX file to write.")
+def export_cmd(model, recipe, weights, factory, input_shape, opset, output) -> None:
+    """Export a torch model to ONNX (checked against torch), or prepare an ONNX MODEL file."""
+    if model is not None:
+        from onnxopt.exporters.onnx_input import prepare_onnx_file
+
+        res = prepare_onnx_file(model, output, opset=opset)
+        click.echo(f"prepared {model}: opset {res.opset_before} -> {res.opset}, "
+                   f"{res.batchnorms_folded} BatchNorm folded, {res.batchnorms_left} left, "
+                   f"max |diff| {res.max_abs_diff:.2e} -> {output}")
+        return
+    from onnxopt.exporters.torch_onnx import ATOL, RTOL, export_module
+
+    if factory:
+        module, shape = _load_factory(factory, weights), _parse_shape(input_shape)
+    elif weights:
+        from onnxopt.models.training import load_weights
+
+        trained = load_weights(weights, recipe)
+        module, shape = trained.module, trained.input_shape
+    else:
+        raise UsageError("give an ONNX MODEL, --weights from 'onnxopt train', or --factory")
+    res = export_module(module, shape, output, opset=opset)
+    why = f" (dynamo failed: {res.fallback_reason})" if res.fallback_reason else ""
+    click.echo(f"exported with the {res.exporter} exporter{why} at opset {res.opset}; "
+               f"{res.batchnorms_folded} BatchNorm folded, {res.batchnorms_left} left; "
+               f"batch sizes {list(res.batch_sizes_checked)} match torch within rtol={RTOL}, "
+               f"atol={ATOL} (max |diff| {res.max_abs_diff:.2e}) -> {output}")
+
+
+@main.command("evaluate")
+@click.argument("model", type=PathArg)
+@_data_options
+@click.option("--split", default="test", show_default=True,
+              type=click.Choice(["train", "val", "test", "calibration"]))
+@click.option("--threads", type=int, default=1, show_default=True, help="intra-op threads.")
+@click.option("--batch-size", "batch_sizes", type=int, multiple=True, default=(1, 256),
+              show_default=True, help="Latency batch sizes (repeatable).")
+@click.option("--no-latency", is_flag=True, help="Skip latency measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def evaluate_cmd(model, data_spec, data_format, label_column, split, threads, batch_sizes,
+                 no_latency, as_json) -> None:
+    """Measure MODEL in onnxruntime: accuracy, loss, latency, size, bit width."""
+    from onnxopt.optimizer.evaluate import evaluate_model
+    from onnxopt.report.tables import evaluation_table
+
+    dataset = _load_data(data_spec, data_format, label_column)
+    report = evaluate_model(model, dataset.split(split), threads=threads,
+                            batch_sizes=tuple(batch_sizes), measure_latency=not no_latency,
+                            num_classes=dataset.num_classes)
+    if as_json:
+        click.echo(json.dumps({"model": str(model), "data": dataset.name, "split": split,
+                               **report.to_dict()}, indent=2))
+    else:
+        click.echo(evaluation_table(report, title=f"{model} on {dataset.name}/{split}"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

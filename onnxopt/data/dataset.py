@@ -1,0 +1,123 @@
+"""The in-memory dataset every stage after loading works on."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxopt.errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Features ``x`` (float32, shape ``(n, *feature_shape)``) and integer labels ``y``."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise DataError(f"{len(self.x)} samples but {len(self.y)} labels; give one label per sample")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A classification dataset split into train / validation / test plus a calibration subset.
+
+    ``calibration`` is drawn from the training split (never from validation or test), so
+    statistics used to quantize a model never see the data it is judged on.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    calibration: Split
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    source: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_features(self) -> int:
+        return int(np.prod(self.train.x.shape[1:]))
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.train.x.shape[1:])
+
+    def split(self, name: str) -> Split:
+        """One split by name: ``train``, ``val``, ``test`` or ``calibration``."""
+        splits = {"train": self.train, "val": self.val, "test": self.test, "calibration": self.calibration}
+        if name not in splits:
+            raise DataError(f"unknown split {name!r}; use one of {', '.join(splits)}")
+        return splits[name]
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every split's bytes: workers compare it so they never mix data."""
+        digest = hashlib.sha256()
+        for part in (self.train, self.val, self.test, self.calibration):
+            digest.update(np.ascontiguousarray(part.x).tobytes())
+            digest.update(np.ascontiguousarray(part.y).tobytes())
+        return digest.hexdigest()
+
+
+def stratified_split(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    fractions: tuple[float, float, float],
+    seed: int,
+) -> tuple[Split, Split, Split]:
+    """Split into train / validation / test with class proportions kept (scikit-learn)."""
+    from sklearn.model_selection import train_test_split
+
+    f_train, f_val, f_test = fractions
+    if abs(f_train + f_val + f_test - 1.0) > 1e-9:
+        raise DataError(f"split fractions {fractions} must add up to 1")
+    strat = y if np.bincount(y).min() >= 2 else None
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=f_test, random_state=seed, stratify=strat
+    )
+    strat_rest = y_rest if strat is not None and np.bincount(y_rest).min() >= 2 else None
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=f_val / (f_train + f_val), random_state=seed, stratify=strat_rest
+    )
+    return Split(x_train, y_train), Split(x_val, y_val), Split(x_test, y_test)
+
+
+def calibration_subset(train: Split, size: int, seed: int) -> Split:
+    """A fixed, seeded subset of the training split used for calibration and refits."""
+    n = min(size, len(train))
+    idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
+    return Split(train.x[idx], train.y[idx])
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and normalise features/labels: float32 features, int64 labels 0..K-1, finite."""
+    try:
+        x = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: features are not numeric ({exc}); convert them to numbers") from None
+    if x.ndim < 2:
+        raise DataError(f"{where}: features must have shape (samples, features), got {x.shape}")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
+        raise DataError(f"{where}: {bad} samples contain NaN or Inf; clean or drop them")
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels must be one integer per sample, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{where}: labels must be integers 0..K-1, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise DataError(f"{where}: labels must be integers 0..K-1, found {int(y.min())}")
+    return x, y

@@ -1,0 +1,1 @@
+"""torch -> ONNX export (checked against torch) and graph preparation."""

@@ -1,0 +1,1 @@
+"""Reference model recipes (torch) and their training."""

@@ -1,0 +1,167 @@
+"""Deterministic training of a recipe on a dataset, and the weights file it writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from onnxopt.data.dataset import Dataset
+from onnxopt.errors import ModelLoadError, UsageError
+from onnxopt.models.recipes import Recipe, get_recipe
+
+WEIGHTS_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained recipe: the module (eval mode) and what is needed to rebuild it."""
+
+    recipe: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    num_classes: int
+    val_accuracy: float
+    epochs: int
+    seed: int
+
+
+def input_shape_for(recipe: Recipe, dataset: Dataset) -> tuple[int, ...]:
+    """The per-sample input shape a recipe wants for a dataset (images for CNNs)."""
+    if recipe.image_input:
+        side = int(round(dataset.num_features**0.5))
+        return (1, side, side)
+    return (dataset.num_features,)
+
+
+def _tensor(x: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *shape))
+
+
+def _accuracy(module: nn.Module, x: torch.Tensor, y: np.ndarray) -> float:
+    module.eval()
+    with torch.no_grad():
+        pred = module(x).argmax(dim=1).numpy()
+    return float((pred == y).mean())
+
+
+def train(
+    recipe_name: str,
+    dataset: Dataset,
+    *,
+    epochs: int | None = None,
+    batch_size: int = 64,
+    learning_rate: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainedModel:
+    """Train a recipe with Adam; deterministic for a given seed on one machine.
+
+    The weights of the epoch with the best validation accuracy are kept.
+    """
+    from tqdm.auto import tqdm
+
+    recipe = get_recipe(recipe_name)
+    epochs = epochs if epochs is not None else recipe.epochs
+    if epochs < 1 or batch_size < 1:
+        raise UsageError("epochs and batch size must be at least 1")
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    shape = input_shape_for(recipe, dataset)
+    module = recipe.build(dataset.num_features, dataset.num_classes)
+    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate or recipe.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    x_train, y_train = _tensor(dataset.train.x, shape), torch.from_numpy(dataset.train.y)
+    x_val = _tensor(dataset.val.x, shape)
+    generator = torch.Generator().manual_seed(seed)
+    best_acc, best_state = -1.0, None
+    bar = tqdm(range(epochs), desc=f"train {recipe_name}", disable=not progress, unit="epoch")
+    for _ in bar:
+        module.train()
+        for idx in torch.randperm(len(x_train), generator=generator).split(batch_size):
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(module(x_train[idx]), y_train[idx])
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        acc = _accuracy(module, x_val, dataset.val.y)
+        if acc > best_acc:
+            best_acc = acc
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.4f}", best=f"{best_acc:.4f}")
+    assert best_state is not None
+    module.load_state_dict(best_state)
+    module.eval()
+    return TrainedModel(recipe_name, module, shape, dataset.num_classes, best_acc, epochs, seed)
+
+
+def save_weights(trained: TrainedModel, path: Path) -> None:
+    """Write the state dict and what rebuilds the model, atomically (temp file, then rename)."""
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "recipe": trained.recipe,
+        "input_shape": list(trained.input_shape),
+        "num_classes": trained.num_classes,
+        "val_accuracy": trained.val_accuracy,
+        "seed": trained.seed,
+        "state_dict": trained.module.state_dict(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read(path: Path):
+    if not path.is_file():
+        raise ModelLoadError(f"weights file {path} does not exist; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path} is not a readable torch weights file ({first})") from None
+
+
+def load_weights(path: Path, recipe_name: str | None = None) -> TrainedModel:
+    """Rebuild a trained recipe from a weights file, loaded with ``weights_only=True``."""
+    payload = _read(path)
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise ModelLoadError(f"{path} is not an onnxopt weights file (no 'state_dict'); "
+                             "pass a file written by 'onnxopt train'")
+    name = recipe_name or payload.get("recipe")
+    if not name:
+        raise ModelLoadError(f"{path} does not say which recipe it belongs to; pass --recipe")
+    recipe = get_recipe(name)
+    shape = tuple(int(d) for d in payload["input_shape"])
+    module = recipe.build(int(np.prod(shape)), int(payload["num_classes"]))
+    try:
+        module.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path} does not fit recipe {name!r}: "
+                             f"{str(exc).splitlines()[0]}") from None
+    module.eval()
+    return TrainedModel(name, module, shape, int(payload["num_classes"]),
+                        float(payload.get("val_accuracy", float("nan"))), 0,
+                        int(payload.get("seed", 0)))
+
+
+def load_state_dict(path: Path) -> dict:
+    """A plain state dict (or the one inside an onnxopt weights file), ``weights_only=True``."""
+    payload = _read(path)
+    if isinstance(payload, dict) and "state_dict" in payload:
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict):
+        raise ModelLoadError(f"{path} holds a {type(payload).__name__}, not a state dict")
+    return payload

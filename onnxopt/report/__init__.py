@@ -1,0 +1,1 @@
+"""Reports: tables for people, JSON for machines, manifests and plots."""

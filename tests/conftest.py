@@ -1,0 +1,42 @@
+"""Shared fixtures: the bundled dataset and trained, exported reference models (cached per run)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from onnxopt.data.digits import load_digits
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="session")
+def trained_recipe(digits):
+    """``trained_recipe(name)`` trains a digits recipe once per test session (seed 0)."""
+    from onnxopt.models.training import train
+
+    @functools.cache
+    def get(name: str):
+        return train(name, digits, seed=0, progress=False)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported_recipe(trained_recipe, tmp_path_factory):
+    """``exported_recipe(name)`` is the path of the trained recipe exported to ONNX (opset 21)."""
+    from onnxopt.exporters.torch_onnx import export_module
+
+    folder = tmp_path_factory.mktemp("exported")
+
+    @functools.cache
+    def get(name: str) -> Path:
+        trained = trained_recipe(name)
+        return export_module(trained.module, trained.input_shape, folder / f"{name}.onnx").path
+
+    return get

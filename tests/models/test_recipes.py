@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from onnxopt.errors import UsageError
+from onnxopt.models.recipes import RECIPES, get_recipe
+from onnxopt.models.training import input_shape_for, load_weights, save_weights, train
+
+EXPECTED_PARAMS = {  # computed by hand from the layer sizes in the issue
+    "digits-mlp": (64 * 64 + 64) + 2 * 64 + (64 * 32 + 32) + 2 * 32 + (32 * 10 + 10),
+    "digits-wide": (64 * 1024 + 1024) + 2 * (1024 * 1024 + 1024) + (1024 * 10 + 10),
+    "jsc-tiny": 2 * 16 + (16 * 5 + 5),
+    "jsc-toy": 2 * 16 + (16 * 8 + 8) + 16 + (8 * 8 + 8) + 16 + (8 * 5 + 5) + 10,
+    "jsc-three-linear-layers": 2 * 16 + (16 * 16 + 16) * 2 + (16 * 5 + 5),
+    "jsc-s": 2 * 16 + (16 * 64 + 64) + 128 + (64 * 32 + 32) + 2 * (32 * 32 + 32)
+    + (32 * 5 + 5) + 10,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_recipe_layer_sizes(name):
+    features, classes = (64, 10) if name.startswith("digits") else (16, 5)
+    module = RECIPES[name].build(features, classes).eval()
+    assert sum(p.numel() for p in module.parameters()) == EXPECTED_PARAMS[name]
+    assert module(torch.zeros(3, features)).shape == (3, classes)
+
+
+def test_cnn_takes_images():
+    module = RECIPES["digits-cnn"].build(64, 10).eval()
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3
+    assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_unknown_recipe_names_closest():
+    with pytest.raises(UsageError, match="digits-mlp"):
+        get_recipe("digit-mlp")
+
+
+def test_training_is_deterministic_and_weights_round_trip(digits, tmp_path):
+    a = train("jsc-tiny", digits, epochs=2, seed=3, progress=False)
+    b = train("jsc-tiny", digits, epochs=2, seed=3, progress=False)
+    for (ka, va), (kb, vb) in zip(a.module.state_dict().items(), b.module.state_dict().items(),
+                                  strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    path = tmp_path / "w.pt"
+    save_weights(a, path)
+    loaded = load_weights(path)
+    assert loaded.recipe == "jsc-tiny" and loaded.input_shape == (64,)
+    x = torch.from_numpy(digits.test.x[:16])
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), a.module(x))
+
+
+@pytest.mark.parametrize(("name", "minimum"),
+                         [("digits-mlp", 0.95), ("digits-cnn", 0.97), ("digits-wide", 0.96)])
+def test_trained_recipes_reach_target_accuracy(digits, trained_recipe, name, minimum):
+    trained = trained_recipe(name)
+    shape = input_shape_for(get_recipe(name), digits)
+    x = torch.from_numpy(digits.test.x.reshape(len(digits.test.x), *shape))
+    with torch.no_grad():
+        accuracy = float((trained.module(x).argmax(1).numpy() == digits.test.y).mean())
+    assert accuracy >= minimum, f"{name}: test accuracy {accuracy:.4f} < {minimum}"
+    assert np.isfinite(trained.val_accuracy)
