@@ -52,13 +52,25 @@ def recipes_cmd() -> None:
 
 
 def _data_options(f):
-    f = click.option("--label-column", default="label", show_default=True,
-                     help="Label column of a generic CSV file.")(f)
-    f = click.option("--data-format", default=None,
-                     type=click.Choice(["digits", "npz", "csv", "jsc-openml", "jsc-h5"]),
-                     help="Format of --data (inferred from the extension by default).")(f)
-    return click.option("--data", "data_spec", default="digits", show_default=True,
-                        help="'digits' (bundled) or a .npz/.csv/.parquet/.h5 file.")(f)
+    f = click.option(
+        "--label-column",
+        default="label",
+        show_default=True,
+        help="Label column of a generic CSV file.",
+    )(f)
+    f = click.option(
+        "--data-format",
+        default=None,
+        type=click.Choice(["digits", "npz", "csv", "jsc-openml", "jsc-h5"]),
+        help="Format of --data (inferred from the extension by default).",
+    )(f)
+    return click.option(
+        "--data",
+        "data_spec",
+        default="digits",
+        show_default=True,
+        help="'digits' (bundled) or a .npz/.csv/.parquet/.h5 file.",
+    )(f)
 
 
 def _load_data(data_spec: str, data_format: str | None, label_column: str):
@@ -75,19 +87,28 @@ def _load_data(data_spec: str, data_format: str | None, label_column: str):
 @click.option("--lr", "learning_rate", type=float, default=None, help="Adam learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=PathArg, required=True, help="Weights file to write (.pt).")
-def train_cmd(recipe, data_spec, data_format, label_column, epochs, batch_size, learning_rate,
-              seed, output) -> None:
+def train_cmd(
+    recipe, data_spec, data_format, label_column, epochs, batch_size, learning_rate, seed, output
+) -> None:
     """Train RECIPE on a dataset and save its weights (state dict)."""
     from onnxopt.models.recipes import get_recipe
     from onnxopt.models.training import save_weights, train
 
     get_recipe(recipe)  # unknown names fail before the data is read
     dataset = _load_data(data_spec, data_format, label_column)
-    trained = train(recipe, dataset, epochs=epochs, batch_size=batch_size,
-                    learning_rate=learning_rate, seed=seed)
+    trained = train(
+        recipe,
+        dataset,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
     save_weights(trained, output)
-    click.echo(f"trained {recipe} on {dataset.name}: best validation accuracy "
-               f"{trained.val_accuracy:.4f} after {trained.epochs} epochs (seed {seed}) -> {output}")
+    click.echo(
+        f"trained {recipe} on {dataset.name}: best validation accuracy "
+        f"{trained.val_accuracy:.4f} after {trained.epochs} epochs (seed {seed}) -> {output}"
+    )
 
 
 def _load_factory(spec: str, weights: Path | None):
@@ -126,8 +147,12 @@ def _parse_shape(text: str | None) -> tuple[int, ...]:
 
 @main.command("export")
 @click.argument("model", type=PathArg, required=False)
-@click.option("--recipe", help="Recipe the weights belong to (read from the weights file if unset).")
-@click.option("--weights", type=PathArg, help="Weights file from 'onnxopt train' (or a state dict).")
+@click.option(
+    "--recipe", help="Recipe the weights belong to (read from the weights file if unset)."
+)
+@click.option(
+    "--weights", type=PathArg, help="Weights file from 'onnxopt train' (or a state dict)."
+)
 @click.option("--factory", help="'module:function' returning a torch nn.Module.")
 @click.option("--input-shape", help="Per-sample input shape for --factory, e.g. 64 or 1,8,8.")
 @click.option("--opset", type=int, default=21, show_default=True)
@@ -138,9 +163,11 @@ def export_cmd(model, recipe, weights, factory, input_shape, opset, output) -> N
         from onnxopt.exporters.onnx_input import prepare_onnx_file
 
         res = prepare_onnx_file(model, output, opset=opset)
-        click.echo(f"prepared {model}: opset {res.opset_before} -> {res.opset}, "
-                   f"{res.batchnorms_folded} BatchNorm folded, {res.batchnorms_left} left, "
-                   f"max |diff| {res.max_abs_diff:.2e} -> {output}")
+        click.echo(
+            f"prepared {model}: opset {res.opset_before} -> {res.opset}, "
+            f"{res.batchnorms_folded} BatchNorm folded, {res.batchnorms_left} left, "
+            f"max |diff| {res.max_abs_diff:.2e} -> {output}"
+        )
         return
     from onnxopt.exporters.torch_onnx import ATOL, RTOL, export_module
 
@@ -155,35 +182,58 @@ def export_cmd(model, recipe, weights, factory, input_shape, opset, output) -> N
         raise UsageError("give an ONNX MODEL, --weights from 'onnxopt train', or --factory")
     res = export_module(module, shape, output, opset=opset)
     why = f" (dynamo failed: {res.fallback_reason})" if res.fallback_reason else ""
-    click.echo(f"exported with the {res.exporter} exporter{why} at opset {res.opset}; "
-               f"{res.batchnorms_folded} BatchNorm folded, {res.batchnorms_left} left; "
-               f"batch sizes {list(res.batch_sizes_checked)} match torch within rtol={RTOL}, "
-               f"atol={ATOL} (max |diff| {res.max_abs_diff:.2e}) -> {output}")
+    click.echo(
+        f"exported with the {res.exporter} exporter{why} at opset {res.opset}; "
+        f"{res.batchnorms_folded} BatchNorm folded, {res.batchnorms_left} left; "
+        f"batch sizes {list(res.batch_sizes_checked)} match torch within rtol={RTOL}, "
+        f"atol={ATOL} (max |diff| {res.max_abs_diff:.2e}) -> {output}"
+    )
 
 
 @main.command("evaluate")
 @click.argument("model", type=PathArg)
 @_data_options
-@click.option("--split", default="test", show_default=True,
-              type=click.Choice(["train", "val", "test", "calibration"]))
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["train", "val", "test", "calibration"]),
+)
 @click.option("--threads", type=int, default=1, show_default=True, help="intra-op threads.")
-@click.option("--batch-size", "batch_sizes", type=int, multiple=True, default=(1, 256),
-              show_default=True, help="Latency batch sizes (repeatable).")
+@click.option(
+    "--batch-size",
+    "batch_sizes",
+    type=int,
+    multiple=True,
+    default=(1, 256),
+    show_default=True,
+    help="Latency batch sizes (repeatable).",
+)
 @click.option("--no-latency", is_flag=True, help="Skip latency measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def evaluate_cmd(model, data_spec, data_format, label_column, split, threads, batch_sizes,
-                 no_latency, as_json) -> None:
+def evaluate_cmd(
+    model, data_spec, data_format, label_column, split, threads, batch_sizes, no_latency, as_json
+) -> None:
     """Measure MODEL in onnxruntime: accuracy, loss, latency, size, bit width."""
     from onnxopt.optimizer.evaluate import evaluate_model
     from onnxopt.report.tables import evaluation_table
 
     dataset = _load_data(data_spec, data_format, label_column)
-    report = evaluate_model(model, dataset.split(split), threads=threads,
-                            batch_sizes=tuple(batch_sizes), measure_latency=not no_latency,
-                            num_classes=dataset.num_classes)
+    report = evaluate_model(
+        model,
+        dataset.split(split),
+        threads=threads,
+        batch_sizes=tuple(batch_sizes),
+        measure_latency=not no_latency,
+        num_classes=dataset.num_classes,
+    )
     if as_json:
-        click.echo(json.dumps({"model": str(model), "data": dataset.name, "split": split,
-                               **report.to_dict()}, indent=2))
+        click.echo(
+            json.dumps(
+                {"model": str(model), "data": dataset.name, "split": split, **report.to_dict()},
+                indent=2,
+            )
+        )
     else:
         click.echo(evaluation_table(report, title=f"{model} on {dataset.name}/{split}"))
 

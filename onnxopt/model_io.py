@@ -13,8 +13,13 @@ from onnxopt.errors import ModelLoadError
 _LFS_MAGIC = b"version https://git-lfs.github.com/spec"
 
 
-def load_onnx(path: Path) -> onnx.ModelProto:
-    """Load an ONNX model with its external data, or raise one clear :class:`ModelLoadError`."""
+def load_onnx(path: Path, *, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model, or raise one clear :class:`ModelLoadError`.
+
+    Args:
+        path: the ``.onnx`` file.
+        external_data: also read tensors stored beside the model (confined to its folder).
+    """
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist; check the path")
@@ -33,7 +38,8 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         ) from None
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path} is not an ONNX model (it holds no graph); pass a .onnx file")
-    _load_external_data(model, path)
+    if external_data:
+        _load_external_data(model, path)
     return model
 
 
@@ -83,8 +89,14 @@ def save_onnx(model: onnx.ModelProto, path: Path, *, external_data: bool = False
     try:
         if external_data:
             data_name = path.name + ".data"
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+            onnx.save_model(
+                model,
+                tmp,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
             # the data file is written under its final name; the model file is renamed last so
             # a crash never leaves a complete-looking model without its data
         else:

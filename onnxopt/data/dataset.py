@@ -19,7 +19,9 @@ class Split:
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
-            raise DataError(f"{len(self.x)} samples but {len(self.y)} labels; give one label per sample")
+            raise DataError(
+                f"{len(self.x)} samples but {len(self.y)} labels; give one label per sample"
+            )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -53,7 +55,12 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         """One split by name: ``train``, ``val``, ``test`` or ``calibration``."""
-        splits = {"train": self.train, "val": self.val, "test": self.test, "calibration": self.calibration}
+        splits = {
+            "train": self.train,
+            "val": self.val,
+            "test": self.test,
+            "calibration": self.calibration,
+        }
         if name not in splits:
             raise DataError(f"unknown split {name!r}; use one of {', '.join(splits)}")
         return splits[name]
@@ -103,7 +110,9 @@ def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, 
     try:
         x = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise DataError(f"{where}: features are not numeric ({exc}); convert them to numbers") from None
+        raise DataError(
+            f"{where}: features are not numeric ({exc}); convert them to numbers"
+        ) from None
     if x.ndim < 2:
         raise DataError(f"{where}: features must have shape (samples, features), got {x.shape}")
     if not np.isfinite(x).all():

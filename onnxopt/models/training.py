@@ -80,7 +80,9 @@ def train(
     x_val = _tensor(dataset.val.x, shape)
     generator = torch.Generator().manual_seed(seed)
     best_acc, best_state = -1.0, None
-    bar = tqdm(range(epochs), desc=f"train {recipe_name}", disable=not progress, unit="epoch")
+    bar = tqdm(
+        range(epochs), desc=f"train {recipe_name}", disable=None if progress else True, unit="epoch"
+    )
     for _ in bar:
         module.train()
         for idx in torch.randperm(len(x_train), generator=generator).split(batch_size):
@@ -138,8 +140,10 @@ def load_weights(path: Path, recipe_name: str | None = None) -> TrainedModel:
     """Rebuild a trained recipe from a weights file, loaded with ``weights_only=True``."""
     payload = _read(path)
     if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise ModelLoadError(f"{path} is not an onnxopt weights file (no 'state_dict'); "
-                             "pass a file written by 'onnxopt train'")
+        raise ModelLoadError(
+            f"{path} is not an onnxopt weights file (no 'state_dict'); "
+            "pass a file written by 'onnxopt train'"
+        )
     name = recipe_name or payload.get("recipe")
     if not name:
         raise ModelLoadError(f"{path} does not say which recipe it belongs to; pass --recipe")
@@ -149,12 +153,19 @@ def load_weights(path: Path, recipe_name: str | None = None) -> TrainedModel:
     try:
         module.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise ModelLoadError(f"{path} does not fit recipe {name!r}: "
-                             f"{str(exc).splitlines()[0]}") from None
+        raise ModelLoadError(
+            f"{path} does not fit recipe {name!r}: {str(exc).splitlines()[0]}"
+        ) from None
     module.eval()
-    return TrainedModel(name, module, shape, int(payload["num_classes"]),
-                        float(payload.get("val_accuracy", float("nan"))), 0,
-                        int(payload.get("seed", 0)))
+    return TrainedModel(
+        name,
+        module,
+        shape,
+        int(payload["num_classes"]),
+        float(payload.get("val_accuracy", float("nan"))),
+        0,
+        int(payload.get("seed", 0)),
+    )
 
 
 def load_state_dict(path: Path) -> dict:

@@ -35,5 +35,22 @@ def key_value_table(data: Mapping[str, Any], title: str = "") -> str:
 
 
 def evaluation_table(report: Any, title: str = "") -> str:
-    """The summary of an evaluation report (anything with ``to_dict()``)."""
-    return key_value_table(report.to_dict(), title)
+    """The people's summary of an evaluation report (``--json`` has every figure)."""
+    d = report.to_dict()
+    rows: dict[str, Any] = {
+        "accuracy": f"{d['accuracy']:.4f} ({d['n_samples']} samples)",
+        "loss (cross-entropy)": f"{d['loss']:.4f}",
+    }
+    for batch, stats in (d.get("latency_ms") or {}).items():
+        rows[f"latency batch {batch}"] = (
+            f"median {stats['median_ms']:.4g} ms, p90 {stats['p90_ms']:.4g} ms "
+            f"({stats['runs']} runs, {d['threads']} thread(s))"
+        )
+    if d.get("throughput_sps"):
+        rows["throughput"] = f"{d['throughput_sps']:,.0f} samples/s"
+    rows["size on disk"] = f"{d['size_bytes']:,} bytes"
+    rows["theoretical size"] = f"{d['theoretical_size_bytes']:,.0f} bytes (sum of bits / 8)"
+    rows["parameters"] = f"{d['parameters']:,}"
+    rows["average bit width"] = f"{d['average_bitwidth']:.3g}"
+    rows["memory density"] = f"{d['memory_density']:.3g}x (32 / average bit width)"
+    return key_value_table(rows, title)

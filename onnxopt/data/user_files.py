@@ -1,0 +1,297 @@
+"""Datasets from the user's own files: ``.npz`` archives and CSV tables.
+
+* ``.npz`` holds arrays ``x`` (features, ``(n, ...)``) and ``y`` (one label per sample), or
+  the pre-split ``x_train, y_train, x_val, y_val, x_test, y_test``. An optional
+  ``class_names`` array names the classes.
+* CSV holds one label column (``label`` unless the caller names another) and numeric
+  feature columns; every other column is a feature.
+
+Unsplit data gets the same split as the bundled digits: stratified 60/20/20
+train/validation/test with ``random_state=0`` (unstratified when a class is too small to
+stratify); the calibration subset is 256 training samples drawn with seed 0. String labels
+map to ``0..K-1`` in sorted order and are kept as ``class_names``. Features are used as
+stored (no scaling). Every problem with a file raises :class:`~onnxopt.errors.DataError`
+naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onnxopt.data.dataset import Dataset, Split, calibration_subset, check_arrays, stratified_split
+from onnxopt.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+SPLIT_SEED = 0
+CALIBRATION_SIZE = 256
+MIN_SAMPLES = 10
+PRESPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def shown(names: Sequence[str], limit: int = 6) -> str:
+    """``'a', 'b', 'c' (and 4 more)``: a short listing for one-line error messages."""
+    names = list(names)
+    if not names:
+        return "none"
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(repr(str(n)) for n in names[:limit]) + more
+
+
+def require_file(path: Path) -> Path:
+    """``path`` if it is an existing file, else a DataError saying so."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file; check the path")
+    if not path.is_file():
+        raise DataError(f"{path}: is a directory, not a data file; give the file inside it")
+    return path
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a parquet (``.parquet``/``.pq``) or CSV (anything else) file into a DataFrame."""
+    import pandas as pd
+
+    require_file(path)
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    try:
+        return pd.read_parquet(path) if parquet else pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        kind = "parquet" if parquet else "CSV"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: cannot read as {kind} ({first}); check the file") from None
+
+
+def numeric_matrix(frame: pd.DataFrame, columns: Sequence[str], where: str) -> np.ndarray:
+    """The given columns as one numeric array, naming non-numeric or non-finite columns."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    columns = list(columns)
+    text = [c for c in columns if not (is_numeric_dtype(frame[c]) or is_bool_dtype(frame[c]))]
+    if text:
+        raise DataError(
+            f"{where}: feature columns {shown(text)} are not numeric; "
+            "convert them to numbers or drop them"
+        )
+    values = frame[columns].to_numpy()  # the file's own dtype (float32 stays float32)
+    if values.dtype.kind not in "iuf":
+        values = values.astype(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        cols = [c for c, b in zip(columns, bad.any(axis=0), strict=True) if b]
+        raise DataError(
+            f"{where}: {int(bad.any(axis=1).sum())} rows have NaN, Inf or empty values "
+            f"in columns {shown(cols)}; clean or drop those rows"
+        )
+    return values
+
+
+def encode_labels(y: np.ndarray, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer labels as they are; string labels mapped to 0..K-1 in sorted order.
+
+    Returns:
+        The labels (not yet validated for integrality) and the class names (empty for
+        numeric labels).
+    """
+    y = np.asarray(y)
+    if y.dtype.kind in "biuf":
+        return y, ()
+    if y.dtype.kind not in "USO":
+        raise DataError(f"{where}: labels of dtype {y.dtype} are neither numbers nor strings")
+    text = y.astype(str)
+    names, codes = np.unique(text, return_inverse=True)
+    return codes.astype(np.int64), tuple(str(n) for n in names)
+
+
+def split_unsplit(x: np.ndarray, y: np.ndarray) -> tuple[Split, Split, Split, str]:
+    """Stratified 60/20/20 split, unstratified when a class is too small; says which."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        train, val, test = stratified_split(x, y, fractions=SPLIT_FRACTIONS, seed=SPLIT_SEED)
+        strat = np.bincount(y).min() >= 2
+        return train, val, test, "stratified 60/20/20" if strat else "unstratified 60/20/20"
+    except ValueError:  # a class too small for the requested test/val size
+        pass
+    f_train, f_val, f_test = SPLIT_FRACTIONS
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=f_test, random_state=SPLIT_SEED
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=f_val / (f_train + f_val), random_state=SPLIT_SEED
+    )
+    splits = Split(x_train, y_train), Split(x_val, y_val), Split(x_test, y_test)
+    return (*splits, "unstratified 60/20/20")
+
+
+def build_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    path: Path,
+    data_format: str,
+    class_names: tuple[str, ...] = (),
+) -> Dataset:
+    """Validate, split (60/20/20, seed 0) and wrap unsplit features and labels."""
+    where = str(path)
+    x, y = check_arrays(x, y, where)
+    if len(y) < MIN_SAMPLES:
+        raise DataError(f"{where}: only {len(y)} samples; give at least {MIN_SAMPLES}")
+    train, val, test, how = split_unsplit(x, y)
+    notes = {"format": data_format, "split": f"{how}, seed {SPLIT_SEED}"}
+    return _wrap(train, val, test, path=path, class_names=class_names, notes=notes)
+
+
+def _wrap(
+    train: Split,
+    val: Split,
+    test: Split,
+    *,
+    path: Path,
+    class_names: tuple[str, ...],
+    notes: dict[str, str],
+) -> Dataset:
+    top = max(int(s.y.max()) for s in (train, val, test) if len(s))
+    if class_names and top >= len(class_names):
+        raise DataError(
+            f"{path}: label {top} but only {len(class_names)} class_names; give one name per class"
+        )
+    return Dataset(
+        name=path.stem,
+        train=train,
+        val=val,
+        test=test,
+        calibration=calibration_subset(train, CALIBRATION_SIZE, SPLIT_SEED),
+        num_classes=len(class_names) or top + 1,
+        class_names=class_names,
+        source=str(path),
+        notes=notes,
+    )
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    require_file(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(
+                f"{path}: is a single .npy array, not an .npz archive; "
+                "save with np.savez(path, x=features, y=labels)"
+            )
+        with archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{path}: cannot read as .npz ({first}); save numeric arrays with np.savez"
+        ) from None
+
+
+def load_npz(path: Path) -> Dataset:
+    """Load an ``.npz`` archive holding ``x``/``y`` or the six pre-split arrays.
+
+    Args:
+        path: The ``.npz`` file.
+
+    Returns:
+        The dataset; unsplit data is split 60/20/20 (seed 0), pre-split data is used as is.
+
+    Raises:
+        DataError: The file is missing or unreadable, keys are missing, features are not
+            finite numbers, labels are not integers/strings, or there are too few samples.
+    """
+    arrays = _read_npz(path)
+    names = tuple(str(n) for n in arrays.pop("class_names", np.array([], dtype=str)))
+    present = [k for k in PRESPLIT_KEYS if k in arrays]
+    if present:
+        missing = [k for k in PRESPLIT_KEYS if k not in arrays]
+        if missing:
+            raise DataError(
+                f"{path}: pre-split archive lacks {shown(missing)} (has {shown(sorted(arrays))}); "
+                "save all of x_train, y_train, x_val, y_val, x_test, y_test, or just x and y"
+            )
+        return _load_presplit(path, arrays, names)
+    if "x" not in arrays or "y" not in arrays:
+        raise DataError(
+            f"{path}: needs arrays 'x' and 'y' (has {shown(sorted(arrays))}); "
+            "save with np.savez(path, x=features, y=labels)"
+        )
+    y, string_names = encode_labels(arrays["y"], str(path))
+    return build_dataset(
+        arrays["x"], y, path=path, data_format="npz", class_names=string_names or names
+    )
+
+
+def _load_presplit(path: Path, arrays: dict[str, np.ndarray], names: tuple[str, ...]) -> Dataset:
+    parts = ("train", "val", "test")
+    sizes = [len(np.atleast_1d(arrays[f"y_{p}"])) for p in parts]
+    # Encode labels over all splits at once so a string maps to one index everywhere.
+    y_all, string_names = encode_labels(
+        np.concatenate([np.atleast_1d(arrays[f"y_{p}"]) for p in parts]), str(path)
+    )
+    bounds = np.cumsum([0, *sizes])
+    splits = []
+    for i, part in enumerate(parts):
+        x, y = check_arrays(
+            arrays[f"x_{part}"], y_all[bounds[i] : bounds[i + 1]], f"{path} [{part}]"
+        )
+        if len(y) == 0:
+            raise DataError(f"{path}: x_{part}/y_{part} are empty; give every split some samples")
+        splits.append(Split(x, y))
+    if sum(sizes) < MIN_SAMPLES:
+        raise DataError(f"{path}: only {sum(sizes)} samples in all; give at least {MIN_SAMPLES}")
+    shapes = {s.x.shape[1:] for s in splits}
+    if len(shapes) > 1:
+        raise DataError(
+            f"{path}: splits have different feature shapes {sorted(shapes)}; "
+            "give every split the same features"
+        )
+    notes = {"format": "npz", "split": "pre-split in file"}
+    return _wrap(*splits, path=path, class_names=string_names or names, notes=notes)
+
+
+def load_csv(path: Path, label_column: str = "label") -> Dataset:
+    """Load a CSV table with one label column and numeric feature columns.
+
+    Args:
+        path: The CSV file (a header row names the columns).
+        label_column: The column holding the labels; all other columns are features.
+
+    Returns:
+        The dataset, split 60/20/20 (seed 0); string labels become 0..K-1 in sorted order.
+
+    Raises:
+        DataError: The file is missing or unreadable, the label column is missing, a
+            feature column is not numeric or not finite, or there are too few samples.
+    """
+    frame = read_table(path)
+    columns = [str(c) for c in frame.columns]
+    if label_column not in columns:
+        hint = "; pass the label column's name" if columns else ""
+        raise DataError(
+            f"{path}: no label column {label_column!r} (columns: {shown(columns)}){hint}"
+        )
+    unnamed = [c for c in columns if c.startswith("Unnamed: ")]
+    if unnamed:
+        raise DataError(
+            f"{path}: columns {shown(unnamed)} have no header (a saved DataFrame index?); "
+            "write the CSV with index=False or name the columns"
+        )
+    features = [c for c in frame.columns if str(c) != label_column]
+    if not features:
+        raise DataError(f"{path}: no feature columns besides {label_column!r}; add features")
+    labels = frame[label_column]
+    if labels.isna().any():
+        raise DataError(
+            f"{path}: {int(labels.isna().sum())} rows have no value in label column "
+            f"{label_column!r}; fill or drop them"
+        )
+    x = numeric_matrix(frame, features, str(path))
+    y, names = encode_labels(labels.to_numpy(), str(path))
+    return build_dataset(x, y, path=path, data_format="csv", class_names=names)

@@ -1,0 +1,75 @@
+"""Fit dataset features to a model input: reshape flat features and cast to the input dtype."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from onnxopt.errors import DataError
+
+
+def adapt_inputs(
+    x: np.ndarray,
+    input_shape: Sequence[int | str | None],
+    *,
+    dtype: np.dtype | type = np.float32,
+    input_name: str = "input",
+) -> np.ndarray:
+    """Reshape features to a model input's shape and cast them to its dtype.
+
+    Flat features ``(N, F)`` become ``(N, *input_shape[1:])`` when the product of the
+    input's non-batch dimensions is ``F`` (digits ``(N, 64)`` -> ``(N, 1, 8, 8)``). When
+    some non-batch dimension is symbolic, the features must already have the input's rank
+    and agree on every static dimension.
+
+    Args:
+        x: Features, one row per sample (``(N, ...)``).
+        input_shape: The model input shape; the first (batch) dimension is ignored.
+        dtype: The input's float dtype (float32, float16 or float64).
+        input_name: Input name, for error messages.
+
+    Returns:
+        A C-contiguous array of shape ``(N, *input_shape[1:])`` and dtype ``dtype``.
+
+    Raises:
+        DataError: When the features do not fit the input, or overflow a float16 input.
+    """
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise DataError(f"features must have shape (samples, features), got {x.shape}")
+    dims = list(input_shape)[1:]
+    if all(isinstance(d, int) for d in dims):
+        x = _reshape_static(x, dims, list(input_shape), input_name)
+    else:
+        _check_symbolic(x, dims, list(input_shape), input_name)
+    with np.errstate(over="ignore"):  # float16 overflow is reported below as a DataError
+        out = np.ascontiguousarray(x, dtype=dtype)
+    if out.dtype == np.float16 and not np.isfinite(out).all():
+        raise DataError(
+            f"features exceed the float16 range of model input {input_name!r}; scale the data"
+        )
+    return out
+
+
+def _reshape_static(x: np.ndarray, dims: list, shape: list, name: str) -> np.ndarray:
+    features = int(np.prod(x.shape[1:]))
+    expected = int(np.prod(dims))
+    if features != expected:
+        raise DataError(
+            f"dataset has {features} features per sample but model input {name!r} expects "
+            f"{expected} (shape {shape}); use data that matches the model"
+        )
+    return x.reshape((len(x), *dims))
+
+
+def _check_symbolic(x: np.ndarray, dims: list, shape: list, name: str) -> None:
+    sample = x.shape[1:]
+    fits = len(sample) == len(dims) and all(
+        not isinstance(d, int) or d == s for d, s in zip(dims, sample, strict=True)
+    )
+    if not fits:
+        raise DataError(
+            f"dataset samples have shape {list(sample)} but model input {name!r} has shape "
+            f"{shape} with symbolic dimensions; use data shaped like the model input"
+        )

@@ -1,0 +1,95 @@
+"""The result of evaluating one model on one split, with a plain-JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxopt.errors import UsageError
+from onnxopt.optimizer.evaluate.latency import LatencyResult, LatencyStats
+from onnxopt.optimizer.evaluate.size import TensorStat
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Accuracy, latency, size and bit-width metrics of one model on one split.
+
+    Attributes:
+        model_path: The evaluated model file.
+        accuracy: Top-1 accuracy in [0, 1].
+        loss: Mean cross-entropy (natural log).
+        n_samples: Samples scored.
+        output_kind: "logits" or "probabilities", how the output was read.
+        latency: Latency per batch size, or None when not measured.
+        size_bytes: Model file plus its external data, in bytes.
+        parameters: Parameter elements (see :func:`parameter_stats`).
+        average_bitwidth: Effective bits per parameter, weighted by element count.
+        memory_density: 32 / average_bitwidth.
+        theoretical_size_bytes: Sum of parameter bits / 8.
+        threads: Intra-op threads the session used.
+        input_name: The input fed.
+        output_name: The class-score output read.
+        parameter_tensors: Per-tensor rows behind the parameter metrics.
+        predictions: Predicted class per sample.
+    """
+
+    model_path: str
+    accuracy: float
+    loss: float
+    n_samples: int
+    output_kind: str
+    latency: LatencyResult | None
+    size_bytes: int
+    parameters: int
+    average_bitwidth: float
+    memory_density: float
+    theoretical_size_bytes: float
+    threads: int
+    input_name: str
+    output_name: str
+    parameter_tensors: tuple[TensorStat, ...] = field(default=(), repr=False, compare=False)
+    predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def throughput_sps(self) -> float | None:
+        """Samples per second at the largest measured batch size (None if not measured)."""
+        return None if self.latency is None else self.latency.throughput_sps
+
+    def latency_at(self, batch_size: int) -> LatencyStats:
+        """Latency stats of one measured batch size.
+
+        Raises:
+            UsageError: When latency was not measured at that batch size.
+        """
+        if self.latency is None:
+            raise UsageError("latency was not measured for this report")
+        return self.latency.for_batch(batch_size)
+
+    def to_dict(self, *, tensors: bool = False) -> dict[str, Any]:
+        """Plain JSON-able values (no numpy types, no arrays).
+
+        Args:
+            tensors: Also include the per-tensor parameter rows under ``parameter_tensors``.
+        """
+        data: dict[str, Any] = {
+            "model_path": self.model_path,
+            "accuracy": float(self.accuracy),
+            "loss": float(self.loss),
+            "n_samples": int(self.n_samples),
+            "output_kind": self.output_kind,
+            "latency_ms": None if self.latency is None else self.latency.to_dict(),
+            "throughput_sps": self.throughput_sps,
+            "size_bytes": int(self.size_bytes),
+            "parameters": int(self.parameters),
+            "average_bitwidth": float(self.average_bitwidth),
+            "memory_density": float(self.memory_density),
+            "theoretical_size_bytes": float(self.theoretical_size_bytes),
+            "threads": int(self.threads),
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+        }
+        if tensors:
+            data["parameter_tensors"] = [t.to_dict() for t in self.parameter_tensors]
+        return data

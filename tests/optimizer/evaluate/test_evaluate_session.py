@@ -1,0 +1,160 @@
+"""Sessions: fixed threading, onnxruntime failures as one-line errors, classifier input/output."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, parser
+
+from onnxopt.errors import DataError, EvaluationError, ModelLoadError, UsageError
+from onnxopt.optimizer.evaluate import classifier_io, make_session, predict_scores
+
+
+def _parse(text: str) -> onnx.ModelProto:
+    return parser.parse_model(text)
+
+
+TWO_INPUTS = """<ir_version: 10, opset_import: ["" : 21]>
+g (float[N, 4] a, float[N, 4] b) => (float[N, 4] y) { y = Add(a, b) }"""
+
+TWO_OUTPUTS = """<ir_version: 10, opset_import: ["" : 21]>
+g (float[N, 4] x) => (float[N, 4] feat, float[N, 3] logits) {
+  feat = Relu(x)
+  w = Constant<value = float[4, 3] {1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1}>()
+  logits = MatMul(feat, w)
+}"""
+
+
+def test_session_from_proto_and_path_pins_threads(tmp_path, gemm_builder, gemm_weights):
+    model = gemm_builder(*gemm_weights)
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, path)
+    for source in (model, path, str(path)):
+        session = make_session(source, threads=2, optimization="basic")
+        options = session.get_session_options()
+        assert options.intra_op_num_threads == 2
+        assert options.inter_op_num_threads == 1
+        assert options.execution_mode.name == "ORT_SEQUENTIAL"
+        assert options.graph_optimization_level.name == "ORT_ENABLE_BASIC"
+        assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # invalid graph: 'zz' is produced by nothing
+        ("g (float[N, 4] x) => (float[N, 4] y) { y = Add(x, zz) }", "INVALID_ARGUMENT"),
+        # an op no provider implements
+        ("g (float[N, 4] x) => (float[N, 4] y) { y = foo.bar.Mystery(x) }", "not a registered"),
+        # a type the CPU kernel lacks
+        ("g (int16[N, 4] x) => (int16[N, 4] y) { y = Relu(x) }", "NOT_IMPLEMENTED"),
+    ],
+)
+def test_onnxruntime_refusal_is_one_line_evaluation_error(text, expected):
+    header = '<ir_version: 10, opset_import: ["" : 21, "foo.bar" : 1]>\n'
+    with pytest.raises(EvaluationError) as info:
+        make_session(_parse(header + text))
+    message = str(info.value)
+    assert message.startswith("onnxruntime could not load the model: ")
+    assert expected in message
+    assert "\n" not in message and "[ONNXRuntimeError]" not in message
+    assert info.value.exit_code == 1
+
+
+def test_run_failure_is_evaluation_error():
+    model = _parse(
+        '<ir_version: 10, opset_import: ["" : 21]>\n'
+        "g (float[N, 4] x) => (float[N, 9] y) {\n"
+        "  s = Constant<value = int64[2] {3, 3}>()\n  y = Reshape(x, s)\n}"
+    )
+    session = make_session(model)
+    io = classifier_io(session)
+    with pytest.raises(EvaluationError, match="could not run the model: FAIL: .*Reshape") as info:
+        predict_scores(session, io, np.zeros((2, 4), np.float32))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_garbage_file_and_bad_options(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist") as info:
+        make_session(tmp_path / "nope.onnx")
+    assert info.value.exit_code == 2
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(EvaluationError, match="could not load garbage.onnx: INVALID_PROTOBUF"):
+        make_session(garbage)
+    model = _parse(TWO_INPUTS)
+    with pytest.raises(UsageError, match="did you mean 'all'"):
+        make_session(model, optimization="al")
+    with pytest.raises(UsageError, match="threads must be a positive integer"):
+        make_session(model, threads=0)
+
+
+def test_classifier_io_symbolic_batch(gemm_builder, gemm_weights):
+    io = classifier_io(make_session(gemm_builder(*gemm_weights)))
+    assert (io.input_name, io.input_shape, io.output_name) == ("x", ("N", 16), "logits")
+    assert io.input_dtype == np.float32 and io.num_classes == 5 and io.fixed_batch is None
+    unnamed = classifier_io(make_session(gemm_builder(*gemm_weights, batch=None)))
+    assert unnamed.input_shape == ("batch", 16)
+    fixed = classifier_io(make_session(gemm_builder(*gemm_weights, batch=4)))
+    assert fixed.input_shape == ("batch", 16) and fixed.fixed_batch == 4
+
+
+def test_several_inputs_must_be_named():
+    session = make_session(_parse(TWO_INPUTS))
+    with pytest.raises(EvaluationError, match=r"2 inputs \('a', 'b'\).*input_name"):
+        classifier_io(session)
+    assert classifier_io(session, input_name="b").input_name == "b"
+    with pytest.raises(UsageError, match="no input named 'c'"):
+        classifier_io(session, input_name="c")
+
+
+def test_several_outputs_picked_by_name_or_class_count():
+    session = make_session(_parse(TWO_OUTPUTS))
+    with pytest.raises(EvaluationError, match=r"2 outputs \('feat' \['N', 4\], 'logits'"):
+        classifier_io(session)
+    assert classifier_io(session, num_classes=3).output_name == "logits"
+    assert classifier_io(session, output_name="feat").output_name == "feat"
+    with pytest.raises(EvaluationError, match="0 of the model's outputs"):
+        classifier_io(session, num_classes=7)
+    with pytest.raises(UsageError, match="did you mean 'logits'"):
+        classifier_io(session, output_name="logit")
+
+
+def test_non_float_input_is_data_error():
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        "int_in",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    with pytest.raises(DataError, match=r"input 'x' has type tensor\(int8\)"):
+        classifier_io(make_session(model))
+
+
+def test_fused_dequantize_matmul_keeps_float_activations(rng):
+    # onnxruntime rewrites DequantizeLinear + MatMul into MatMulNBits; by default that kernel
+    # quantizes x to int8 (errors ~1e-2 here). The session must keep the graph's numerics.
+    wq = rng.integers(-7, 8, size=(16, 5)).astype(np.int8)
+    graph = helper.make_graph(
+        [
+            helper.make_node("DequantizeLinear", ["wq", "scale"], ["w"]),
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        [
+            onnx.numpy_helper.from_array(wq, "wq"),
+            onnx.numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    x = rng.normal(size=(64, 16)).astype(np.float32)
+    expected = x.astype(np.float64) @ (wq.astype(np.float64) * np.float32(0.1))
+    for level in ("disable", "all"):
+        (out,) = make_session(model, optimization=level).run(None, {"x": x})
+        np.testing.assert_allclose(out, expected, atol=1e-5)
