@@ -1,0 +1,103 @@
+"""Honest labels: which quantized widths buy no storage or speed in onnxruntime.
+
+A width narrower than its container is simulated: a 3-bit weight in an int8 container
+takes 8 bits on disk and runs the 8-bit kernel. The kernel expectations below were
+measured on onnxruntime 1.32 CPU (x86, graph optimization EXTENDED/ALL); the tests assert
+the fused op types for the forms the pass emits by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from onnxopt.optimizer.quantization.qdq_nodes import ActivationQuant
+from onnxopt.optimizer.quantization.spec import Container
+
+
+@dataclasses.dataclass(frozen=True)
+class HonestLabel:
+    """One tensor (or a node's kernel) whose nominal width gains nothing in onnxruntime.
+
+    Attributes:
+        node: The node name.
+        tensor: ``data_in``, ``weight``, ``bias``, ``data_out`` or ``kernel``.
+        width: The spec width (None for ``kernel`` labels).
+        container: The storage type (None for ``kernel`` labels).
+        reason: One line for reports.
+    """
+
+    node: str
+    tensor: str
+    width: int | None
+    container: str | None
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedNode:
+    """The resolved quantization of one node, as the pass emitted it."""
+
+    name: str
+    op_type: str
+    data_in: ActivationQuant
+    weight_width: int
+    weight_container: Container
+    bias_width: int | None
+    float_bias: bool
+    data_out: ActivationQuant | None
+
+
+def _storage_label(node: str, tensor: str, width: int, container: Container) -> HonestLabel | None:
+    if width >= container.bits:
+        return None
+    reason = (
+        f"{width}-bit values stored in {container} take {container.bits} bits each: "
+        f"no storage or speed gain over {container.bits}-bit"
+    )
+    return HonestLabel(node, tensor, width, str(container), reason)
+
+
+def kernel_blockers(node: ResolvedNode) -> list[str]:
+    """Why onnxruntime will not fuse the node into an integer kernel (empty when it will)."""
+    op = node.op_type
+    blockers = []
+    if node.data_in.container.bits != 8:
+        blockers.append(f"16-bit activations: no integer {op} kernel, runs DQ + float {op}")
+    if node.weight_container.bits == 16:
+        blockers.append(f"16-bit weights: no integer {op} kernel, runs DQ + float {op}")
+    if node.float_bias:
+        blockers.append("float bias: only an int32 DequantizeLinear bias fuses")
+    if op == "Conv" and (node.data_out is None or node.data_out.container.bits != 8):
+        blockers.append("Conv without an 8-bit data_out: QLinearConv needs a quantized output")
+    return blockers
+
+
+def expected_kernel(node: ResolvedNode) -> str | None:
+    """The fused op type onnxruntime is expected to produce, or None."""
+    if kernel_blockers(node):
+        return None
+    if node.op_type == "MatMul":
+        out_8bit = node.data_out is not None and node.data_out.container.bits == 8
+        return "QLinearMatMul" if out_8bit else "MatMulIntegerToFloat"
+    return {"Gemm": "QGemm", "Conv": "QLinearConv"}[node.op_type]
+
+
+def node_labels(node: ResolvedNode) -> list[HonestLabel]:
+    """All honest labels of one quantized node."""
+    candidates = [
+        _storage_label(node.name, "data_in", node.data_in.width, node.data_in.container),
+        _storage_label(node.name, "weight", node.weight_width, node.weight_container),
+    ]
+    if node.data_out is not None:
+        candidates.append(
+            _storage_label(node.name, "data_out", node.data_out.width, node.data_out.container)
+        )
+    if node.bias_width is not None:
+        reason = (
+            "stored as int32 at the accumulator scale 2**-(f_in + f_w): the width only sets "
+            "the rounding grid, no storage or speed gain"
+        )
+        candidates.append(HonestLabel(node.name, "bias", node.bias_width, "int32", reason))
+    labels = [label for label in candidates if label is not None]
+    labels += [HonestLabel(node.name, "kernel", None, None, b) for b in kernel_blockers(node)]
+    return labels

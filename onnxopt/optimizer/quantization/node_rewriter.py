@@ -1,0 +1,217 @@
+"""Rewrites one Gemm/MatMul/Conv node of an onnx_ir graph into QDQ form, in place.
+
+Used by :class:`~onnxopt.optimizer.quantization.qdq_pass.QDQPass` on its private clone
+of the model; nothing here touches a caller's model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.errors import ConfigError, RewriteError
+from onnxopt.optimizer.quantization.fixed_point import frac_for_range, quantize_fixed
+from onnxopt.optimizer.quantization.graph_analysis import (
+    const_array,
+    is_nonneg,
+    weight_channel_axis,
+)
+from onnxopt.optimizer.quantization.labels import ResolvedNode
+from onnxopt.optimizer.quantization.qdq_nodes import (
+    ActivationQuant,
+    Names,
+    activation_qdq,
+    constant_dq,
+)
+from onnxopt.optimizer.quantization.spec import (
+    Container,
+    NodeQuantSpec,
+    Role,
+    Storage,
+    TensorSpec,
+    resolve_container,
+)
+
+_INT32_MAX = 2**31 - 1
+
+
+def _channel_max_abs(array: np.ndarray, axis: int) -> np.ndarray:
+    other = tuple(i for i in range(array.ndim) if i != axis)
+    return np.max(np.abs(array), axis=other) if other else np.abs(array)
+
+
+def constant_fracs(
+    spec: TensorSpec, array: np.ndarray, axis: int, signed: bool, what: str
+) -> int | np.ndarray:
+    """The spec's fraction(s) for a constant: one int, or one per channel along ``axis``."""
+    channels = array.shape[axis]
+    if not spec.per_channel:
+        if spec.frac is None:
+            return frac_for_range(float(np.max(np.abs(array), initial=0.0)), spec.width, signed)
+        return spec.frac
+    if spec.frac is None:
+        return frac_for_range(_channel_max_abs(array, axis), spec.width, signed)
+    if isinstance(spec.frac, tuple) and len(spec.frac) not in (1, channels):
+        raise ConfigError(f"{what}: {len(spec.frac)} fractions for {channels} output channels")
+    return np.broadcast_to(np.asarray(spec.frac, dtype=np.int64), (channels,)).copy()
+
+
+class NodeRewriter:
+    """Quantizes nodes of one graph, sharing Q/DQ chains and names across nodes."""
+
+    def __init__(self, graph: ir.Graph, storage: Storage) -> None:
+        self.graph = graph
+        self.storage = storage
+        self.names = Names(graph)
+        self.bit_widths: dict[str, int] = {}
+        self.notes: list[str] = []
+        self._chains: dict[tuple[ir.Value, ActivationQuant], ir.Value] = {}
+        self._made: dict[ir.Value, ActivationQuant] = {}
+        self._replaced: list[ir.Value] = []
+
+    def rewrite(self, node: ir.Node, spec: NodeQuantSpec) -> ResolvedNode:
+        """Quantize ``node``'s input, weight, bias and optionally output per ``spec``."""
+        data_in = self._quantize_input(node, spec.data_in)
+        w_fracs, w_container = self._quantize_weight(node, spec.weight)
+        has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+        if spec.bias is not None and has_bias:
+            self._quantize_bias(node, spec.bias, data_in.frac + np.asarray(w_fracs))
+        elif spec.bias is not None:
+            self.notes.append(f"{node.name}: bias spec ignored, the node has no bias")
+        data_out = self._quantize_output(node, spec.data_out) if spec.data_out else None
+        return ResolvedNode(
+            name=node.name or "",
+            op_type=node.op_type,
+            data_in=data_in,
+            weight_width=spec.weight.width,
+            weight_container=w_container,
+            bias_width=spec.bias.width if spec.bias is not None and has_bias else None,
+            float_bias=has_bias and spec.bias is None,
+            data_out=data_out,
+        )
+
+    def _activation_quant(self, spec: TensorSpec, value: ir.Value) -> ActivationQuant:
+        signed = spec.signed if spec.signed is not None else not is_nonneg(value, self.graph)
+        return ActivationQuant.from_spec(spec, signed)
+
+    def _quantize_input(self, node: ir.Node, spec: TensorSpec) -> ActivationQuant:
+        value = node.inputs[0]
+        assert value is not None  # unsupported_reason() rejects nodes without data
+        aq = self._activation_quant(spec, value)
+        upstream = self._made.get(value)
+        if upstream == aq:  # already quantized this way upstream (data_out)
+            return aq
+        if upstream is not None:
+            # onnxruntime's DoubleQDQPairsRemover (ORT_ENABLE_BASIC and up) merges
+            # Q1->DQ1->Q2->DQ2 into one pair with a non power-of-two scale.
+            self.notes.append(
+                f"{node.name}: data_in requantizes an upstream data_out with another "
+                "width/frac; onnxruntime may merge the two Q/DQ pairs and drift from fixed point"
+            )
+        chain = self._chains.get((value, aq))
+        if chain is None:
+            nodes, chain = activation_qdq(self.graph, self.names, value, aq, f"{node.name}_in")
+            self.graph.insert_before(node, nodes)
+            self._chains[(value, aq)] = chain
+            self._made[chain] = aq
+        node.replace_input_with(0, chain)
+        return aq
+
+    def _store_constant(
+        self, node: ir.Node, index: int, ints: np.ndarray, container: Container, fracs, axis
+    ) -> str:
+        prefix = f"{node.name}_{'weight' if index == 1 else 'bias'}"
+        nodes, out, stored = constant_dq(
+            self.graph, self.names, ints, container, fracs, axis, prefix
+        )
+        self.graph.insert_before(node, nodes)
+        original = node.inputs[index]
+        assert original is not None
+        self._replaced.append(original)
+        node.replace_input_with(index, out)
+        return stored.name or ""
+
+    def _quantize_weight(
+        self, node: ir.Node, spec: TensorSpec
+    ) -> tuple[int | np.ndarray, Container]:
+        weight = const_array(node.inputs[1], self.graph)
+        assert weight is not None  # unsupported_reason() rejects non-constant weights
+        signed = spec.signed if spec.signed is not None else True
+        container = resolve_container(spec, Role.WEIGHT, signed, self.storage)
+        axis = weight_channel_axis(node)
+        fracs = constant_fracs(spec, weight, axis, signed, f"{node.name}.weight")
+        ch_axis = axis if np.ndim(fracs) else None
+        ints, _ = quantize_fixed(weight, spec.width, fracs, signed, axis=ch_axis)
+        name = self._store_constant(node, 1, ints, container, fracs, ch_axis)
+        self.bit_widths[name] = spec.width
+        if container.bits < 8:
+            self.notes.append(
+                f"{node.name}: weight packed as {container} on disk, cast to 8 bits at load"
+            )
+        return fracs, container
+
+    def _quantize_bias(self, node: ir.Node, spec: TensorSpec, acc_fracs: np.ndarray) -> None:
+        bias = const_array(node.inputs[2], self.graph)
+        assert bias is not None  # unsupported_reason() rejects non-constant biases
+        bias = bias.reshape(-1).astype(np.float64)
+        signed = spec.signed if spec.signed is not None else True
+        fracs = constant_fracs(spec, bias, 0, signed, f"{node.name}.bias")
+        ints, _ = quantize_fixed(
+            bias, spec.width, fracs, signed, axis=0 if np.ndim(fracs) else None
+        )
+        shift = acc_fracs - np.asarray(fracs)
+        if np.any(shift < 0):
+            self.notes.append(
+                f"{node.name}: bias frac > f_in + f_w, bias rounded again to the accumulator grid"
+            )
+        acc = np.rint(np.ldexp(ints.astype(np.float64), shift))
+        if np.any(np.abs(acc) > _INT32_MAX):
+            raise RewriteError(f"{node.name}: bias overflows int32 at scale 2**-(f_in + f_w)")
+        axis = 0 if np.ndim(acc_fracs) else None
+        acc_fracs = acc_fracs if axis is not None else int(acc_fracs)
+        name = self._store_constant(node, 2, acc.astype(np.int64), Container.INT32, acc_fracs, axis)
+        self.bit_widths[name] = spec.width
+
+    def _output_target(self, node: ir.Node) -> ir.Value:
+        # Conv/Gemm -> Relu -> Q is the form onnxruntime fuses (the Relu folds into Q).
+        out = node.outputs[0]
+        consumers = out.consumers()
+        if len(consumers) == 1 and consumers[0].op_type == "Relu" and not out.is_graph_output():
+            self.notes.append(f"{node.name}: data_out quantized after its Relu")
+            return consumers[0].outputs[0]
+        return out
+
+    def _quantize_output(self, node: ir.Node, spec: TensorSpec) -> ActivationQuant:
+        target = self._output_target(node)
+        aq = self._activation_quant(spec, target)
+        uses = list(target.uses())
+        nodes, chain = activation_qdq(self.graph, self.names, target, aq, f"{node.name}_out")
+        producer = target.producer()
+        assert producer is not None
+        self.graph.insert_after(producer, nodes)
+        for use in uses:
+            use.node.replace_input_with(use.idx, chain)
+        if target.is_graph_output():
+            self._hand_over_output(target, chain)
+        self._made[chain] = aq
+        return aq
+
+    def _hand_over_output(self, old: ir.Value, new: ir.Value) -> None:
+        name = old.name
+        old.name = self.names(f"{name}_float")
+        new.name = name
+        outputs = self.graph.outputs
+        for i, value in enumerate(outputs):
+            if value is old:
+                outputs[i] = new
+
+    def remove_replaced_constants(self) -> None:
+        """Drop float initializers and Constant nodes that no node uses any more."""
+        for value in self._replaced:
+            if value.uses() or value.is_graph_output():
+                continue
+            producer = value.producer()
+            if producer is not None and producer.op_type == "Constant":
+                self.graph.remove(producer)
+            elif value.name in self.graph.initializers:
+                del self.graph.initializers[value.name]

@@ -1,0 +1,238 @@
+"""The fixed-point QDQ pass: materializes :class:`NodeQuantSpec` s as Q/DQ nodes.
+
+For every Gemm / MatMul (constant weight) / Conv named in the specs the pass inserts
+``Q -> (Clip) -> DQ`` on the activation input, replaces the float weight by an integer
+initializer behind a DequantizeLinear (scale ``2**-f``, zero point 0, per channel when
+asked), the bias by an int32 initializer at the accumulator scale ``2**-(f_in + f_w)``,
+and optionally quantizes the output. Other named nodes are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from onnxopt.errors import ConfigError, RewriteError, did_you_mean
+from onnxopt.optimizer.quantization.graph_analysis import unsupported_reason
+from onnxopt.optimizer.quantization.labels import HonestLabel, expected_kernel, node_labels
+from onnxopt.optimizer.quantization.node_rewriter import NodeRewriter
+from onnxopt.optimizer.quantization.spec import (
+    NodeQuantSpec,
+    Role,
+    Storage,
+    choose_container,
+)
+
+BIT_WIDTHS_KEY = "onnxopt.bit_widths"
+DEFAULT_OPSET = 21
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationReport:
+    """What the pass did.
+
+    Attributes:
+        quantized: Names of the quantized nodes, in graph order.
+        skipped: Node name -> why it was not quantized (unsupported op or form).
+        labels: Honest labels: widths that buy no storage or speed in onnxruntime.
+        bit_widths: Integer weight/bias initializer name -> effective bits (the spec width).
+        expected_kernels: Quantized node -> fused onnxruntime op expected (None: float).
+        notes: Other facts worth reporting (opset raised, data_out moved past a Relu...).
+    """
+
+    quantized: tuple[str, ...]
+    skipped: Mapping[str, str]
+    labels: tuple[HonestLabel, ...]
+    bit_widths: Mapping[str, int]
+    expected_kernels: Mapping[str, str | None]
+    notes: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form (for ``--json`` output and trial attributes)."""
+        return {
+            "quantized": list(self.quantized),
+            "skipped": dict(self.skipped),
+            "labels": [dataclasses.asdict(label) for label in self.labels],
+            "bit_widths": dict(self.bit_widths),
+            "expected_kernels": dict(self.expected_kernels),
+            "notes": list(self.notes),
+        }
+
+
+@dataclasses.dataclass
+class QuantizationPassResult(ir.passes.PassResult):
+    """A :class:`PassResult` carrying the pass's report."""
+
+    report: QuantizationReport
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationResult(QuantizationReport):
+    """The quantized model, the opset it uses, and the report of :func:`quantize_model`."""
+
+    model: onnx.ModelProto
+    opset: int
+
+
+def coerce_storage(storage: Storage | str) -> Storage:
+    """``storage`` as a :class:`Storage`, ConfigError for unknown values."""
+    try:
+        return Storage(storage)
+    except ValueError:
+        valid = [s.value for s in Storage]
+        raise ConfigError(
+            f"storage: unknown value {storage!r}; {did_you_mean(str(storage), valid)}"
+        ) from None
+
+
+def required_opset(specs: Mapping[str, NodeQuantSpec], storage: Storage | str) -> int:
+    """The lowest default-domain opset whose Q/DQ accept every container the specs imply."""
+    storage = coerce_storage(storage)
+    needed = 13
+    for spec in specs.values():
+        tensors = [(Role.WEIGHT, spec.weight), (Role.ACTIVATION, spec.data_in)]
+        if spec.data_out is not None:
+            tensors.append((Role.ACTIVATION, spec.data_out))
+        for role, t in tensors:
+            container = t.container or choose_container(
+                role, t.width, t.signed is not False, storage
+            )
+            needed = max(needed, container.min_opset)
+    return needed
+
+
+def _spec_nodes(graph: ir.Graph, specs: Mapping[str, NodeQuantSpec]) -> list[ir.Node]:
+    by_name: dict[str, list[ir.Node]] = {}
+    for node in graph:
+        if node.name:
+            by_name.setdefault(node.name, []).append(node)
+    unknown = [name for name in specs if name not in by_name]
+    if unknown:
+        hints = "; ".join(f"unknown node {n!r}, {did_you_mean(n, by_name)}" for n in unknown)
+        raise ConfigError(f"quantization specs name nodes not in the graph: {hints}")
+    ambiguous = [name for name in specs if len(by_name[name]) > 1]
+    if ambiguous:
+        raise ConfigError(f"node names used by several nodes cannot be quantized: {ambiguous}")
+    return [node for node in graph if node.name in specs]
+
+
+class QDQPass(ir.passes.FunctionalPass):
+    """Functional pass inserting fixed-point Q/DQ for the nodes named in ``specs``.
+
+    The input model is never mutated: :meth:`call` works on a clone.
+
+    Args:
+        specs: Node name -> its quantization spec.
+        storage: ``container`` (narrow weights in int8) or ``packed`` (INT4/INT2).
+    """
+
+    def __init__(self, specs: Mapping[str, NodeQuantSpec], storage: Storage | str = "container"):
+        super().__init__()
+        bad = [n for n, s in specs.items() if not isinstance(s, NodeQuantSpec)]
+        if bad:
+            raise ConfigError(f"specs for {bad} are not NodeQuantSpec instances")
+        self.specs = dict(specs)
+        self.storage = coerce_storage(storage)
+
+    def call(self, model: ir.Model) -> QuantizationPassResult:
+        """Quantize a clone of ``model``; RewriteError when its opset is too low."""
+        needed = required_opset(self.specs, self.storage)
+        have = model.opset_imports.get("", 1)
+        if have < needed:
+            raise RewriteError(f"the specs need opset >= {needed}, the model has {have}")
+        model = model.clone()
+        graph = model.graph
+        nodes = _spec_nodes(graph, self.specs)
+        rewriter = NodeRewriter(graph, self.storage)
+        skipped, resolved = {}, []
+        for node in nodes:
+            reason = unsupported_reason(node, graph)
+            if reason is not None:
+                skipped[node.name] = reason
+                continue
+            resolved.append(rewriter.rewrite(node, self.specs[node.name]))
+        rewriter.remove_replaced_constants()
+        _record_bit_widths(model, rewriter.bit_widths)
+        report = QuantizationReport(
+            quantized=tuple(r.name for r in resolved),
+            skipped=skipped,
+            labels=tuple(label for r in resolved for label in node_labels(r)),
+            bit_widths=dict(rewriter.bit_widths),
+            expected_kernels={r.name: expected_kernel(r) for r in resolved},
+            notes=tuple(rewriter.notes),
+        )
+        return QuantizationPassResult(model, modified=bool(resolved), report=report)
+
+
+def _record_bit_widths(model: ir.Model, bit_widths: Mapping[str, int]) -> None:
+    merged = json.loads(model.metadata_props.get(BIT_WIDTHS_KEY, "{}")) | dict(bit_widths)
+    model.metadata_props[BIT_WIDTHS_KEY] = json.dumps(merged, sort_keys=True)
+
+
+def _raise_opset(proto: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, list[str]]:
+    have = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if have >= target:
+        return proto, []
+    try:
+        converted = onnx.version_converter.convert_version(proto, target)
+    except Exception as exc:  # the converter raises bare RuntimeErrors
+        raise RewriteError(
+            f"cannot convert the model from opset {have} to {target}: {exc}"
+        ) from exc
+    return converted, [f"opset raised from {have} to {target} for the quantized types"]
+
+
+def _finish(proto: onnx.ModelProto) -> onnx.ModelProto:
+    min_ir = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    proto.ir_version = max(proto.ir_version, min_ir)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise RewriteError(f"the quantized model does not validate: {exc}") from exc
+    return proto
+
+
+def quantize_model(
+    model: onnx.ModelProto,
+    specs: Mapping[str, NodeQuantSpec],
+    *,
+    storage: Storage | str = "container",
+    opset: int = DEFAULT_OPSET,
+) -> QuantizationResult:
+    """Quantize a copy of ``model`` to fixed point with Q/DQ nodes.
+
+    Args:
+        model: The float model; never modified.
+        specs: Node name -> spec. Unknown names raise ConfigError with the closest names;
+            nodes of unsupported op types are listed in ``skipped``.
+        storage: ``container`` keeps narrow weights in 8-bit containers; ``packed`` stores
+            weights of <= 4 bits as INT4 (<= 2 bits as INT2, which needs opset 25).
+        opset: The minimum default-domain opset of the result; raised (with the onnx
+            version converter) when the model or the packed types need more.
+
+    Returns:
+        The quantized model (checked with ``onnx.checker`` full check) and the report.
+
+    Raises:
+        ConfigError: Unknown node names or specs that do not fit the model.
+        RewriteError: The rewrite or the opset conversion failed.
+    """
+    storage = coerce_storage(storage)
+    target = max(opset, required_opset(specs, storage))
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    proto, notes = _raise_opset(copy, target)
+    result = QDQPass(specs, storage)(ir.from_proto(proto))
+    assert isinstance(result, QuantizationPassResult)
+    quantized = _finish(ir.to_proto(result.model))
+    fields = {
+        f.name: getattr(result.report, f.name) for f in dataclasses.fields(QuantizationReport)
+    }
+    fields["notes"] = (*notes, *fields["notes"])
+    opset_used = next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx"))
+    return QuantizationResult(**fields, model=quantized, opset=opset_used)
