@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import onnx
 
+from onnxopt.atomic import atomic_path
 from onnxopt.errors import ModelLoadError
 
 _LFS_MAGIC = b"version https://git-lfs.github.com/spec"
@@ -83,26 +82,18 @@ def save_onnx(model: onnx.ModelProto, path: Path, *, external_data: bool = False
         external_data: store tensors in ``<name>.data`` beside the model (needed past 2 GB).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if external_data:
-            data_name = path.name + ".data"
+            # the data file is written under its final name; the model file is renamed last,
+            # so a crash never leaves a complete-looking model without its data
             onnx.save_model(
                 model,
-                tmp,
+                str(tmp),
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
-                location=data_name,
+                location=path.name + ".data",
                 size_threshold=1024,
             )
-            # the data file is written under its final name; the model file is renamed last so
-            # a crash never leaves a complete-looking model without its data
         else:
-            onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            onnx.save_model(model, str(tmp))
     return path

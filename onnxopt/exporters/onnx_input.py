@@ -41,8 +41,10 @@ def _sample(model: onnx.ModelProto, batch: int) -> np.ndarray:
     graph_input = model.graph.input[0]
     dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim[1:]]
     if not dims or any(d <= 0 for d in dims):
-        raise ModelLoadError(f"input {graph_input.name!r} has dynamic dimensions other than the "
-                             "batch; export the model with fixed feature dimensions")
+        raise ModelLoadError(
+            f"input {graph_input.name!r} has dynamic dimensions other than the "
+            "batch; export the model with fixed feature dimensions"
+        )
     return np.random.default_rng(0).standard_normal((batch, *dims)).astype(np.float32)
 
 
@@ -55,8 +57,10 @@ def prepare_onnx_file(source: Path, target: Path, *, opset: int) -> OnnxPrepareR
         try:
             model = onnx.version_converter.convert_version(original, opset)
         except Exception as exc:
-            raise ExportError(f"{source}: converting opset {before} -> {opset} failed "
-                              f"({str(exc).splitlines()[0]}); re-export at opset {opset}") from None
+            raise ExportError(
+                f"{source}: converting opset {before} -> {opset} failed "
+                f"({str(exc).splitlines()[0]}); re-export at opset {opset}"
+            ) from None
     prepared = prepare_model(model)
     worst = 0.0
     for batch in (1, 7):
@@ -66,5 +70,11 @@ def prepare_onnx_file(source: Path, target: Path, *, opset: int) -> OnnxPrepareR
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
             raise ExportError(f"{source}: prepared model differs from the original by {worst:.3g}")
     save_onnx(prepared.model, target)
-    return OnnxPrepareResult(Path(target), before, default_opset(prepared.model),
-                             prepared.batchnorms_folded, prepared.batchnorms_left, worst)
+    return OnnxPrepareResult(
+        Path(target),
+        before,
+        default_opset(prepared.model),
+        prepared.batchnorms_folded,
+        prepared.batchnorms_left,
+        worst,
+    )

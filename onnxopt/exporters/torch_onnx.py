@@ -103,14 +103,20 @@ def _export_graph(module, sample, opset, input_name, output_name):
         with _quiet():
             proto = _torchscript_export(module, sample, opset, input_name, output_name)
     except Exception as exc:
-        raise ExportError(f"both exporters failed: dynamo ({reason}); torchscript "
-                          f"({_first_line(exc)})") from None
+        raise ExportError(
+            f"both exporters failed: dynamo ({reason}); torchscript ({_first_line(exc)})"
+        ) from None
     return proto, "torchscript", reason
 
 
 def check_parity(
-    module: nn.Module, model: onnx.ModelProto, input_shape: tuple[int, ...], *,
-    rtol: float = RTOL, atol: float = ATOL, batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES,
+    module: nn.Module,
+    model: onnx.ModelProto,
+    input_shape: tuple[int, ...],
+    *,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES,
     seed: int = 0,
 ) -> float:
     """Run torch and onnxruntime on random inputs at several batch sizes; raise if they differ.
@@ -121,9 +127,13 @@ def check_parity(
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:
-        raise ExportError(f"onnxruntime cannot load the exported model ({_first_line(exc)})") from None
+        raise ExportError(
+            f"onnxruntime cannot load the exported model ({_first_line(exc)})"
+        ) from None
     name = session.get_inputs()[0].name
     rng = np.random.default_rng(seed)
     worst = 0.0
@@ -133,12 +143,16 @@ def check_parity(
             expected = module(torch.from_numpy(x)).numpy()
         got = session.run(None, {name: x})[0]
         if got.shape != expected.shape:
-            raise ExportError(f"batch {batch}: onnxruntime output shape {got.shape} != torch "
-                              f"{expected.shape}; the batch axis is not dynamic")
+            raise ExportError(
+                f"batch {batch}: onnxruntime output shape {got.shape} != torch "
+                f"{expected.shape}; the batch axis is not dynamic"
+            )
         worst = max(worst, float(np.max(np.abs(got - expected))) if got.size else 0.0)
         if not np.allclose(got, expected, rtol=rtol, atol=atol):
-            raise ExportError(f"batch {batch}: onnxruntime differs from torch by up to {worst:.3g} "
-                              f"(tolerance rtol={rtol}, atol={atol}); the export is not faithful")
+            raise ExportError(
+                f"batch {batch}: onnxruntime differs from torch by up to {worst:.3g} "
+                f"(tolerance rtol={rtol}, atol={atol}); the export is not faithful"
+            )
     return worst
 
 
@@ -153,8 +167,10 @@ def export_module(
 ) -> ExportResult:
     """Export a torch module to ONNX, fold BatchNorm, check it against torch and write it."""
     if not 18 <= opset <= onnx.defs.onnx_opset_version():
-        raise UsageError(f"opset {opset} is not supported; use 18..{onnx.defs.onnx_opset_version()}"
-                         f" (default {DEFAULT_OPSET}, the newest with fused QDQ kernels)")
+        raise UsageError(
+            f"opset {opset} is not supported; use 18..{onnx.defs.onnx_opset_version()}"
+            f" (default {DEFAULT_OPSET}, the newest with fused QDQ kernels)"
+        )
     module = module.eval()
     sample = torch.from_numpy(
         np.random.default_rng(0).standard_normal((4, *input_shape)).astype(np.float32)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from onnxopt.atomic import atomic_path
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import ModelLoadError, UsageError
 from onnxopt.models.recipes import Recipe, get_recipe
@@ -115,15 +114,8 @@ def save_weights(trained: TrainedModel, path: Path) -> None:
         "seed": trained.seed,
         "state_dict": trained.module.state_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read(path: Path):

@@ -14,8 +14,11 @@ from onnxopt.models.recipes import RECIPES
 
 
 def _run(path_or_model, x):
-    data = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else str(
-        path_or_model)
+    data = (
+        path_or_model.SerializeToString()
+        if isinstance(path_or_model, onnx.ModelProto)
+        else str(path_or_model)
+    )
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
@@ -96,8 +99,15 @@ def test_prepare_folds_batchnorm_left_by_the_torchscript_exporter():
     module[1].running_mean.uniform_(-1, 1)
     module[1].running_var.uniform_(0.5, 2)
     buffer = io.BytesIO()
-    torch.onnx.export(module, (torch.randn(2, 6),), buffer, dynamo=False, opset_version=21,
-                      input_names=["x"], dynamic_axes={"x": {0: "b"}})
+    torch.onnx.export(
+        module,
+        (torch.randn(2, 6),),
+        buffer,
+        dynamo=False,
+        opset_version=21,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "b"}},
+    )
     raw = onnx.load_from_string(buffer.getvalue())
     assert sum(n.op_type == "BatchNormalization" for n in raw.graph.node) == 1
     before = raw.SerializeToString()

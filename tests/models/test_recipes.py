@@ -12,8 +12,13 @@ EXPECTED_PARAMS = {  # computed by hand from the layer sizes in the issue
     "jsc-tiny": 2 * 16 + (16 * 5 + 5),
     "jsc-toy": 2 * 16 + (16 * 8 + 8) + 16 + (8 * 8 + 8) + 16 + (8 * 5 + 5) + 10,
     "jsc-three-linear-layers": 2 * 16 + (16 * 16 + 16) * 2 + (16 * 5 + 5),
-    "jsc-s": 2 * 16 + (16 * 64 + 64) + 128 + (64 * 32 + 32) + 2 * (32 * 32 + 32)
-    + (32 * 5 + 5) + 10,
+    "jsc-s": 2 * 16
+    + (16 * 64 + 64)
+    + 128
+    + (64 * 32 + 32)
+    + 2 * (32 * 32 + 32)
+    + (32 * 5 + 5)
+    + 10,
 }
 
 
@@ -40,8 +45,9 @@ def test_unknown_recipe_names_closest():
 def test_training_is_deterministic_and_weights_round_trip(digits, tmp_path):
     a = train("jsc-tiny", digits, epochs=2, seed=3, progress=False)
     b = train("jsc-tiny", digits, epochs=2, seed=3, progress=False)
-    for (ka, va), (kb, vb) in zip(a.module.state_dict().items(), b.module.state_dict().items(),
-                                  strict=True):
+    for (ka, va), (kb, vb) in zip(
+        a.module.state_dict().items(), b.module.state_dict().items(), strict=True
+    ):
         assert ka == kb and torch.equal(va, vb)
     path = tmp_path / "w.pt"
     save_weights(a, path)
@@ -52,8 +58,9 @@ def test_training_is_deterministic_and_weights_round_trip(digits, tmp_path):
         assert torch.equal(loaded.module(x), a.module(x))
 
 
-@pytest.mark.parametrize(("name", "minimum"),
-                         [("digits-mlp", 0.95), ("digits-cnn", 0.97), ("digits-wide", 0.96)])
+@pytest.mark.parametrize(
+    ("name", "minimum"), [("digits-mlp", 0.95), ("digits-cnn", 0.97), ("digits-wide", 0.96)]
+)
 def test_trained_recipes_reach_target_accuracy(digits, trained_recipe, name, minimum):
     trained = trained_recipe(name)
     shape = input_shape_for(get_recipe(name), digits)

@@ -4,6 +4,7 @@ Importing this package does not import onnxruntime (only creating a session does
 never imports torch.
 """
 
+from onnxopt.data.shaping import adapt_inputs
 from onnxopt.optimizer.evaluate.accuracy import (
     AccuracyResult,
     classification_metrics,
@@ -12,7 +13,6 @@ from onnxopt.optimizer.evaluate.accuracy import (
     looks_like_probabilities,
     predict_scores,
 )
-from onnxopt.optimizer.evaluate.inputs import adapt_inputs
 from onnxopt.optimizer.evaluate.latency import (
     LatencyBudget,
     LatencyResult,

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onnxopt.data.dataset import Split
+from onnxopt.data.shaping import adapt_inputs
 from onnxopt.errors import UsageError
 from onnxopt.optimizer.evaluate.accuracy import evaluate_accuracy
-from onnxopt.optimizer.evaluate.inputs import adapt_inputs
 from onnxopt.optimizer.evaluate.latency import LatencyResult
 from onnxopt.optimizer.evaluate.latency import measure_latency as _measure_latency
 from onnxopt.optimizer.evaluate.report import EvaluationReport

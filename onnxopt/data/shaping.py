@@ -73,3 +73,9 @@ def _check_symbolic(x: np.ndarray, dims: list, shape: list, name: str) -> None:
             f"dataset samples have shape {list(sample)} but model input {name!r} has shape "
             f"{shape} with symbolic dimensions; use data shaped like the model input"
         )
+
+
+def onnx_input_shape(model) -> list[int | str | None]:
+    """The first graph input's shape of an ``onnx.ModelProto`` (symbolic dims as names)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]

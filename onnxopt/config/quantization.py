@@ -1,0 +1,85 @@
+"""Quantization config: the lab's names, by op type or by node name, the by-name entry winning.
+
+TOML shape (``onnxopt quantize MODEL --config q.toml``)::
+
+    storage = "container"           # or "packed": sub-byte weights as INT4/INT2 on disk
+    granularity = "per_tensor"      # or "per_channel" (weights)
+    [calibration]
+    method = "minmax"               # or "percentile" (onnxruntime's calibrators)
+    [default]                       # every Gemm/MatMul/Conv
+    data_in_width = 8
+    data_in_frac_width = "auto"     # a number, "auto" (calibration) or "NA" (width // 2)
+    weight_width = 8
+    [by_type.conv]                  # gemm, matmul, conv; "linear" means gemm and matmul
+    weight_width = 4
+    [by_name."node_Gemm_8"]
+    enabled = false                 # the lab's name = "NA": leave this node in float
+
+Entries are overlays: a by-type entry changes only the keys it sets on top of ``default``,
+and a by-name entry only its keys on top of that.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from onnxopt.config.base import StrictModel
+
+Width = Annotated[int, Field(ge=2, le=16)]
+FracWidth = int | Literal["auto", "NA"]
+OpTypeKey = Literal["gemm", "matmul", "conv", "linear"]
+OP_TYPES: dict[str, tuple[str, ...]] = {
+    "gemm": ("Gemm",),
+    "matmul": ("MatMul",),
+    "conv": ("Conv",),
+    "linear": ("Gemm", "MatMul"),
+}
+
+
+class LayerQuant(StrictModel):
+    """How one layer (Gemm/MatMul/Conv) is quantized; every key optional in an overlay."""
+
+    enabled: bool = True
+    data_in_width: Width = 8
+    data_in_frac_width: FracWidth = "auto"
+    weight_width: Width = 8
+    weight_frac_width: FracWidth = "auto"
+    bias_width: Width = 16
+    bias_frac_width: FracWidth = "auto"
+    data_out_width: Width | None = None
+    data_out_frac_width: FracWidth = "auto"
+
+    def overlay(self, other: LayerQuant) -> LayerQuant:
+        """This config with the keys ``other`` set explicitly replaced by its values."""
+        return self.model_copy(update={k: getattr(other, k) for k in other.model_fields_set})
+
+
+class Calibration(StrictModel):
+    """How activation ranges are observed for ``"auto"`` fractions."""
+
+    method: Literal["minmax", "percentile"] = "minmax"
+    percentile: float = Field(99.999, gt=0, le=100)
+    num_samples: int = Field(256, ge=1, le=100_000)
+
+
+class QuantizationConfig(StrictModel):
+    """The whole quantization config of one model."""
+
+    storage: Literal["container", "packed"] = "container"
+    granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
+    calibration: Calibration = Calibration()
+    default: LayerQuant = LayerQuant()
+    by_type: dict[OpTypeKey, LayerQuant] = {}
+    by_name: dict[str, LayerQuant] = {}
+
+    def for_node(self, name: str, op_type: str) -> LayerQuant:
+        """The merged config of one node: default, then its op type, then its name."""
+        merged = self.default
+        for key in ("linear", "gemm", "matmul", "conv"):
+            if key in self.by_type and op_type in OP_TYPES[key]:
+                merged = merged.overlay(self.by_type[key])
+        if name in self.by_name:
+            merged = merged.overlay(self.by_name[name])
+        return merged

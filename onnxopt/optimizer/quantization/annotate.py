@@ -1,0 +1,134 @@
+"""From config to specs: decide, per node, what each tensor's fixed-point format is.
+
+The annotator reads the merged config of every Gemm/MatMul/Conv (default, by type, by name),
+resolves fraction widths (a number; ``"NA"`` = width // 2; ``"auto"`` = the fewest integer
+bits that cover the calibrated range for activations, or the tensor's own values for
+weights and biases) and signedness (unsigned when calibration never saw a negative value),
+and returns frozen :class:`NodeQuantSpec` objects for the QDQ pass. It never edits a graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxopt.config.quantization import LayerQuant, QuantizationConfig
+from onnxopt.errors import ConfigError, did_you_mean
+from onnxopt.optimizer.quantization.calibration import Range
+from onnxopt.optimizer.quantization.fixed_point import frac_for_range, na_frac
+from onnxopt.optimizer.quantization.spec import NodeQuantSpec, TensorSpec
+
+QUANTIZABLE = ("Gemm", "MatMul", "Conv")
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """Specs for the nodes to quantize, and the nodes the config leaves in float."""
+
+    specs: dict[str, NodeQuantSpec]
+    disabled: list[str] = field(default_factory=list)
+
+
+def needs_calibration(model: onnx.ModelProto, config: QuantizationConfig) -> bool:
+    """Whether any enabled activation asks for an ``"auto"`` fraction."""
+    for node in model.graph.node:
+        if node.op_type in QUANTIZABLE:
+            layer = config.for_node(node.name, node.op_type)
+            if layer.enabled and (layer.data_in_frac_width == "auto" or (
+                layer.data_out_width is not None and layer.data_out_frac_width == "auto"
+            )):  # fmt: skip
+                return True
+    return False
+
+
+def _check_names(model: onnx.ModelProto, config: QuantizationConfig) -> None:
+    names = {n.name for n in model.graph.node}
+    for name in config.by_name:
+        if name not in names:
+            hint = did_you_mean(
+                name, [n.name for n in model.graph.node if n.op_type in QUANTIZABLE]
+            )
+            raise ConfigError(f"by_name.{name}: no node {name!r} in the model; {hint}")
+
+
+def _weight_frac(frac, width: int) -> int | None:
+    if frac == "auto":
+        return None  # the pass takes it from the tensor's own values
+    return na_frac(width) if frac == "NA" else int(frac)
+
+
+def _activation(tensor: str, width: int, frac, ranges: Mapping[str, Range], where: str):
+    seen = ranges.get(tensor)
+    signed = None if seen is None else not seen.non_negative
+    if frac == "NA":
+        value = na_frac(width)
+    elif frac == "auto":
+        if seen is None:
+            raise ConfigError(f"{where}: 'auto' needs calibration data for tensor {tensor!r}")
+        value = int(frac_for_range(max(seen.max_abs, 1e-12), width, bool(signed)))
+    else:
+        value = int(frac)
+    return TensorSpec(width=width, frac=value, signed=signed)
+
+
+def _output_tensor(model: onnx.ModelProto, node: onnx.NodeProto) -> str:
+    """The tensor the pass quantizes for data_out: the Relu's output when a lone Relu follows."""
+    users = [n for n in model.graph.node if node.output[0] in n.input]
+    if len(users) == 1 and users[0].op_type == "Relu":
+        return users[0].output[0]
+    return node.output[0]
+
+
+def _node_spec(model, node, layer: LayerQuant, ranges, granularity: str) -> NodeQuantSpec:
+    where = f"node {node.name!r}"
+    data_out = None
+    if layer.data_out_width is not None:
+        data_out = _activation(
+            _output_tensor(model, node),
+            layer.data_out_width,
+            layer.data_out_frac_width,
+            ranges,
+            where,
+        )
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    return NodeQuantSpec(
+        weight=TensorSpec(width=layer.weight_width, granularity=granularity,
+                          frac=_weight_frac(layer.weight_frac_width, layer.weight_width)),
+        bias=TensorSpec(width=layer.bias_width,
+                        frac=_weight_frac(layer.bias_frac_width, layer.bias_width))
+        if has_bias else None,
+        data_in=_activation(node.input[0], layer.data_in_width, layer.data_in_frac_width,
+                            ranges, where),
+        data_out=data_out,
+    )  # fmt: skip
+
+
+def annotate(
+    model: onnx.ModelProto, config: QuantizationConfig, ranges: Mapping[str, Range]
+) -> Annotation:
+    """Specs for every enabled Gemm/MatMul/Conv node of ``model``.
+
+    Args:
+        model: the float model (BatchNorm already folded).
+        config: the quantization config.
+        ranges: calibrated activation ranges by tensor name (may be empty when no
+            activation uses ``"auto"``).
+
+    Raises:
+        ConfigError: a by-name entry names no node (closest names listed), or ``"auto"``
+            lacks calibration data.
+    """
+    _check_names(model, config)
+    specs: dict[str, NodeQuantSpec] = {}
+    disabled: list[str] = []
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZABLE and node.name not in config.by_name:
+            continue
+        layer = config.for_node(node.name, node.op_type)
+        if not layer.enabled:
+            disabled.append(node.name)
+            continue
+        specs[node.name] = _node_spec(model, node, layer, ranges, config.granularity)
+    return Annotation(specs, disabled)
