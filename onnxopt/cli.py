@@ -238,5 +238,46 @@ def evaluate_cmd(
         click.echo(evaluation_table(report, title=f"{model} on {dataset.name}/{split}"))
 
 
+@main.command("quantize")
+@click.argument("model", type=PathArg)
+@click.option(
+    "--config",
+    "config_path",
+    type=PathArg,
+    default=None,
+    help="Quantization TOML (default: 8-bit weights and activations, auto fractions).",
+)
+@_data_options
+@click.option("-o", "--output", type=PathArg, required=True, help="Quantized ONNX file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def quantize_cmd(model, config_path, data_spec, data_format, label_column, output, as_json) -> None:
+    """Quantize MODEL to fixed point with QDQ nodes that onnxruntime runs fused."""
+    from onnxopt.config import load_toml
+    from onnxopt.config.quantization import QuantizationConfig
+    from onnxopt.model_io import load_onnx, save_onnx
+    from onnxopt.optimizer.evaluate import fused_kernels, size_on_disk
+    from onnxopt.optimizer.quantization.quantizer import Quantizer
+    from onnxopt.report.tables import quantization_summary
+
+    config = load_toml(config_path, QuantizationConfig) if config_path else QuantizationConfig()
+    base = load_onnx(model)
+    dataset = _load_data(data_spec, data_format, label_column)
+    quantizer = Quantizer(base, dataset.calibration.x)
+    candidate = quantizer.quantize(config)
+    save_onnx(candidate.model, output)
+    other = "packed" if config.storage == "container" else "container"
+    alt = quantizer.quantize(config.model_copy(update={"storage": other}))
+    report = {
+        **candidate.as_dict(),
+        "size_bytes": {
+            "original": size_on_disk(model),
+            config.storage: size_on_disk(output),
+            other: alt.model.ByteSize(),
+        },
+        "fused_kernels": fused_kernels(candidate.model),
+    }
+    click.echo(json.dumps(report, indent=2) if as_json else quantization_summary(report, output))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

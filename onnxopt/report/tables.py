@@ -54,3 +54,26 @@ def evaluation_table(report: Any, title: str = "") -> str:
     rows["average bit width"] = f"{d['average_bitwidth']:.3g}"
     rows["memory density"] = f"{d['memory_density']:.3g}x (32 / average bit width)"
     return key_value_table(rows, title)
+
+
+def quantization_summary(report: Mapping[str, Any], output: Any) -> str:
+    """What ``onnxopt quantize`` did, for people (``--json`` has the full report)."""
+    sizes = report["size_bytes"]
+    original = sizes["original"]
+    lines = [f"quantized {len(report['quantized'])} node(s) -> {output}"]
+    for node, kernel in report["expected_kernels"].items():
+        lines.append(f"  {node}: runs as {kernel or 'float (not fused)'}")
+    for node, reason in report["float_nodes"].items():
+        lines.append(f"  left in float: {node}: {reason}")
+    for label in report["labels"]:
+        lines.append(
+            f"  note: {label['node']} {label['tensor']} {label['width']}-bit in "
+            f"{label['container']}: {label['reason']}"
+        )
+    lines += [f"  note: {n}" for n in report["notes"]]
+    fused = ", ".join(f"{k} x{v}" for k, v in report["fused_kernels"].items())
+    lines.append(f"onnxruntime runs: {fused}")
+    for mode, size in sizes.items():
+        ratio = f" ({size / original:.1%} of the original)" if mode != "original" else ""
+        lines.append(f"size {mode:<9} {size:>12,} bytes{ratio}")
+    return "\n".join(lines)

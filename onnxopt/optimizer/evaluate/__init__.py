@@ -13,6 +13,7 @@ from onnxopt.optimizer.evaluate.accuracy import (
     looks_like_probabilities,
     predict_scores,
 )
+from onnxopt.optimizer.evaluate.fusion import INTEGER_KERNELS, fused_kernels, optimized_graph
 from onnxopt.optimizer.evaluate.latency import (
     LatencyBudget,
     LatencyResult,
@@ -37,6 +38,9 @@ from onnxopt.optimizer.evaluate.size import (
 )
 
 __all__ = [
+    "INTEGER_KERNELS",
+    "fused_kernels",
+    "optimized_graph",
     "BIT_WIDTHS_KEY",
     "AccuracyResult",
     "ClassifierIO",

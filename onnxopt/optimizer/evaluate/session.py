@@ -142,7 +142,11 @@ def session_options(threads: int = 1, optimization: str = "all") -> ort.SessionO
 
 
 def make_session(
-    model: onnx.ModelProto | Path | str, *, threads: int = 1, optimization: str = "all"
+    model: onnx.ModelProto | Path | str,
+    *,
+    threads: int = 1,
+    optimization: str = "all",
+    optimized_model_path: Path | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session with fixed threading.
 
@@ -150,6 +154,8 @@ def make_session(
         model: A model in memory or the path of a model file (external data next to it).
         threads: Intra-op threads; inter-op threads are 1 and execution is sequential.
         optimization: Graph optimization level, one of :data:`OPTIMIZATION_LEVELS`.
+        optimized_model_path: Where onnxruntime writes the graph it optimized (to read which
+            kernels really run).
 
     Returns:
         A session on ``CPUExecutionProvider`` only.
@@ -161,6 +167,8 @@ def make_session(
     import onnxruntime as ort
 
     options = session_options(threads, optimization)
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
     source, label = _model_source(model)
     with ort_errors(f"load {label}"):
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -58,6 +58,9 @@ INTEGER_WEIGHT_INPUTS = frozenset({
     ("QLinearMatMul", 3), ("ConvInteger", 1), ("MatMulInteger", 0), ("MatMulInteger", 1),
 })  # fmt: skip
 
+# packed storage keeps INT4/INT2 weights on disk and casts them to 8 bits for the kernels
+PACKED_TYPES = frozenset({TensorProto.INT4, TensorProto.UINT4, TensorProto.INT2, TensorProto.UINT2})
+
 Source = Literal["initializer", "constant"]
 
 
@@ -242,6 +245,8 @@ def _parameters(model: onnx.ModelProto) -> Iterator[tuple[str, TensorProto, Sour
 def _is_parameter(data_type: int, uses: set[tuple[str, int]]) -> bool:
     if data_type in FLOAT_TYPES:
         return any(use not in NON_PARAMETER_INPUTS for use in uses)
+    if data_type in PACKED_TYPES and ("Cast", 0) in uses:
+        return True
     return any(use in INTEGER_WEIGHT_INPUTS for use in uses)
 
 

@@ -36,9 +36,7 @@ def needs_calibration(model: onnx.ModelProto, config: QuantizationConfig) -> boo
     for node in model.graph.node:
         if node.op_type in QUANTIZABLE:
             layer = config.for_node(node.name, node.op_type)
-            if layer.enabled and (layer.data_in_frac_width == "auto" or (
-                layer.data_out_width is not None and layer.data_out_frac_width == "auto"
-            )):  # fmt: skip
+            if layer.enabled and "auto" in (layer.data_in_frac_width, layer.data_out_frac_width):
                 return True
     return False
 
@@ -81,17 +79,37 @@ def _output_tensor(model: onnx.ModelProto, node: onnx.NodeProto) -> str:
     return node.output[0]
 
 
-def _node_spec(model, node, layer: LayerQuant, ranges, granularity: str) -> NodeQuantSpec:
+def _needs_output_q(model: onnx.ModelProto, node: onnx.NodeProto, quantized: set[str]) -> bool:
+    """Whether a Conv's output reaches no quantized input, so nothing requantizes it.
+
+    onnxruntime fuses Conv into QLinearConv only with a QuantizeLinear on its output (after a
+    lone Relu). The next layer's input Q serves when the output feeds a quantized node
+    directly or through MaxPool (onnxruntime moves Q across it); before a float op such as
+    ReduceMean it does not, and the Conv would run in float without its own output Q.
+    """
+    if node.op_type != "Conv":
+        return False
+    tensor = _output_tensor(model, node)
+    for user in (n for n in model.graph.node if tensor in n.input):
+        if user.name in quantized:
+            continue
+        if user.op_type == "MaxPool" and all(
+            n.name in quantized for n in model.graph.node if user.output[0] in n.input
+        ):
+            continue
+        return True
+    return False
+
+
+def _node_spec(
+    model, node, layer: LayerQuant, ranges, granularity: str, output_q: bool
+) -> NodeQuantSpec:
     where = f"node {node.name!r}"
     data_out = None
-    if layer.data_out_width is not None:
-        data_out = _activation(
-            _output_tensor(model, node),
-            layer.data_out_width,
-            layer.data_out_frac_width,
-            ranges,
-            where,
-        )
+    if layer.data_out_width is not None or output_q:
+        width = layer.data_out_width or layer.data_in_width
+        frac = layer.data_out_frac_width
+        data_out = _activation(_output_tensor(model, node), width, frac, ranges, where)
     has_bias = len(node.input) > 2 and bool(node.input[2])
     return NodeQuantSpec(
         weight=TensorSpec(width=layer.weight_width, granularity=granularity,
@@ -121,14 +139,15 @@ def annotate(
             lacks calibration data.
     """
     _check_names(model, config)
-    specs: dict[str, NodeQuantSpec] = {}
-    disabled: list[str] = []
-    for node in model.graph.node:
-        if node.op_type not in QUANTIZABLE and node.name not in config.by_name:
-            continue
-        layer = config.for_node(node.name, node.op_type)
-        if not layer.enabled:
-            disabled.append(node.name)
-            continue
-        specs[node.name] = _node_spec(model, node, layer, ranges, config.granularity)
-    return Annotation(specs, disabled)
+    layers = {
+        node.name: (node, config.for_node(node.name, node.op_type))
+        for node in model.graph.node
+        if node.op_type in QUANTIZABLE or node.name in config.by_name
+    }
+    enabled = {name for name, (_, layer) in layers.items() if layer.enabled}
+    specs = {
+        name: _node_spec(model, node, layer, ranges, config.granularity,
+                         _needs_output_q(model, node, enabled))
+        for name, (node, layer) in layers.items() if name in enabled
+    }  # fmt: skip
+    return Annotation(specs, [name for name in layers if name not in enabled])

@@ -16,6 +16,7 @@ from typing import Any
 
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import DeduplicateInitializersPass
 
 from onnxopt.errors import ConfigError, RewriteError, did_you_mean
 from onnxopt.optimizer.quantization.graph_analysis import unsupported_reason
@@ -188,6 +189,7 @@ def _raise_opset(proto: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, 
 
 
 def _finish(proto: onnx.ModelProto) -> onnx.ModelProto:
+    del proto.graph.value_info[:]  # intermediate shapes: onnxruntime infers them again
     min_ir = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     proto.ir_version = max(proto.ir_version, min_ir)
     try:
@@ -229,6 +231,9 @@ def quantize_model(
     proto, notes = _raise_opset(copy, target)
     result = QDQPass(specs, storage)(ir.from_proto(proto))
     assert isinstance(result, QuantizationPassResult)
+    # power-of-two scales and the few zero points repeat across layers: store each once
+    # (scalars only, so no weight disappears behind the bit-width metadata's names)
+    DeduplicateInitializersPass(size_limit=1)(result.model)
     quantized = _finish(ir.to_proto(result.model))
     fields = {
         f.name: getattr(result.report, f.name) for f in dataclasses.fields(QuantizationReport)
