@@ -279,5 +279,37 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     click.echo(json.dumps(report, indent=2) if as_json else quantization_summary(report, output))
 
 
+@main.command("scale")
+@click.argument("model", type=PathArg)
+@click.option(
+    "--config",
+    "config_path",
+    type=PathArg,
+    required=True,
+    help="Width TOML: [layers.<node>] channel_multiplier and mode.",
+)
+@_data_options
+@click.option("-o", "--output", type=PathArg, required=True, help="Scaled ONNX file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def scale_cmd(model, config_path, data_spec, data_format, label_column, output, as_json) -> None:
+    """Scale the channel widths of MODEL's Gemm/MatMul/Conv layers consistently."""
+    from onnxopt.config import load_toml
+    from onnxopt.model_io import load_onnx, save_onnx
+    from onnxopt.optimizer.width import WidthConfig, refit_inputs, scale_width
+
+    config = load_toml(config_path, WidthConfig)
+    base = load_onnx(model)
+    calibration = None
+    if config.needs_calibration():
+        calibration = refit_inputs(_load_data(data_spec, data_format, label_column))
+    result = scale_width(base, config, calibration)
+    save_onnx(result.model, output)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo(result.summary())
+        click.echo(f"-> {output} ({output.stat().st_size:,} bytes)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

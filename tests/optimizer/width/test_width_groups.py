@@ -19,11 +19,15 @@ def test_gemm_chain_has_one_group_per_hidden_layer_and_freezes_the_ends():
     assert _reasons(analysis) == {"x": "graph input 'x'", "fc2_out": "reaches graph output 'y'"}
     g0 = analysis.group("fc0_out")
     assert g0.producers == ("fc0",) and g0.consumers == ("fc1",)
-    kinds = sorted((analysis.node_names[e.node], e.input_index, e.kind.value, e.axis) for e in g0.edits)
-    # producer rows (transB=1: axis 0) and bias, all four BN vectors, consumer columns (transB=0: axis 0)
+    kinds = sorted(
+        (analysis.node_names[e.node], e.input_index, e.kind.value, e.axis) for e in g0.edits
+    )
+    # producer rows (transB=1: axis 0) and bias, the four BN vectors, consumer columns (transB=0)
     assert kinds == [("bn0", k, "slice", 0) for k in range(1, 5)] + [
-        ("fc0", 1, "slice", 0), ("fc0", 2, "slice", 0), ("fc1", 1, "split", 0)
-    ]  # fmt: skip
+        ("fc0", 1, "slice", 0),
+        ("fc0", 2, "slice", 0),
+        ("fc1", 1, "split", 0),
+    ]
 
 
 def test_jsc_three_linear_layers_shape():
@@ -38,13 +42,16 @@ def test_jsc_three_linear_layers_shape():
 def test_digits_cnn_follows_channels_through_pooling_and_the_unit_reshape():
     analysis = analyze_channels(digits_cnn(bn=True, depthwise=True))
     assert [(g.name, g.width) for g in analysis.scalable_groups] == [
-        ("conv0_out", 16), ("conv1_out", 32), ("conv2_out", 64)
-    ]  # fmt: skip
+        ("conv0_out", 16),
+        ("conv1_out", 32),
+        ("conv2_out", 64),
+    ]
     g0, g2 = analysis.group("conv0_out"), analysis.group("conv2_out")
     assert g0.consumers == ("conv1",)  # the depthwise Conv is a member, not a consumer
     assert {e.kind for e in g0.edits if analysis.node_names[e.node] == "dw"} == {
-        EditKind.SLICE, EditKind.GROUP_ATTR
-    }  # fmt: skip
+        EditKind.SLICE,
+        EditKind.GROUP_ATTR,
+    }
     shape_edits = [e for e in g2.edits if e.kind is EditKind.SHAPE_ENTRY]
     assert [(analysis.node_names[e.node], e.axis) for e in shape_edits] == [("flat", 1)]
 
@@ -64,7 +71,9 @@ def test_residual_add_joins_groups():
 def _flatten_model():
     net = Net()
     x = net.op("Relu", [net.conv("x", 1, 4, "conv0")], "r0")
-    x = net.op("Flatten", [net.op("MaxPool", [x], "pool", kernel_shape=[2, 2], strides=[2, 2])], "flat")
+    x = net.op(
+        "Flatten", [net.op("MaxPool", [x], "pool", kernel_shape=[2, 2], strides=[2, 2])], "flat"
+    )
     return net.model(["N", 1, 4, 4], net.gemm(x, 16, 3, "fc"), ["N", 3])
 
 
@@ -95,14 +104,18 @@ def _grouped_conv_model():
 @pytest.mark.parametrize(
     ("build", "group", "reason"),
     [
-        (_flatten_model, "conv0_out", "Flatten node 'flat' mixes channels with space ((N, 4, 2, 2) -> (N, 16))"),
+        (
+            _flatten_model,
+            "conv0_out",
+            "Flatten node 'flat' mixes channels with space ((N, 4, 2, 2) -> (N, 16))",
+        ),
         (_concat_model, "fc_a_out", "Concat node 'cat' is not a channel-wise op"),
         (_concat_model, "fc_b_out", "Concat node 'cat' is not a channel-wise op"),
         (_quantized_weight_model, "dq_w_out", "DequantizeLinear node 'dq_w'"),
         (_quantized_weight_model, "fc1_out", "graph output 'y'"),
         (_grouped_conv_model, "conv0_out", "Conv node 'grouped' is a grouped Conv (group=2)"),
     ],
-)  # fmt: skip
+)
 def test_frozen_groups_are_reported_by_name_with_the_reason(build, group, reason):
     analysis = analyze_channels(build())
     assert reason in _reasons(analysis)[group]
@@ -120,14 +133,20 @@ def test_activation_qdq_is_followed():
     net = Net()
     x = net.op("Relu", [net.gemm("x", 4, 6, "fc0")], "r0")
     scale, zero = net.const("s", np.float32(0.05)), net.const("z", np.uint8(0))
-    x = net.op("DequantizeLinear", [net.op("QuantizeLinear", [x, scale, zero], "q"), scale, zero], "dq")
+    x = net.op(
+        "DequantizeLinear", [net.op("QuantizeLinear", [x, scale, zero], "q"), scale, zero], "dq"
+    )
     analysis = analyze_channels(net.model(["N", 4], net.gemm(x, 6, 2, "fc1"), ["N", 2]))
     assert [g.name for g in analysis.scalable_groups] == ["fc0_out"]
 
 
 def test_matmul_with_bias_add_on_sequences():
     net = Net()
-    x = net.op("Add", [net.op("MatMul", ["x", net.rand("w0", (8, 6))], "mm0"), net.rand("b0", (6,))], "bias0")
+    x = net.op(
+        "Add",
+        [net.op("MatMul", ["x", net.rand("w0", (8, 6))], "mm0"), net.rand("b0", (6,))],
+        "bias0",
+    )
     x = net.op("MatMul", [net.op("Relu", [x], "r0"), net.rand("w1", (6, 3))], "mm1")
     analysis = analyze_channels(net.model(["N", 4, 8], x, ["N", 4, 3]))
     assert analysis.weight_nodes["mm0"].bias == (1, 1)

@@ -58,9 +58,12 @@ class Net:
     def model(self, x_shape, out: str, out_shape) -> onnx.ModelProto:
         self.nodes.append(helper.make_node("Identity", [out], ["y"], "output"))
         graph = helper.make_graph(
-            self.nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], self.inits,
-        )  # fmt: skip
+            self.nodes,
+            "tiny",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+            self.inits,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = 10
         onnx.checker.check_model(model, full_check=True)
@@ -105,6 +108,46 @@ def digits_cnn(seed: int = 0, *, bn: bool = False, depthwise: bool = False) -> o
     return net.model(["N", 1, 8, 8], net.gemm(x, 64, 10, "head"), ["N", 10])
 
 
+def residual_model():
+    """fc0 -> Relu -> fc1 -> BN -> Relu, added back to fc0's output (one joined group)."""
+    net = Net(3)
+    a = net.op("Relu", [net.gemm("x", 8, 6, "fc0")], "r0")
+    b = net.op("Relu", [net.batchnorm(net.gemm(a, 6, 6, "fc1"), 6, "bn1")], "r1")
+    return net.model(["N", 8], net.gemm(net.op("Add", [a, b], "res"), 6, 3, "fc2"), ["N", 3])
+
+
+def qdq_model():
+    """Gemm -> Relu -> per-tensor QuantizeLinear/DequantizeLinear -> Gemm."""
+    net = Net(4)
+    x = net.op("Relu", [net.gemm("x", 8, 6, "fc0")], "r0")
+    scale, zero = net.const("s", np.float32(0.02)), net.const("z", np.uint8(0))
+    x = net.op(
+        "DequantizeLinear", [net.op("QuantizeLinear", [x, scale, zero], "q"), scale, zero], "dq"
+    )
+    return net.model(["N", 8], net.gemm(x, 6, 3, "fc1"), ["N", 3])
+
+
+def matmul_sequences_model():
+    """MatMul + bias Add on (N, 4, 8) sequences, Relu, MatMul."""
+    net = Net(5)
+    x = net.op(
+        "Add",
+        [net.op("MatMul", ["x", net.rand("w0", (8, 6))], "mm0"), net.rand("b0", (6,))],
+        "bias0",
+    )
+    x = net.op("MatMul", [net.op("Relu", [x], "r0"), net.rand("w1", (6, 3))], "mm1")
+    return net.model(["N", 4, 8], x, ["N", 4, 3])
+
+
+def nhwc_linear_model():
+    """Conv -> Relu -> Transpose to NHWC -> MatMul over channels (no bias)."""
+    net = Net(6)
+    x = net.op("Relu", [net.conv("x", 2, 5, "conv0")], "r0")
+    x = net.op("Transpose", [x], "nhwc", perm=[0, 2, 3, 1])
+    y = net.op("MatMul", [x, net.rand("w1", (5, 4))], "mm1")
+    return net.model(["N", 2, 3, 3], y, ["N", 3, 3, 4])
+
+
 def check(model: onnx.ModelProto) -> None:
     """The checker (full) and strict shape inference accept the model."""
     onnx.checker.check_model(model, full_check=True)
@@ -115,7 +158,9 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """The model's first output in onnxruntime."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
@@ -179,14 +224,25 @@ def _reshape(ins, a):
     return ins[0].reshape([ins[0].shape[i] if d == 0 else d for i, d in enumerate(shape)])
 
 
+def _quantize(ins, a):
+    scale, zero = ins[1], ins[2]
+    return np.clip(np.round(ins[0] / scale) + zero, 0, 255)  # uint8; np.round is half to even
+
+
 _OPS = {
-    "Gemm": _gemm, "BatchNormalization": _bn, "MaxPool": _maxpool, "Reshape": _reshape,
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": lambda ins, a: (ins[0] - ins[2]) * ins[1],
+    "Gemm": _gemm,
+    "BatchNormalization": _bn,
+    "MaxPool": _maxpool,
+    "Reshape": _reshape,
     "MatMul": lambda ins, a: ins[0] @ ins[1],
     "Add": lambda ins, a: ins[0] + ins[1],
     "Relu": lambda ins, a: np.maximum(ins[0], 0),
     "Identity": lambda ins, a: ins[0],
+    "Transpose": lambda ins, a: np.transpose(ins[0], a["perm"]),
     "Conv": lambda ins, a: _conv(ins[0], ins[1], ins[2] if len(ins) > 2 else None, a),
     "ReduceMean": lambda ins, a: ins[0].mean(axis=tuple(int(i) for i in ins[1]), keepdims=True),
     "GlobalAveragePool": lambda ins, a: ins[0].mean(axis=(2, 3), keepdims=True),
     "Flatten": lambda ins, a: ins[0].reshape(len(ins[0]), -1),
-}  # fmt: skip
+}

@@ -1,0 +1,200 @@
+"""Mutable state of the channel analysis: channel spaces joined by union-find.
+
+A *space* is a set of channels followed through the graph; spaces joined by a residual Add
+become one (union-find), and each finished space becomes a :class:`ChannelGroup`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.optimizer.width.groups import (
+    ChannelAnalysis,
+    ChannelGroup,
+    Edit,
+    WeightNode,
+)
+
+
+@dataclass
+class _Space:
+    width: int | None
+    producers: list[int] = field(default_factory=list)
+    consumers: list[int] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
+    tensors: list[tuple[str, int | None]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant contents (initializer or Constant node), else None.
+
+    An initializer that is also a graph input can be overridden at run time: not a constant.
+    """
+    if value is None or value.is_graph_input():
+        return None
+    try:
+        tensor = ir.convenience.get_const_tensor(value)
+    except ValueError:
+        return None
+    return None if tensor is None else tensor.numpy()
+
+
+def rank_of(value: ir.Value | None) -> int | None:
+    """The value's rank from shape inference, or None."""
+    return None if value is None or value.shape is None else len(value.shape)
+
+
+class Builder:
+    """Spaces, the tensors assigned to them, and the weight nodes met on the way."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.graph = graph
+        self.nodes = list(graph)
+        self.names = tuple(n.name or f"<{n.op_type} #{i}>" for i, n in enumerate(self.nodes))
+        self.index = {id(n): i for i, n in enumerate(self.nodes)}
+        self._parent: list[int] = []
+        self._spaces: list[_Space] = []
+        self._where: dict[str, tuple[int, int | None]] = {}
+        self.weights: dict[int, WeightNode] = {}
+        self.input_space: dict[int, int] = {}
+        self.output_space: dict[int, int] = {}
+
+    # --- spaces -----------------------------------------------------------------------
+    def new_space(self, width: int | None, reason: str | None = None) -> int:
+        """A fresh space (frozen with ``reason`` when given)."""
+        self._parent.append(len(self._spaces))
+        self._spaces.append(_Space(width, reasons=[reason] if reason else []))
+        return len(self._spaces) - 1
+
+    def find(self, sid: int) -> int:
+        """The representative of ``sid``'s space."""
+        while self._parent[sid] != sid:
+            self._parent[sid] = self._parent[self._parent[sid]]
+            sid = self._parent[sid]
+        return sid
+
+    def space(self, sid: int) -> _Space:
+        """The (root) space ``sid`` belongs to."""
+        return self._spaces[self.find(sid)]
+
+    def union(self, a: int, b: int, note: str) -> int:
+        """Join two spaces into one, recording why; returns the root."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if rb < ra:
+            ra, rb = rb, ra
+        sa, sb = self._spaces[ra], self._spaces[rb]
+        self._parent[rb] = ra
+        if sa.width is not None and sb.width is not None and sa.width != sb.width:
+            sa.reasons.append(f"{note} joins {sa.width} and {sb.width} channels")
+        sa.width = sa.width if sa.width is not None else sb.width
+        for attr in ("producers", "consumers", "edits", "tensors", "reasons", "notes"):
+            getattr(sa, attr).extend(getattr(sb, attr))
+        sa.notes.append(note)
+        return ra
+
+    def freeze(self, sid: int, reason: str) -> None:
+        """Mark a space as not scalable, with the reason (recorded once)."""
+        reasons = self.space(sid).reasons
+        if reason not in reasons:
+            reasons.append(reason)
+
+    # --- tensors ----------------------------------------------------------------------
+    def assign(self, value: ir.Value, sid: int, axis: int | None) -> None:
+        """Record that ``value`` carries space ``sid``'s channels on ``axis``."""
+        self._where[value.name] = (sid, axis)
+        self.space(sid).tensors.append((value.name, axis))
+
+    def lookup(self, value: ir.Value | None) -> tuple[int, int | None] | None:
+        """``(root space, channel axis)`` of a tracked value, else None."""
+        if value is None or value.name not in self._where:
+            return None
+        sid, axis = self._where[value.name]
+        return self.find(sid), axis
+
+    def tracked(self, value: ir.Value | None) -> bool:
+        """True when the value carries tracked channels."""
+        return value is not None and value.name in self._where
+
+    def add_edit(self, sid: int, edit: Edit) -> None:
+        """Record a change that scaling space ``sid`` implies."""
+        self.space(sid).edits.append(edit)
+
+    # --- weight nodes -----------------------------------------------------------------
+    def consume(self, sid: int, node_index: int, edit: Edit) -> None:
+        """Record a weight node reading space ``sid`` as its input channels."""
+        space = self.space(sid)
+        space.consumers.append(node_index)
+        space.edits.append(edit)
+        self.input_space[node_index] = sid
+
+    def produce(self, node_index: int, width: int, edits: list[Edit]) -> int:
+        """A new space holding a weight node's output channels."""
+        sid = self.new_space(width)
+        space = self.space(sid)
+        space.producers.append(node_index)
+        space.edits.extend(edits)
+        self.output_space[node_index] = sid
+        return sid
+
+    # --- result -----------------------------------------------------------------------
+    def finish(self) -> ChannelAnalysis:
+        """Freeze spaces without consumers and turn the spaces into groups."""
+        order: dict[int, int] = {}
+        for sid, _ in self._where.values():
+            order.setdefault(self.find(sid), len(order))
+        groups = []
+        for root, gi in sorted(order.items(), key=lambda kv: kv[1]):
+            groups.append(self._group(gi, self._spaces[root]))
+        by_root = {root: gi for root, gi in order.items()}
+        weights = {w.name: w for w in self.weights.values()}
+        ins = {self.names[i]: by_root[self.find(s)] for i, s in self.input_space.items()}
+        outs = {self.names[i]: by_root[self.find(s)] for i, s in self.output_space.items()}
+        return ChannelAnalysis(
+            groups=tuple(groups),
+            weight_nodes=MappingProxyType(weights),
+            input_group=MappingProxyType(ins),
+            output_group=MappingProxyType(outs),
+            node_names=self.names,
+            ancestors=MappingProxyType(self._weight_ancestors()),
+        )
+
+    def _group(self, gi: int, space: _Space) -> ChannelGroup:
+        reasons = list(space.reasons)
+        if not space.consumers and not reasons:
+            reasons.append("no Gemm, MatMul or Conv reads these channels")
+        return ChannelGroup(
+            index=gi,
+            name=space.tensors[0][0],
+            width=space.width,
+            producers=tuple(self.names[i] for i in space.producers),
+            consumers=tuple(self.names[i] for i in space.consumers),
+            edits=tuple(space.edits),
+            tensors=tuple(space.tensors),
+            reasons=tuple(reasons),
+            notes=tuple(space.notes),
+        )
+
+    def _weight_ancestors(self) -> dict[str, frozenset[str]]:
+        upstream: list[frozenset[int]] = []
+        for node in self.nodes:
+            acc: set[int] = set()
+            for value in node.inputs:
+                producer = value.producer() if value is not None else None
+                if producer is None or id(producer) not in self.index:
+                    continue
+                p = self.index[id(producer)]
+                acc |= upstream[p]
+                if p in self.weights:
+                    acc.add(p)
+            upstream.append(frozenset(acc))
+        return {
+            w.name: frozenset(self.names[p] for p in upstream[i]) for i, w in self.weights.items()
+        }
