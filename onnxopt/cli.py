@@ -73,6 +73,14 @@ def _data_options(f):
     )(f)
 
 
+def _rewrite_output_options(output_help: str):
+    def decorate(f):
+        f = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(f)
+        return click.option("-o", "--output", type=PathArg, required=True, help=output_help)(f)
+
+    return decorate
+
+
 def _load_data(data_spec: str, data_format: str | None, label_column: str):
     from onnxopt.data import load_dataset
 
@@ -248,8 +256,7 @@ def evaluate_cmd(
     help="Quantization TOML (default: 8-bit weights and activations, auto fractions).",
 )
 @_data_options
-@click.option("-o", "--output", type=PathArg, required=True, help="Quantized ONNX file to write.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_rewrite_output_options("Quantized ONNX file to write.")
 def quantize_cmd(model, config_path, data_spec, data_format, label_column, output, as_json) -> None:
     """Quantize MODEL to fixed point with QDQ nodes that onnxruntime runs fused."""
     from onnxopt.config import load_toml
@@ -289,8 +296,7 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     help="Width TOML: [layers.<node>] channel_multiplier and mode.",
 )
 @_data_options
-@click.option("-o", "--output", type=PathArg, required=True, help="Scaled ONNX file to write.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_rewrite_output_options("Scaled ONNX file to write.")
 def scale_cmd(model, config_path, data_spec, data_format, label_column, output, as_json) -> None:
     """Scale the channel widths of MODEL's Gemm/MatMul/Conv layers consistently."""
     from onnxopt.config import load_toml
