@@ -40,3 +40,26 @@ def exported_recipe(trained_recipe, tmp_path_factory):
         return export_module(trained.module, trained.input_shape, folder / f"{name}.onnx").path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def jsc_parquet(tmp_path_factory) -> Path:
+    """A small file in the OpenML ``hls4ml_lhc_jets_hlf`` format whose classes are learnable.
+
+    The real jet data cannot be downloaded here; 1,500 synthetic jets with class-dependent
+    feature means stand in for it (same columns, same ``jet_type`` values).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from onnxopt.data.jsc import OPENML_FEATURES
+
+    rng = np.random.default_rng(7)
+    labels = rng.choice(list("gqwzt"), size=1500)
+    centers = rng.normal(scale=2.0, size=(5, len(OPENML_FEATURES)))
+    x = centers[np.array(["gqwzt".index(c) for c in labels])]
+    frame = pd.DataFrame(x + rng.normal(size=x.shape), columns=list(OPENML_FEATURES))
+    frame["jet_type"] = labels
+    path = tmp_path_factory.mktemp("jsc") / "hls4ml_lhc_jets_hlf.parquet"
+    frame.to_parquet(path)
+    return path
