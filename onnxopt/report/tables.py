@@ -65,11 +65,12 @@ def quantization_summary(report: Mapping[str, Any], output: Any) -> str:
         lines.append(f"  {node}: runs as {kernel or 'float (not fused)'}")
     for node, reason in report["float_nodes"].items():
         lines.append(f"  left in float: {node}: {reason}")
+    grouped: dict[tuple, list[str]] = {}
     for label in report["labels"]:
-        lines.append(
-            f"  note: {label['node']} {label['tensor']} {label['width']}-bit in "
-            f"{label['container']}: {label['reason']}"
-        )
+        key = (label["tensor"], label["width"], label["container"], label["reason"])
+        grouped.setdefault(key, []).append(label["node"])
+    for (tensor, width, container, reason), nodes in grouped.items():
+        lines.append(f"  note: {tensor} {width}-bit in {container} ({', '.join(nodes)}): {reason}")
     lines += [f"  note: {n}" for n in report["notes"]]
     fused = ", ".join(f"{k} x{v}" for k, v in report["fused_kernels"].items())
     lines.append(f"onnxruntime runs: {fused}")
