@@ -317,5 +317,62 @@ def scale_cmd(model, config_path, data_spec, data_format, label_column, output, 
         click.echo(f"-> {output} ({output.stat().st_size:,} bytes)")
 
 
+@main.command("search")
+@click.argument("config_path", type=PathArg)
+@click.option("--run-dir", type=PathArg, help="Output folder (default runs/<config stem>).")
+@click.option("--storage", help="Optuna storage URL (default: SQLite study.db in the run dir).")
+@click.option("--resume", is_flag=True, help="Continue the stored study.")
+@click.option("--n-trials", type=click.IntRange(min=1), help="Override strategy.n_trials.")
+@click.option("--no-export", is_flag=True, help="Skip exporting the best models and plots.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json instead of a table.")
+def search_cmd(config_path, run_dir, storage, resume, n_trials, no_export, no_progress, as_json):
+    """Search quantization and width choices of a model with Optuna (CONFIG_PATH: TOML)."""
+    from onnxopt.config.search import load_search_config
+    from onnxopt.optimizer.search.run import export_best, run_search
+    from onnxopt.report.search_plots import write_plots
+    from onnxopt.report.search_report import report_dict, summary, write_reports
+
+    config = load_search_config(config_path, n_trials=n_trials)
+    run_dir = run_dir or Path("runs") / config_path.stem
+    result = run_search(
+        config, run_dir=run_dir, storage=storage, resume=resume, progress=not no_progress
+    )
+    if not no_export:
+        export_best(result)
+        write_plots(result)
+    write_reports(result)
+    if as_json:
+        click.echo(json.dumps(report_dict(result), indent=2))
+    else:
+        click.echo(summary(result))
+        click.echo(f"-> {run_dir}")
+
+
+@main.command("select")
+@click.argument("source")
+@click.option("--rule", help="e.g. 'min size where accuracy_drop <= 0.01'.")
+@click.option("--minimize", help="Metric to minimize (instead of --rule).")
+@click.option("--maximize", help="Metric to maximize (instead of --rule).")
+@click.option("--max-accuracy-drop", type=float, help="Condition accuracy_drop <= VALUE.")
+@click.option("--run-dir", type=PathArg, help="Run directory when SOURCE is a storage URL.")
+@click.option("-o", "--output-dir", type=PathArg, help="Folder for the selected model.")
+def select_cmd(source, rule, minimize, maximize, max_accuracy_drop, run_dir, output_dir):
+    """Pick one finished trial of a search (SOURCE: run dir or storage URL) and export it."""
+    from onnxopt.optimizer.search.select import parse_rule, select_and_export
+
+    if rule is None:
+        if bool(minimize) == bool(maximize):
+            raise UsageError("give --rule, or exactly one of --minimize and --maximize")
+        rule = f"min {minimize}" if minimize else f"max {maximize}"
+        if max_accuracy_drop is not None:
+            rule += f" where accuracy_drop <= {max_accuracy_drop}"
+    trial, exported = select_and_export(source, parse_rule(rule), run_dir, output_dir)
+    click.echo(
+        f"trial {trial.number} ({rule}): test accuracy {exported.test_accuracy:.4f}, "
+        f"{exported.size_bytes:,} bytes -> {exported.onnx_path}"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,97 @@
+"""Build a trial's candidate from the pristine base: scale widths, then quantize.
+
+One :class:`WidthScaler` is kept for the whole search and one :class:`Quantizer` per width
+choice (it calibrates the scaled model once), so a trial never re-calibrates, re-reads a
+file or touches the base model.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import onnx
+
+from onnxopt.config.quantization import QuantizationConfig
+from onnxopt.data.dataset import Dataset
+from onnxopt.optimizer.quantization.quantizer import Quantizer
+from onnxopt.optimizer.search.space import Choice, SearchSpace
+from onnxopt.optimizer.width import WidthConfig, WidthScaler, refit_inputs
+
+MAX_CACHED_QUANTIZERS = 64
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A built candidate and the config that made it (plain JSON in :meth:`config_dict`)."""
+
+    model: onnx.ModelProto
+    quantization: QuantizationConfig | None
+    width: dict[str, float]
+
+    def config_dict(self) -> dict:
+        """The candidate's config as plain JSON."""
+        quant = None if self.quantization is None else self.quantization.model_dump(mode="json")
+        return {"quantization": quant, "width_multipliers": dict(self.width)}
+
+
+class CandidateBuilder:
+    """Turns points of a search space into models, caching what trials share.
+
+    Args:
+        base: The pristine float base model.
+        dataset: Its dataset (training data feeds width refits and calibration).
+        width: The search's width config (None: no width scaling).
+    """
+
+    def __init__(self, base: onnx.ModelProto, dataset: Dataset, width: WidthConfig | None) -> None:
+        self.base = base
+        self._calibration_x = dataset.calibration.x
+        self.width_config = width
+        self.scaler = None
+        if width is not None:
+            calib = refit_inputs(dataset) if width.needs_calibration() else None
+            self.scaler = WidthScaler(base, calib)
+        self._quantizers: OrderedDict[tuple, Quantizer] = OrderedDict()
+
+    def width_space(self) -> dict[str, tuple[float, ...]]:
+        """Width choices per channel group (empty without width scaling)."""
+        if self.scaler is None or self.width_config is None:
+            return {}
+        return self.scaler.search_space(self.width_config)
+
+    def scaled(self, choice: Choice) -> onnx.ModelProto:
+        """The base model scaled to the point's widths (the base itself when unscaled)."""
+        if self.scaler is None or all(m == 1.0 for m in choice.width.values()):
+            return self.base
+        return self.scaler.scale_groups(choice.width, self.width_config).model
+
+    def quantizer(self, choice: Choice) -> Quantizer:
+        """The Quantizer of the point's width choice (built and calibrated once)."""
+        key = choice.width_key()
+        if key not in self._quantizers:
+            self._quantizers[key] = Quantizer(self.scaled(choice), self._calibration_x)
+            if len(self._quantizers) > MAX_CACHED_QUANTIZERS:
+                self._quantizers.popitem(last=False)
+        self._quantizers.move_to_end(key)
+        return self._quantizers[key]
+
+    def build(self, space: SearchSpace, choice: Choice) -> Candidate:
+        """The candidate model of one point.
+
+        Raises:
+            RewriteError, ConfigError: When the point cannot be built.
+        """
+        config = space.quantization(choice)
+        if config is None:
+            model = self.scaled(choice)
+        else:
+            model = self.quantizer(choice).quantize(config).model
+        return Candidate(model, config, dict(choice.width))
+
+
+def model_hash(data: bytes) -> str:
+    """SHA-256 of serialized model bytes (stored per trial)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,127 @@
+"""Pick one finished trial by a rule: ``"min size where accuracy_drop <= 0.01"``.
+
+Grammar: ``(min|max) METRIC [where COND (and COND)*]`` with ``COND = METRIC OP NUMBER`` and
+``OP`` one of ``<= >= < > ==``. Metrics are those stored per trial (accuracy, loss, size,
+average_bitwidth, memory_density, latency, latency_b<N>) plus ``accuracy_drop`` (baseline
+minus accuracy, validation split). Only feasible COMPLETE trials are considered.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from optuna.trial import FrozenTrial
+
+from onnxopt.errors import UsageError
+from onnxopt.optimizer.search.pareto import is_feasible
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq,
+}  # fmt: skip
+_COND = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An objective to minimize or maximize over trials meeting every condition."""
+
+    goal: str
+    metric: str
+    conditions: tuple[tuple[str, str, float], ...] = ()
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse a selection rule.
+
+    Raises:
+        UsageError: With what is wrong and the expected grammar.
+    """
+    head, _, tail = text.strip().partition(" where ")
+    words = head.split()
+    if len(words) != 2 or words[0] not in ("min", "max"):
+        raise UsageError(f"rule {text!r} must start with 'min METRIC' or 'max METRIC'")
+    conditions = []
+    for part in filter(None, (p.strip() for p in tail.split(" and "))) if tail else ():
+        match = _COND.match(part)
+        if not match:
+            raise UsageError(f"condition {part!r} must look like 'accuracy_drop <= 0.01'")
+        name, op, number = match.groups()
+        try:
+            conditions.append((name, op, float(number)))
+        except ValueError:
+            raise UsageError(f"condition {part!r}: {number!r} is not a number") from None
+    return Rule(words[0], words[1], tuple(conditions))
+
+
+def trial_metrics(trial: FrozenTrial, baseline_accuracy: float) -> dict[str, float]:
+    """A trial's stored metrics plus ``accuracy_drop``."""
+    metrics = dict(trial.user_attrs.get("metrics", {}))
+    if "accuracy" in metrics:
+        metrics["accuracy_drop"] = baseline_accuracy - metrics["accuracy"]
+    return metrics
+
+
+def select_trial(trials: list[FrozenTrial], rule: Rule, baseline_accuracy: float) -> FrozenTrial:
+    """The feasible trial that best meets ``rule`` (lowest number on ties).
+
+    Raises:
+        UsageError: For an unknown metric or when no trial meets the conditions.
+    """
+    scored = [(t, trial_metrics(t, baseline_accuracy)) for t in trials if is_feasible(t)]
+    known = set().union(*(m.keys() for _, m in scored)) if scored else set()
+    for name in (rule.metric, *(c[0] for c in rule.conditions)):
+        if scored and name not in known:
+            from onnxopt.errors import did_you_mean
+
+            raise UsageError(f"unknown metric {name!r} in the rule; {did_you_mean(name, known)}")
+    ok = [
+        (t, m) for t, m in scored
+        if rule.metric in m and all(c in m and OPS[op](m[c], v) for c, op, v in rule.conditions)
+    ]  # fmt: skip
+    if not ok:
+        raise UsageError("no feasible finished trial meets the rule; loosen the conditions")
+    sign = 1.0 if rule.goal == "min" else -1.0
+    return min(ok, key=lambda p: (sign * p[1][rule.metric], p[0].number))[0]
+
+
+def select_and_export(source: str, rule: Rule, run_dir=None, out_dir=None):
+    """Open a stored search, pick one trial by ``rule`` and export it.
+
+    Args:
+        source: A run directory (holding ``study.db``) or an Optuna storage URL.
+        rule: The selection rule.
+        run_dir: The run directory when ``source`` is a URL (base model, outputs).
+        out_dir: Where the selected model goes (default ``run_dir/selected``).
+
+    Returns:
+        ``(trial, ExportedTrial)``.
+    """
+    from pathlib import Path
+
+    from onnxopt.config.base import validate
+    from onnxopt.config.search import SearchConfig
+    from onnxopt.optimizer.search.export import export_trial
+    from onnxopt.optimizer.search.run import SearchContext
+    from onnxopt.optimizer.search.study import load_study, storage_url
+
+    path = Path(source)
+    if path.is_dir():
+        run_dir = run_dir or path
+        if not (path / "study.db").is_file():
+            raise UsageError(f"{path} holds no study.db; pass a run directory or a storage URL")
+        url = storage_url(path, None)
+    elif "://" in source:
+        url = source
+        if run_dir is None:
+            raise UsageError("with a storage URL, pass --run-dir (the base model lives there)")
+    else:
+        raise UsageError(f"{source!r} is neither a run directory nor a storage URL")
+    study = load_study(url)
+    config = validate(SearchConfig, study.user_attrs["config"], source=url)
+    trial = select_trial(study.get_trials(), rule, study.user_attrs["baseline"]["accuracy"])
+    ctx = SearchContext.prepare(config, Path(run_dir))
+    folder = Path(out_dir) if out_dir else Path(run_dir) / "selected"
+    return trial, export_trial(trial, ctx.space, ctx.builder, ctx.test_evaluator(), folder)

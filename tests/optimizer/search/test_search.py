@@ -1,0 +1,125 @@
+"""End-to-end searches on digits-mlp: brute force, constraints, failing candidates, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import onnx
+import optuna
+from optuna.trial import TrialState
+
+from onnxopt.config.search import load_search_config
+from onnxopt.optimizer.search.candidate import Candidate, CandidateBuilder
+from onnxopt.optimizer.search.run import export_best, run_search
+from tests.optimizer.search.conftest import QUANT_18
+
+BRUTE = (
+    QUANT_18
+    + """
+[search.strategy]
+sampler = "brute-force"
+n_trials = 30
+[search.metrics.accuracy]
+[search.metrics.average_bitwidth]
+scale = 0.2
+[search.constraints]
+max_accuracy_drop = 0.03
+"""
+)
+
+
+def test_brute_force_visits_each_point_once_and_respects_constraints(write_config, tmp_path):
+    config = load_search_config(write_config(BRUTE))
+    result = run_search(config, run_dir=tmp_path / "run", progress=False)
+    trials = result.study.trials
+    assert len(trials) == 18  # stopped although n_trials is 30
+    points = {tuple(sorted(t.params.items())) for t in trials}
+    assert len(points) == 18 and all(t.state is TrialState.COMPLETE for t in trials)
+    infeasible = [t for t in trials if not t.user_attrs["feasible"]]
+    assert infeasible, "2-bit weights should break the 3% accuracy-drop limit"
+    assert all("latency" not in t.user_attrs["metrics"] for t in infeasible)  # skipped
+    assert all("latency_skipped" in t.user_attrs for t in infeasible)
+    base = result.baseline["accuracy"]
+    assert result.best and all(t.user_attrs["feasible"] for t in result.best)
+    assert all(base - t.user_attrs["metrics"]["accuracy"] <= 0.03 for t in result.best)
+    assert not {t.number for t in infeasible} & {t.number for t in result.best}
+    # size is the bytes written to disk, and the export rebuilds the same model
+    exported = export_best(result, ort_format=False)
+    for e, t in zip(exported, result.best, strict=True):
+        assert e.size_bytes == t.user_attrs["metrics"]["size"] == e.onnx_path.stat().st_size
+        assert e.hash_matches and 0 < e.test_accuracy <= 1
+
+
+def _broken(model: onnx.ModelProto) -> onnx.ModelProto:
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    bad.graph.node[0].op_type = "NoSuchOp"
+    return bad
+
+
+def test_failing_candidate_is_a_fail_trial_and_search_goes_on(write_config, tmp_path, monkeypatch):
+    original = CandidateBuilder.build
+
+    def build(self, space, choice):
+        candidate = original(self, space, choice)
+        if choice.quant["by_type.linear"]["weight_width"] == 2:
+            return Candidate(_broken(candidate.model), candidate.quantization, candidate.width)
+        return candidate
+
+    monkeypatch.setattr(CandidateBuilder, "build", build)
+    body = BRUTE.replace("n_trials = 30", "n_trials = 18")
+    result = run_search(load_search_config(write_config(body)), run_dir=tmp_path, progress=False)
+    failed = [t for t in result.study.trials if t.state is TrialState.FAIL]
+    assert len(failed) == 6 and len(result.study.trials) == 18
+    assert all("NoSuchOp" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.params["q.by_type.linear.weight_width"] == 2 for t in failed)
+
+
+RANDOM = (
+    QUANT_18
+    + """
+[search.strategy]
+sampler = "random"
+n_trials = 40
+[search.evaluation]
+min_time_s = 0.05
+"""
+)
+
+
+def _complete(db) -> int:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+
+
+def test_resume_after_sigkill(write_config, tmp_path):
+    config_path = write_config(RANDOM)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "onnxopt", "search", str(config_path), "--run-dir",
+           str(run_dir), "--no-progress", "--no-export"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = run_dir / "study.db"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if db.exists() and _complete(db) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = optuna.load_study(study_name="onnxopt-search", storage=f"sqlite:///{db}")
+    done = {t.number: t.params for t in before.trials if t.state is TrialState.COMPLETE}
+    assert 3 <= len(done) < 40
+    config = load_search_config(config_path)
+    result = run_search(config, run_dir=run_dir, resume=True, progress=False)
+    trials = result.study.trials
+    complete = [t for t in trials if t.state is TrialState.COMPLETE]
+    assert len(complete) == 40
+    assert {t.number: t.params for t in complete if t.number in done} == done
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert all(t.state is TrialState.FAIL for t in interrupted)
+    assert result.recovered == len(interrupted)
