@@ -9,11 +9,8 @@ install:
 	$(PIP) install --quiet -e '.[dev]'
 
 demo: install
-	$(PYTHON) -m onnxopt train digits-mlp --data digits -o $(RUN_DIR)/digits-mlp.pt
-	$(PYTHON) -m onnxopt export --weights $(RUN_DIR)/digits-mlp.pt -o $(RUN_DIR)/digits-mlp.onnx
-	$(PYTHON) -m onnxopt evaluate $(RUN_DIR)/digits-mlp.onnx --data digits --split test
-	$(PYTHON) -m onnxopt quantize $(RUN_DIR)/digits-mlp.onnx --config configs/quantize-int8.toml -o $(RUN_DIR)/digits-mlp.int8.onnx
-	$(PYTHON) -m onnxopt evaluate $(RUN_DIR)/digits-mlp.int8.onnx --data digits --split test
+	rm -rf $(RUN_DIR)
+	$(PYTHON) -m onnxopt search configs/search-digits-mlp-quant-tpe.toml --run-dir $(RUN_DIR)
 
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider
