@@ -26,16 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
+from bench_common import BATCH_SIZES, interleaved_latency, machine_info
 
 from onnxopt.config.quantization import QuantizationConfig
 from onnxopt.data.digits import load_digits
@@ -43,12 +39,11 @@ from onnxopt.data.shaping import adapt_inputs, onnx_input_shape
 from onnxopt.exporters.torch_onnx import export_module
 from onnxopt.model_io import load_onnx, save_onnx
 from onnxopt.models.training import train
-from onnxopt.optimizer.evaluate import evaluate_model, make_session, measure_latency
+from onnxopt.optimizer.evaluate import evaluate_model
 from onnxopt.optimizer.quantization.quantizer import Quantizer
 from onnxopt.optimizer.width import WidthConfig, WidthScaler, refit_inputs
 
 RECIPE = "digits-wide"
-BATCH_SIZES = (1, 256)
 MULTIPLIERS = (1.0, 0.5, 0.25, 0.125)
 REFITS = ("ridge", "none")
 BASE = "w1"
@@ -147,28 +142,6 @@ def static_metrics(paths: dict[str, Path], dataset, models: dict) -> None:
         )
 
 
-def interleaved_latency(paths: dict[str, Path], sample: np.ndarray, rounds: int) -> dict:
-    """Median over rounds of each model's per-round median latency (ms) per batch size."""
-    sessions = {label: make_session(path, threads=1) for label, path in paths.items()}
-    labels = list(sessions)
-    per_round: dict[str, dict[int, list[float]]] = {
-        label: {b: [] for b in BATCH_SIZES} for label in labels
-    }
-    for r in range(rounds):
-        order = labels[r % len(labels) :] + labels[: r % len(labels)]
-        for label in order:
-            result = measure_latency(sessions[label], sample, batch_sizes=BATCH_SIZES)
-            for b in BATCH_SIZES:
-                per_round[label][b].append(result.for_batch(b).median_ms)
-    return {
-        label: {
-            str(b): {"median_ms": statistics.median(ms), "round_medians_ms": ms}
-            for b, ms in by_batch.items()
-        }
-        for label, by_batch in per_round.items()
-    }
-
-
 def ratios(models: dict) -> dict:
     """Against the fp32 original: accuracy points, size ratios and speed-ups."""
     base = models[BASE]
@@ -245,43 +218,6 @@ def check_target(models: dict, ratio: dict) -> dict:
         f"{shown}"
     )
     return {**t, "models": checked}
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "onnx": onnx.__version__,
-        "load_average_start": list(os.getloadavg()),
-        "git": git_state(),
-    }
-
-
-def git_state() -> str:
-    """Commit and dirty flag of the checkout: the library is what the figures measure."""
-    try:
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"unknown ({type(exc).__name__})"
-    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:

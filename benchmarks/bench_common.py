@@ -1,0 +1,76 @@
+"""Shared by the benchmark scripts: interleaved latency and the machine/checkout record."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxopt.optimizer.evaluate import make_session, measure_latency
+
+BATCH_SIZES = (1, 256)
+
+
+def interleaved_latency(paths: dict[str, Path], sample: np.ndarray, rounds: int) -> dict:
+    """Median over rounds of each model's per-round median latency (ms) per batch size."""
+    sessions = {label: make_session(path, threads=1) for label, path in paths.items()}
+    labels = list(sessions)
+    per_round: dict[str, dict[int, list[float]]] = {
+        label: {b: [] for b in BATCH_SIZES} for label in labels
+    }
+    for r in range(rounds):
+        order = labels[r % len(labels) :] + labels[: r % len(labels)]
+        for label in order:
+            result = measure_latency(sessions[label], sample, batch_sizes=BATCH_SIZES)
+            for b in BATCH_SIZES:
+                per_round[label][b].append(result.for_batch(b).median_ms)
+    return {
+        label: {
+            str(b): {"median_ms": statistics.median(ms), "round_medians_ms": ms}
+            for b, ms in by_batch.items()
+        }
+        for label, by_batch in per_round.items()
+    }
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "load_average_start": list(os.getloadavg()),
+        "git": git_state(),
+    }
+
+
+def git_state() -> str:
+    """Commit and dirty flag of the checkout: the library is what the figures measure."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({type(exc).__name__})"
+    return done.stdout.strip() or "unknown"
