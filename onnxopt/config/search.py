@@ -71,8 +71,8 @@ from onnxopt.config.quantization import (
     QuantizationConfig,
     Width,
 )
+from onnxopt.config.width import WidthConfig
 from onnxopt.errors import did_you_mean
-from onnxopt.optimizer.width.config import WidthConfig
 
 SAMPLERS = ("brute-force", "random", "tpe", "nsgaii", "nsgaiii", "qmc", "gp", "cmaes")
 METRICS = ("accuracy", "loss", "latency", "size", "average_bitwidth", "memory_density")

@@ -58,7 +58,7 @@ Scale first, then quantize: the result is a plain float model. Scaling a model t
 has quantized weights is refused for those layers (their groups are frozen).
 """
 
-from onnxopt.optimizer.width.config import (
+from onnxopt.config.width import (
     MAX_MULTIPLIER,
     MIN_MULTIPLIER,
     Importance,

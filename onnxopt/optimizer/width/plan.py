@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxopt.config.width import Importance, Mode, WidthConfig
 from onnxopt.errors import ConfigError, did_you_mean
-from onnxopt.optimizer.width.config import Importance, Mode, WidthConfig
 from onnxopt.optimizer.width.groups import ChannelAnalysis, ChannelGroup
 from onnxopt.optimizer.width.rewrite import ChannelMap
 

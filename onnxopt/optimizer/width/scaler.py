@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxopt.config.width import Importance, Refit, WidthConfig
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import ConfigError, UsageError
 from onnxopt.optimizer.width.activations import Calibration, model_feeds, run_values
 from onnxopt.optimizer.width.builder import const_array
-from onnxopt.optimizer.width.config import Importance, Refit, WidthConfig
 from onnxopt.optimizer.width.groups import (
     ChannelAnalysis,
     ChannelGroup,
