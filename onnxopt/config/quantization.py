@@ -30,6 +30,8 @@ from onnxopt.config.base import StrictModel
 Width = Annotated[int, Field(ge=2, le=16)]
 FracWidth = int | Literal["auto", "NA"]
 OpTypeKey = Literal["gemm", "matmul", "conv", "linear"]
+StorageMode = Literal["container", "packed"]
+WeightGranularity = Literal["per_tensor", "per_channel"]
 OP_TYPES: dict[str, tuple[str, ...]] = {
     "gemm": ("Gemm",),
     "matmul": ("MatMul",),
@@ -67,8 +69,8 @@ class Calibration(StrictModel):
 class QuantizationConfig(StrictModel):
     """The whole quantization config of one model."""
 
-    storage: Literal["container", "packed"] = "container"
-    granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
+    storage: StorageMode = "container"
+    granularity: WeightGranularity = "per_tensor"
     calibration: Calibration = Calibration()
     default: LayerQuant = LayerQuant()
     by_type: dict[OpTypeKey, LayerQuant] = {}

@@ -69,6 +69,8 @@ from onnxopt.config.quantization import (
     LayerQuant,
     OpTypeKey,
     QuantizationConfig,
+    StorageMode,
+    WeightGranularity,
     Width,
 )
 from onnxopt.config.width import WidthConfig
@@ -117,8 +119,8 @@ class LayerChoices(StrictModel):
 class SearchQuantization(StrictModel):
     """Quantization choices: fixed keys as in QuantizationConfig, per-layer keys as choices."""
 
-    storage: Literal["container", "packed"] = "container"
-    granularity: Literal["per_tensor", "per_channel"] = "per_tensor"
+    storage: StorageMode = "container"
+    granularity: WeightGranularity = "per_tensor"
     calibration: Calibration = Calibration()
     default: LayerChoices = LayerChoices()
     by_type: dict[OpTypeKey, LayerChoices] = {}

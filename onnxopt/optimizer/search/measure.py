@@ -74,13 +74,20 @@ class Evaluator:
         with ort_errors("load the candidate"):
             return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
-    def measure(self, model: onnx.ModelProto, *, latency: bool = True) -> Measurement:
+    def measure(
+        self, model: onnx.ModelProto, *, latency: bool = True, data: bytes | None = None
+    ) -> Measurement:
         """All metrics of one model; latency only when the cheap ones are feasible.
+
+        Args:
+            model: The candidate.
+            latency: Measure latency (when the cheap constraints hold).
+            data: ``model`` already serialized, so a trial serializes it once.
 
         Raises:
             EvaluationError: When onnxruntime refuses the model or a metric is not finite.
         """
-        data = model.SerializeToString()
+        data = data if data is not None else model.SerializeToString()
         session = self.session(data)
         io = classifier_io(session, num_classes=self.num_classes)
         x = self._x(io)

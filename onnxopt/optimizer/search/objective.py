@@ -69,7 +69,7 @@ class Objective:
             trial.set_user_attr("config", candidate.config_dict())
             data = candidate.model.SerializeToString()
             trial.set_user_attr("model_sha256", model_hash(data))
-            measured = self.evaluator.measure(candidate.model)
+            measured = self.evaluator.measure(candidate.model, data=data)
         except TRIAL_ERRORS as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise CandidateFailed(str(exc)) from exc
