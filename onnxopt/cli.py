@@ -320,24 +320,34 @@ def scale_cmd(model, config_path, data_spec, data_format, label_column, output, 
 @main.command("search")
 @click.argument("config_path", type=PathArg)
 @click.option("--run-dir", type=PathArg, help="Output folder (default runs/<config stem>).")
-@click.option("--storage", help="Optuna storage URL (default: SQLite study.db in the run dir).")
+@click.option(
+    "--storage",
+    help="Optuna storage: an RDB URL (sqlite:///x.db, postgresql://...) or a journal file "
+    "(default: study.journal in the run dir).",
+)
+@click.option("--study", "study_name", help="Study name; joins the study when it exists.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Override strategy.workers.")
 @click.option("--resume", is_flag=True, help="Continue the stored study.")
 @click.option("--n-trials", type=click.IntRange(min=1), help="Override strategy.n_trials.")
 @click.option("--no-export", is_flag=True, help="Skip exporting the best models and plots.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of a table.")
-def search_cmd(config_path, run_dir, storage, resume, n_trials, no_export, no_progress, as_json):
+def search_cmd(
+    config_path, run_dir, storage, study_name, workers, resume, n_trials, no_export, no_progress,
+    as_json,
+):  # fmt: skip
     """Search quantization and width choices of a model with Optuna (CONFIG_PATH: TOML)."""
     from onnxopt.config.search import load_search_config
     from onnxopt.optimizer.search.run import export_best, run_search
     from onnxopt.report.search_plots import write_plots
     from onnxopt.report.search_report import report_dict, summary, write_reports
 
-    config = load_search_config(config_path, n_trials=n_trials)
+    config = load_search_config(config_path, n_trials=n_trials, workers=workers)
     run_dir = run_dir or Path("runs") / config_path.stem
     result = run_search(
-        config, run_dir=run_dir, storage=storage, resume=resume, progress=not no_progress
-    )
+        config, run_dir=run_dir, storage=storage, study_name=study_name, resume=resume,
+        progress=not no_progress,
+    )  # fmt: skip
     if not no_export:
         export_best(result)
         write_plots(result)
@@ -347,6 +357,25 @@ def search_cmd(config_path, run_dir, storage, resume, n_trials, no_export, no_pr
     else:
         click.echo(summary(result))
         click.echo(f"-> {run_dir}")
+
+
+@main.command("search-worker", hidden=True)
+@click.argument("run_dir", type=PathArg)
+@click.option("--storage", required=True)
+@click.option("--study", "study_name", required=True)
+@click.option("--index", type=int, default=1)
+def search_worker_cmd(run_dir, storage, study_name, index) -> None:
+    """One extra worker of `search --workers` (started by it)."""
+    import signal
+
+    from onnxopt.optimizer.search.run import run_worker
+
+    def _interrupt(*_):
+        raise KeyboardInterrupt  # the running trial is failed and queued again
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    done = run_worker(run_dir, storage, study_name, index)
+    click.echo(f"worker {index}: {done} trials")
 
 
 @main.command("select")

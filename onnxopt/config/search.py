@@ -154,6 +154,9 @@ class Strategy(StrictModel):
     timeout: float | None = Field(None, gt=0)
     seed: int = 0
     sum_scaled_metrics: bool = False
+    workers: int = Field(1, ge=1, le=64)
+    enqueue: tuple[dict[str, float | int | str], ...] = ()
+    """Points to evaluate first (parameter name -> value, as stored in the study)."""
 
     @field_validator("sampler")
     @classmethod
@@ -261,13 +264,17 @@ class SearchConfig(StrictModel):
         return self.model_copy(update={"model": model, "data": data})
 
 
-def load_search_config(path: Path, *, n_trials: int | None = None) -> SearchConfig:
-    """Load a search TOML file (paths relative to it), optionally overriding n_trials."""
+def load_search_config(
+    path: Path, *, n_trials: int | None = None, workers: int | None = None
+) -> SearchConfig:
+    """Load a search TOML file (paths relative to it), optionally overriding the strategy's
+    ``n_trials`` and ``workers`` (command-line options)."""
     from onnxopt.config.base import load_toml
 
     config = load_toml(path, SearchConfig).resolve_paths(Path(path).parent)
-    if n_trials is not None:
-        strategy = config.search.strategy.model_copy(update={"n_trials": n_trials})
+    update = {k: v for k, v in (("n_trials", n_trials), ("workers", workers)) if v is not None}
+    if update:
+        strategy = config.search.strategy.model_copy(update=update)
         search = config.search.model_copy(update={"strategy": strategy})
         config = config.model_copy(update={"search": search})
     return config

@@ -135,3 +135,31 @@ def test_import_does_not_pull_heavy_readers() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_digits_split_file_matches_a_fresh_stratified_split():
+    """The shipped split indices are the stratified 60/20/20 split, and the pixels equal
+    scikit-learn's load_digits."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    from onnxopt.data.dataset import stratified_split
+    from onnxopt.data.digits import SPLIT_FRACTIONS, SPLIT_SEED, digits_arrays, load_digits
+
+    bunch = sk_load_digits()
+    pixels, target = digits_arrays()
+    np.testing.assert_array_equal(pixels, bunch.data)
+    np.testing.assert_array_equal(target, bunch.target)
+    x = (bunch.data / 16.0).astype(np.float32)
+    fresh = stratified_split(x, bunch.target.astype(np.int64), fractions=SPLIT_FRACTIONS,
+                             seed=SPLIT_SEED)  # fmt: skip
+    shipped = load_digits()
+    for a, b in zip(fresh, (shipped.train, shipped.val, shipped.test), strict=True):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+
+
+def test_loading_digits_does_not_import_sklearn():
+    code = ("import sys; from onnxopt.data import load_dataset; load_dataset('digits'); "
+            "print('sklearn' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

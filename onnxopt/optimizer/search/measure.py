@@ -7,6 +7,7 @@ and ``latency`` (batch-1 median ms; ``latency_b<N>`` for every measured batch si
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -64,6 +65,7 @@ class Evaluator:
         self.evaluation = evaluation
         self.limits = constraints
         self.baseline_accuracy = baseline_accuracy
+        self.latency_lock = contextlib.nullcontext()  # a FileLock when workers share a machine
         self._inputs: dict[tuple, np.ndarray] = {}
 
     def session(self, data: bytes):
@@ -126,10 +128,11 @@ class Evaluator:
     def _latency(self, session, io, x: np.ndarray, out: Measurement) -> None:
         ev = self.evaluation
         sizes = ev.batch_sizes if io.fixed_batch is None else (io.fixed_batch,)
-        result = measure_latency(
-            session, x, batch_sizes=sizes, warmup=ev.warmup, repeats=ev.repeats,
-            min_time_s=ev.min_time_s, input_name=io.input_name,
-        )  # fmt: skip
+        with self.latency_lock:
+            result = measure_latency(
+                session, x, batch_sizes=sizes, warmup=ev.warmup, repeats=ev.repeats,
+                min_time_s=ev.min_time_s, input_name=io.input_name,
+            )  # fmt: skip
         for stats in result.stats:
             out.metrics[f"latency_b{stats.batch_size}"] = stats.median_ms
         out.metrics["latency"] = result.stats[0].median_ms

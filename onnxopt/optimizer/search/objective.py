@@ -1,24 +1,25 @@
 """The trial function: suggest a point, build its candidate, measure it, store plain JSON.
 
-Failure policy: a candidate that cannot be built or that onnxruntime refuses (or whose
-metrics are not finite) raises :class:`CandidateFailed`; the study records a FAIL trial with
-the reason in the ``fail_reason`` user attr and goes on.
+Failure policy: a candidate that cannot be built, that onnxruntime refuses, whose metrics are
+not finite, or whose evaluation raises anything else raises :class:`CandidateFailed`; the
+study records a FAIL trial with the reason in the ``fail_reason`` user attr and goes on.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from dataclasses import dataclass
 
+import onnx
 import optuna
 
 from onnxopt.config.search import Search
-from onnxopt.errors import DataError, EvaluationError, ModelLoadError, RewriteError
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
 from onnxopt.optimizer.search.measure import Evaluator
-from onnxopt.optimizer.search.space import SearchSpace
+from onnxopt.optimizer.search.space import Choice, SearchSpace
 
-TRIAL_ERRORS = (EvaluationError, RewriteError, DataError, ModelLoadError)
-"""Errors that fail one trial (the candidate is bad), not the search."""
+MAX_CACHED_CANDIDATES = 16
 
 
 class CandidateFailed(Exception):
@@ -55,22 +56,39 @@ def objective_values(search: Search, metrics: dict[str, float]) -> list[float]:
 
 
 class Objective:
-    """Callable for ``study.optimize``."""
+    """Builds and measures one trial's candidate (``suggest`` then ``evaluate``).
+
+    Built candidates are kept in a small cache keyed by the trial's parameters, so a sampler
+    that revisits a point (TPE, random on a small space) skips the rebuild; every trial is
+    still measured (accuracy, latency) on a fresh onnxruntime session.
+    """
 
     def __init__(self, space: SearchSpace, builder: CandidateBuilder, evaluator: Evaluator):
         self.space = space
         self.builder = builder
         self.evaluator = evaluator
+        self._built: OrderedDict[tuple, _Built] = OrderedDict()
+
+    def suggest(self, trial: optuna.Trial) -> Choice:
+        """Sample the trial's point (stored in the study as its params)."""
+        return self.space.suggest(trial)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        choice = self.space.suggest(trial)
+        return self.evaluate(trial, self.suggest(trial))
+
+    def evaluate(self, trial: optuna.Trial, choice: Choice) -> list[float]:
+        """Build and measure the point; store plain-JSON results in the trial.
+
+        Raises:
+            CandidateFailed: When the candidate cannot be built or measured (any exception:
+                one bad candidate never stops the search); the reason is in ``fail_reason``.
+        """
         try:
-            candidate = self.builder.build(self.space, choice)
-            trial.set_user_attr("config", candidate.config_dict())
-            data = candidate.model.SerializeToString()
-            trial.set_user_attr("model_sha256", model_hash(data))
-            measured = self.evaluator.measure(candidate.model, data=data)
-        except TRIAL_ERRORS as exc:
+            built = self._build(trial, choice)
+            trial.set_user_attr("config", built.config)
+            trial.set_user_attr("model_sha256", built.sha256)
+            measured = self.evaluator.measure(built.model, data=built.data)
+        except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise CandidateFailed(str(exc)) from exc
         trial.set_user_attr("metrics", measured.metrics)
@@ -81,3 +99,24 @@ class Objective:
         if measured.latency_skipped:
             trial.set_user_attr("latency_skipped", measured.latency_skipped)
         return objective_values(self.space.search, measured.metrics)
+
+    def _build(self, trial: optuna.Trial, choice: Choice) -> _Built:
+        key = tuple(sorted((k, repr(v)) for k, v in trial.params.items()))
+        if key not in self._built:
+            candidate = self.builder.build(self.space, choice)
+            data = candidate.model.SerializeToString()
+            self._built[key] = _Built(
+                candidate.model, data, model_hash(data), candidate.config_dict()
+            )
+            if len(self._built) > MAX_CACHED_CANDIDATES:
+                self._built.popitem(last=False)
+        self._built.move_to_end(key)
+        return self._built[key]
+
+
+@dataclass(frozen=True)
+class _Built:
+    model: onnx.ModelProto
+    data: bytes
+    sha256: str
+    config: dict

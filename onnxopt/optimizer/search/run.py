@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,22 +21,28 @@ from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.base import load_base, load_data
 from onnxopt.optimizer.search.candidate import CandidateBuilder
 from onnxopt.optimizer.search.export import ExportedTrial, export_trial
+from onnxopt.optimizer.search.locks import LATENCY_LOCK, FileLock, trial_slot_lock
 from onnxopt.optimizer.search.measure import Evaluator
 from onnxopt.optimizer.search.objective import (
-    CandidateFailed,
     Objective,
     objective_directions,
     objective_names,
 )
+from onnxopt.optimizer.search.parallel import spawn_workers, stop_workers, wait_workers
 from onnxopt.optimizer.search.pareto import best_trials, is_feasible
 from onnxopt.optimizer.search.samplers import make_sampler
 from onnxopt.optimizer.search.space import SearchSpace
 from onnxopt.optimizer.search.study import (
-    finished_count,
+    STUDY_NAME,
+    counted_trials,
+    finished_trials,
+    load_study,
+    open_storage,
     open_study,
     recover_interrupted,
-    storage_url,
+    storage_spec,
 )
+from onnxopt.optimizer.search.worker import TrialLoop
 
 
 @dataclass
@@ -58,6 +65,7 @@ class SearchContext:
         base = load_base(config, dataset, run_dir)
         builder = CandidateBuilder(base, dataset, config.search.width)
         space = SearchSpace.build(config.search, builder.width_space())
+        space.check_points(config.search.strategy.enqueue)
         s = config.search
         evaluator = Evaluator(dataset.val, dataset.num_classes, s.evaluation, s.constraints)
         return cls(config, run_dir, dataset, builder, space, evaluator)
@@ -90,21 +98,49 @@ class SearchResult:
         return objective_names(self.context.config.search)
 
 
-def _start_study(ctx: SearchContext, url: str, resume: bool) -> tuple[optuna.Study, int]:
+def _open(ctx: SearchContext, spec: str, name: str, *, join: bool, seed_offset: int = 0):
+    """Open (or join) the study; store the config, space and baseline when creating it."""
     s = ctx.config.search
-    sampler = make_sampler(s.strategy.sampler, s.strategy.seed)
-    study = open_study(url, objective_directions(s), sampler, resume=resume)
-    fingerprint = ctx.dataset.fingerprint()
-    if resume:
-        if study.user_attrs.get("data_fingerprint") != fingerprint:
-            raise UsageError("the data differ from the stored study's; resume on the same data")
-        return study, recover_interrupted(study)
-    study.set_user_attr("config", ctx.config.model_dump(mode="json"))
-    study.set_user_attr("space", ctx.space.as_dict())
-    study.set_user_attr("data_fingerprint", fingerprint)
-    study.set_user_attr("objectives", objective_names(s))
-    study.set_user_attr("baseline", ctx.baseline())
-    return study, 0
+    storage = open_storage(spec)
+    sampler = make_sampler(s.strategy.sampler, s.strategy.seed + seed_offset)
+    study, created = open_study(storage, name, objective_directions(s), sampler, join=join)
+    if created or "baseline" not in study.user_attrs:
+        study.set_user_attr("config", ctx.config.model_dump(mode="json"))
+        study.set_user_attr("space", ctx.space.as_dict())
+        study.set_user_attr("data_fingerprint", ctx.dataset.fingerprint())
+        study.set_user_attr("objectives", objective_names(s))
+        for point in s.strategy.enqueue:
+            study.enqueue_trial(ctx.space.encode(point), skip_if_exists=True)
+        study.set_user_attr("baseline", ctx.baseline())  # last: marks the study complete
+    else:
+        _check_same_search(study, ctx)
+    ctx.evaluator.baseline_accuracy = study.user_attrs["baseline"]["accuracy"]
+    return study, storage
+
+
+def _check_same_search(study: optuna.Study, ctx: SearchContext) -> None:
+    if study.user_attrs.get("data_fingerprint") != ctx.dataset.fingerprint():
+        raise UsageError("the data differ from the stored study's; use the same data files")
+    if study.user_attrs.get("space") != json.loads(json.dumps(ctx.space.as_dict())):
+        raise UsageError("the config's search space differs from the stored study's")
+
+
+def _limit(ctx: SearchContext) -> int:
+    """n_trials, or the number of points when brute force visits each once."""
+    strategy = ctx.config.search.strategy
+    if strategy.sampler == "brute-force":
+        return min(strategy.n_trials, ctx.space.size)
+    return strategy.n_trials
+
+
+def _loop(ctx: SearchContext, study, storage, spec: str, name: str, callbacks=()) -> int:
+    ctx.evaluator.latency_lock = FileLock(ctx.run_dir / LATENCY_LOCK)
+    objective = Objective(ctx.space, ctx.builder, ctx.evaluator)
+    loop = TrialLoop(
+        study, objective, _limit(ctx), slot_lock=trial_slot_lock(spec, storage, name),
+        timeout=ctx.config.search.strategy.timeout, callbacks=callbacks,
+    )  # fmt: skip
+    return loop.run()
 
 
 def run_search(
@@ -112,39 +148,65 @@ def run_search(
     *,
     run_dir: Path,
     storage: str | None = None,
+    study_name: str | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> SearchResult:
-    """Run (or resume) the search of ``config`` until n_trials have finished.
+    """Run (or resume, or join) the search of ``config`` until n_trials have finished.
+
+    With ``strategy.workers > 1`` the other workers run as child processes on the same
+    storage (see :mod:`.parallel`) while this one shows the progress.
 
     Args:
         config: The search config.
-        run_dir: Where ``study.db``, the base model and outputs go.
-        storage: Any Optuna storage URL instead of ``run_dir/study.db``.
+        run_dir: Where the journal, the base model and outputs go.
+        storage: An Optuna RDB URL or journal file instead of ``run_dir/study.journal``.
+        study_name: Join this study when it exists (workers on several machines).
         resume: Continue the stored study (trials a kill interrupted are re-run).
         progress: Show a progress bar with the best values so far.
 
     Raises:
         ConfigError, UsageError: Before any trial runs, for a config or storage problem.
+        OnnxoptError: When a worker process fails.
     """
     start = time.perf_counter()
     ctx = SearchContext.prepare(config, run_dir)
-    url = storage_url(run_dir, storage)
-    study, recovered = _start_study(ctx, url, resume)
-    ctx.evaluator.baseline_accuracy = study.user_attrs["baseline"]["accuracy"]
-    strategy = config.search.strategy
-    remaining = max(strategy.n_trials - finished_count(study), 0)
-    if remaining:
-        with _Progress(remaining, ctx, progress) as bar:
-            study.optimize(
-                Objective(ctx.space, ctx.builder, ctx.evaluator), n_trials=remaining,
-                timeout=strategy.timeout, catch=(CandidateFailed,), callbacks=[bar],
-            )  # fmt: skip
+    spec = storage_spec(run_dir, storage)
+    name = study_name or STUDY_NAME
+    study, store = _open(ctx, spec, name, join=resume or study_name is not None)
+    recovered = recover_interrupted(study)
+    children = spawn_workers(config.search.strategy.workers - 1, ctx.run_dir, spec, name)
+    try:
+        total = max(_limit(ctx) - counted_trials(study), 0)
+        with _Progress(total, ctx, progress, len(finished_trials(study))) as bar:
+            _loop(ctx, study, store, spec, name, callbacks=[bar])
+    except BaseException:
+        stop_workers(children)
+        raise
+    wait_workers(children)
     directions = objective_directions(config.search)
     best = best_trials(study.get_trials(deepcopy=False), directions)
     return SearchResult(
-        ctx, study, study.user_attrs["baseline"], best, time.perf_counter() - start, recovered, url
-    )
+        ctx, study, study.user_attrs["baseline"], best, time.perf_counter() - start, recovered,
+        spec,
+    )  # fmt: skip
+
+
+def run_worker(run_dir: Path, storage: str, study_name: str, index: int) -> int:
+    """A worker process of ``--workers``: join the study and run trials (no outputs).
+
+    The config comes from the study itself, so every worker searches the same space.
+
+    Returns:
+        How many trials this worker finished.
+    """
+    from onnxopt.config.base import validate
+
+    stored = load_study(storage, study_name)
+    config = validate(SearchConfig, stored.user_attrs["config"], source=storage)
+    ctx = SearchContext.prepare(config, run_dir)
+    study, store = _open(ctx, storage, study_name, join=True, seed_offset=index)
+    return _loop(ctx, study, store, storage, study_name)
 
 
 def export_best(result: SearchResult, *, ort_format: bool = True) -> list[ExportedTrial]:
@@ -160,14 +222,18 @@ def export_best(result: SearchResult, *, ort_format: bool = True) -> list[Export
 
 
 class _Progress:
-    """A tqdm bar updated after every trial with the best feasible values so far."""
+    """A tqdm bar of the study's finished trials (all workers') and the best values so far.
 
-    def __init__(self, total: int, ctx: SearchContext, enabled: bool) -> None:
+    ``start`` is the number of trials finished before this run began.
+    """
+
+    def __init__(self, total: int, ctx: SearchContext, enabled: bool, start: int = 0) -> None:
         from tqdm.auto import tqdm
 
         self.search = ctx.config.search
         self.bar = tqdm(total=total, desc="search", unit="trial", disable=not enabled or None)
         self.best: dict[str, float] = {}
+        self.start = start
 
     def __enter__(self) -> _Progress:
         return self
@@ -176,7 +242,7 @@ class _Progress:
         self.bar.close()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.bar.update(1)
+        self.bar.n = min(len(finished_trials(study)) - self.start, self.bar.total)
         if trial.state is TrialState.COMPLETE and is_feasible(trial):
             for m, value in trial.user_attrs["metrics"].items():
                 if m not in self.search.metrics or not math.isfinite(value):
@@ -184,3 +250,4 @@ class _Progress:
                 better = max if self.search.direction(m) == "maximize" else min
                 self.best[m] = better(self.best.get(m, value), value)
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in self.best.items()}, refresh=False)
+        self.bar.refresh()

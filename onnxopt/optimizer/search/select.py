@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.pareto import is_feasible
+from onnxopt.optimizer.search.study import STUDY_NAME
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq,
@@ -87,11 +88,14 @@ def select_trial(trials: list[FrozenTrial], rule: Rule, baseline_accuracy: float
     return min(ok, key=lambda p: (sign * p[1][rule.metric], p[0].number))[0]
 
 
-def select_and_export(source: str, rule: Rule, run_dir=None, out_dir=None):
+def select_and_export(
+    source: str, rule: Rule, run_dir=None, out_dir=None, study_name: str = STUDY_NAME
+):
     """Open a stored search, pick one trial by ``rule`` and export it.
 
     Args:
-        source: A run directory (holding ``study.db``) or an Optuna storage URL.
+        source: A run directory (holding ``study.journal``), an Optuna storage URL or a
+            journal file.
         rule: The selection rule.
         run_dir: The run directory when ``source`` is a URL (base model, outputs).
         out_dir: Where the selected model goes (default ``run_dir/selected``).
@@ -105,21 +109,14 @@ def select_and_export(source: str, rule: Rule, run_dir=None, out_dir=None):
     from onnxopt.config.search import SearchConfig
     from onnxopt.optimizer.search.export import export_trial
     from onnxopt.optimizer.search.run import SearchContext
-    from onnxopt.optimizer.search.study import load_study, storage_url
+    from onnxopt.optimizer.search.study import load_study, resolve_source
 
-    path = Path(source)
-    if path.is_dir():
-        run_dir = run_dir or path
-        if not (path / "study.db").is_file():
-            raise UsageError(f"{path} holds no study.db; pass a run directory or a storage URL")
-        url = storage_url(path, None)
-    elif "://" in source:
-        url = source
-        if run_dir is None:
-            raise UsageError("with a storage URL, pass --run-dir (the base model lives there)")
-    else:
-        raise UsageError(f"{source!r} is neither a run directory nor a storage URL")
-    study = load_study(url)
+    url = resolve_source(source)
+    if run_dir is None:
+        if not Path(source).is_dir():
+            raise UsageError("with a storage URL or file, pass --run-dir (where the base model is)")
+        run_dir = Path(source)
+    study = load_study(url, study_name)
     config = validate(SearchConfig, study.user_attrs["config"], source=url)
     trial = select_trial(study.get_trials(), rule, study.user_attrs["baseline"]["accuracy"])
     ctx = SearchContext.prepare(config, Path(run_dir))

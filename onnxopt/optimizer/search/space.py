@@ -17,7 +17,7 @@ import optuna
 
 from onnxopt.config.quantization import QuantizationConfig
 from onnxopt.config.search import Search
-from onnxopt.errors import ConfigError
+from onnxopt.errors import ConfigError, did_you_mean
 
 ORDINAL_SAMPLERS = frozenset({"cmaes", "gp"})
 
@@ -128,6 +128,27 @@ class SearchSpace:
                 entry, _, key = rest.rpartition(".")
                 quant.setdefault(entry, {})[key] = value
         return Choice(quant, width)
+
+    def check_points(self, points: tuple[dict[str, Any], ...]) -> None:
+        """Check points given in the config (``strategy.enqueue``) against the space.
+
+        Raises:
+            ConfigError: For an unknown parameter (closest names listed), a missing one, or a
+                value that is not among its choices.
+        """
+        names = {d.name: d for d in self.dimensions}
+        for i, point in enumerate(points):
+            where = f"search.strategy.enqueue[{i}]"
+            for name, value in point.items():
+                if name not in names:
+                    raise ConfigError(f"{where}: unknown parameter {name!r}; "
+                                      f"{did_you_mean(name, names)}")  # fmt: skip
+                if value not in names[name].choices:
+                    raise ConfigError(f"{where}: {name} = {value!r} is not one of "
+                                      f"{list(names[name].choices)}")  # fmt: skip
+            missing = sorted(set(names) - set(point))
+            if missing:
+                raise ConfigError(f"{where}: give a value for {', '.join(missing)}")
 
     def encode(self, choice_params: Mapping[str, Any]) -> dict[str, Any]:
         """Plain values per dimension -> the params the study stores (for enqueueing)."""

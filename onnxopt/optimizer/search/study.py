@@ -1,94 +1,240 @@
-"""The Optuna study on real storage: create, resume, and the baseline in study user attrs.
+"""The Optuna study on real storage: open, join, resume, recover trials of dead workers.
+
+Storage: by default Optuna's journal file ``study.journal`` in the run directory (safe for
+several processes on one machine, and the fastest durable storage Optuna has: an append per
+write instead of a database transaction). ``--storage`` takes any Optuna RDB URL instead
+(``sqlite:///x.db``, ``postgresql://...`` for workers on several machines) or the path of
+another journal file.
 
 Study user attrs (plain JSON): ``config`` (the search config), ``space``, ``baseline``
 (fp32 metrics on the validation split), ``data_fingerprint`` and ``objectives``. Trial user
-attrs: ``config``, ``metrics``, ``constraints``, ``feasible``, ``model_sha256``, and
-``fail_reason`` for FAIL trials.
+attrs: ``worker`` (host:pid:start time), ``config``, ``metrics``, ``constraints``,
+``feasible``, ``model_sha256``, and ``fail_reason`` for FAIL trials.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from onnxopt.errors import UsageError
 
 STUDY_NAME = "onnxopt-search"
-STUDY_FILE = "study.db"
+JOURNAL_FILE = "study.journal"
 INTERRUPTED = "interrupted"
+WORKER = "worker"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def storage_url(run_dir: Path, storage: str | None) -> str:
-    """The given storage URL, or SQLite ``study.db`` in the run directory."""
+def storage_spec(run_dir: Path, storage: str | None) -> str:
+    """The given storage (URL or journal path), or the run directory's journal file."""
     if storage:
         return storage
-    return f"sqlite:///{(Path(run_dir) / STUDY_FILE).resolve()}"
+    return str((Path(run_dir) / JOURNAL_FILE).resolve())
+
+
+def is_url(spec: str) -> bool:
+    """Whether ``spec`` is an RDB URL (else it is a journal file path)."""
+    return "://" in spec
+
+
+def open_storage(spec: str) -> BaseStorage:
+    """An Optuna storage for a URL or journal path.
+
+    Raises:
+        UsageError: For a URL Optuna cannot open (bad scheme, missing driver, no server).
+    """
+    if not is_url(spec):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        from onnxopt.optimizer.search.locks import FlockJournalLock, repair_journal
+
+        path = Path(spec)
+        if not path.parent.is_dir():
+            raise UsageError(f"folder of the journal storage {spec} does not exist; create it")
+        repair_journal(path)
+        backend = JournalFileBackend(str(path), lock_obj=FlockJournalLock(path))
+        return JournalStorage(backend)
+    try:
+        return optuna.storages.RDBStorage(spec, engine_kwargs=_engine_kwargs(spec))
+    except ImportError as exc:
+        raise UsageError(
+            f"cannot open {_redact(spec)}: {exc}; install the database driver"
+        ) from None
+    except Exception as exc:  # sqlalchemy raises OperationalError, ArgumentError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot open storage {_redact(spec)}: {first}") from None
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}  # several processes wait instead of failing
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True}
+    return {}
+
+
+def _redact(url: str) -> str:
+    """A URL without its password (error messages are printed and logged)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def study_exists(storage: BaseStorage, name: str) -> bool:
+    """Whether ``storage`` holds a study called ``name``."""
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
 
 
 def open_study(
-    url: str, directions: list[str], sampler: optuna.samplers.BaseSampler, *, resume: bool
-) -> optuna.Study:
-    """Create a new study, or load the existing one when resuming.
+    storage: BaseStorage,
+    name: str,
+    directions: list[str],
+    sampler: optuna.samplers.BaseSampler,
+    *,
+    join: bool,
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when ``join`` (resume or another worker's study).
+
+    Returns:
+        ``(study, created)``.
 
     Raises:
-        UsageError: When a study exists and ``resume`` is false, when resuming a study that
-            does not exist, or when the objectives changed.
+        UsageError: When a study exists and ``join`` is false, or the objectives changed.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    exists = STUDY_NAME in {s.study_name for s in optuna.get_all_study_summaries(url)}
-    if exists and not resume:
+    exists = study_exists(storage, name)
+    if exists and not join:
         raise UsageError(
-            f"a search already exists in {url}; pass --resume to continue it or choose "
-            "another --run-dir"
+            f"a search named {name!r} already exists in this storage; pass --resume to "
+            "continue it or choose another --run-dir"
         )
-    if resume and not exists:
-        raise UsageError(f"nothing to resume in {url}; run without --resume first")
     study = optuna.create_study(
-        storage=url, study_name=STUDY_NAME, sampler=sampler, directions=directions,
-        load_if_exists=resume,
+        storage=storage, study_name=name, sampler=sampler, directions=directions,
+        load_if_exists=True,
     )  # fmt: skip
     if [d.name.lower() for d in study.directions] != directions:
         raise UsageError("the config's objectives differ from the stored study's; use a new run")
-    return study
+    return study, not exists
 
 
-def recover_interrupted(study: optuna.Study) -> int:
-    """Mark trials left RUNNING by a killed process as FAIL and enqueue their params again.
+def load_study(spec: str, name: str = STUDY_NAME) -> optuna.Study:
+    """An existing onnxopt study (``select``, ``status``).
+
+    Raises:
+        UsageError: When the storage holds no such study (the names it holds are listed).
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(spec)
+    if not study_exists(storage, name):
+        names = [s.study_name for s in storage.get_all_studies()]
+        held = ", ".join(names) if names else "no study"
+        raise UsageError(f"no search named {name!r} in {_redact(spec)} (it holds {held})")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def this_worker() -> str:
+    """``host:pid:start`` of this process (the start time tells a reused pid apart)."""
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.3f}"
+
+
+def worker_alive(worker: str) -> bool | None:
+    """Whether the process named by :func:`this_worker` still runs (None: another host)."""
+    import psutil
+
+    host, pid, start = worker.rsplit(":", 2)
+    if host != socket.gethostname():
+        return None
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.3f}" == start
+    except (psutil.Error, ValueError):
+        return False
+
+
+def is_interrupted(trial: FrozenTrial) -> bool:
+    """A trial a killed or stopped worker left unfinished (its params were queued again)."""
+    return bool(trial.user_attrs.get(INTERRUPTED))
+
+
+def recover_interrupted(study: optuna.Study, *, foreign: bool = False) -> int:
+    """Fail RUNNING trials whose worker is dead and enqueue their params again.
+
+    Args:
+        study: The study.
+        foreign: Also recover RUNNING trials of other hosts (``--resume`` when the user
+            knows no other worker runs).
 
     Returns:
         How many trials were recovered.
     """
-    storage = study._storage  # the public API has no way to fail another process's trial
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
-        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(dict(trial.params), skip_if_exists=False)
-        count += 1
+        worker = trial.user_attrs.get(WORKER)
+        alive = worker_alive(worker) if worker else None
+        if alive or (alive is None and not foreign):
+            continue
+        if mark_interrupted(study, trial._trial_id, trial.params):
+            count += 1
     return count
 
 
-def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward n_trials: finished ones, not those a kill interrupted."""
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(
-        1 for t in study.get_trials(deepcopy=False, states=done)
-        if not t.user_attrs.get(INTERRUPTED)
-    )  # fmt: skip
+def mark_interrupted(study: optuna.Study, trial_id: int, params: dict) -> bool:
+    """Fail one unfinished trial as interrupted and queue its params for another run."""
+    storage = study._storage  # the public API cannot fail another process's trial
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
+        storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
+        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            return False
+    except RuntimeError:  # another worker finished or recovered it first
+        return False
+    if params:
+        study.enqueue_trial(dict(params), skip_if_exists=False)
+    return True
 
 
-def load_study(url: str) -> optuna.Study:
-    """An existing onnxopt study (for ``onnxopt select``).
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count toward n_trials: finished or running, not those a kill interrupted."""
+    states = (*FINISHED, TrialState.RUNNING)
+    trials = study.get_trials(deepcopy=False, states=states)
+    return sum(1 for t in trials if not is_interrupted(t))
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials, without those a kill interrupted."""
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    return [t for t in trials if not is_interrupted(t)]
+
+
+def resolve_source(source: str) -> str:
+    """The storage spec of a run directory, an RDB URL or a journal file (``select``,
+    ``status``, ``dashboard``).
 
     Raises:
-        UsageError: When the storage holds no onnxopt study.
+        UsageError: When ``source`` is none of these.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=STUDY_NAME, storage=url)
-    except KeyError:
-        raise UsageError(f"no onnxopt search in {url}") from None
+    if is_url(source):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        journal = path / JOURNAL_FILE
+        if not journal.is_file():
+            raise UsageError(f"{path} holds no {JOURNAL_FILE}; pass a search's run directory")
+        return str(journal.resolve())
+    if path.is_file():
+        return str(path.resolve())
+    raise UsageError(f"{source!r} is neither a run directory, a journal file nor a storage URL")

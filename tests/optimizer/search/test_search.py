@@ -1,16 +1,8 @@
-"""End-to-end searches on digits-mlp: brute force, constraints, failing candidates, resume."""
+"""End-to-end searches on digits-mlp: brute force, constraints, failing candidates."""
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
-
 import onnx
-import optuna
 from optuna.trial import TrialState
 
 from onnxopt.config.search import load_search_config
@@ -78,48 +70,3 @@ def test_failing_candidate_is_a_fail_trial_and_search_goes_on(write_config, tmp_
     assert len(failed) == 6 and len(result.study.trials) == 18
     assert all("NoSuchOp" in t.user_attrs["fail_reason"] for t in failed)
     assert all(t.params["q.by_type.linear.weight_width"] == 2 for t in failed)
-
-
-RANDOM = (
-    QUANT_18
-    + """
-[search.strategy]
-sampler = "random"
-n_trials = 40
-[search.evaluation]
-min_time_s = 0.05
-"""
-)
-
-
-def _complete(db) -> int:
-    with sqlite3.connect(db) as con:
-        return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-
-
-def test_resume_after_sigkill(write_config, tmp_path):
-    config_path = write_config(RANDOM)
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "onnxopt", "search", str(config_path), "--run-dir",
-           str(run_dir), "--no-progress", "--no-export"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = run_dir / "study.db"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if db.exists() and _complete(db) >= 3:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = optuna.load_study(study_name="onnxopt-search", storage=f"sqlite:///{db}")
-    done = {t.number: t.params for t in before.trials if t.state is TrialState.COMPLETE}
-    assert 3 <= len(done) < 40
-    config = load_search_config(config_path)
-    result = run_search(config, run_dir=run_dir, resume=True, progress=False)
-    trials = result.study.trials
-    complete = [t for t in trials if t.state is TrialState.COMPLETE]
-    assert len(complete) == 40
-    assert {t.number: t.params for t in complete if t.number in done} == done
-    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
-    assert all(t.state is TrialState.FAIL for t in interrupted)
-    assert result.recovered == len(interrupted)

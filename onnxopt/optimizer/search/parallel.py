@@ -1,0 +1,57 @@
+"""Worker processes for ``onnxopt search --workers N``.
+
+The process that opened the study runs one worker itself and starts ``N - 1`` more as
+``python -m onnxopt search-worker`` on the same storage; each loads the config from the
+study, so all of them search the same space on the same data. Their output goes to
+``RUN_DIR/workers/worker-<i>.log``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from onnxopt.errors import OnnxoptError
+
+LOG_DIR = "workers"
+
+
+def spawn_workers(n: int, run_dir: Path, storage: str, study_name: str) -> list[subprocess.Popen]:
+    """Start ``n`` worker processes on ``storage`` (none when ``n`` is 0)."""
+    if n <= 0:
+        return []
+    logs = Path(run_dir) / LOG_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for index in range(1, n + 1):
+        cmd = [sys.executable, "-m", "onnxopt", "search-worker", str(run_dir),
+               "--storage", storage, "--study", study_name, "--index", str(index)]  # fmt: skip
+        with open(logs / f"worker-{index}.log", "wb") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def wait_workers(procs: list[subprocess.Popen]) -> None:
+    """Wait for every worker.
+
+    Raises:
+        OnnxoptError: When a worker exited with an error (its log is named).
+    """
+    failed = [(i, p.wait()) for i, p in enumerate(procs, start=1)]
+    failed = [(i, code) for i, code in failed if code != 0]
+    if failed:
+        i, code = failed[0]
+        raise OnnxoptError(
+            f"worker {i} failed (exit code {code}); see {LOG_DIR}/worker-{i}.log in the run "
+            "directory, then run again with --resume"
+        )
+
+
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    """Terminate workers (their running trials are recovered by the next --resume)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        p.wait()

@@ -1,0 +1,108 @@
+"""One worker's trial loop (Optuna ask/tell), safe next to other workers on one study.
+
+Each step takes the trial slot lock (:mod:`.locks`), counts the study's trials, stops at the
+limit, asks for a trial, tags it with this worker and samples its point; then it releases
+the lock, builds and measures the candidate and tells the result. Counting and asking under
+one lock keeps the total at exactly ``n_trials`` however many workers run; sampling under it
+keeps brute force from giving two workers the same point.
+
+Failure policy: a bad candidate is a FAIL trial with its reason and the loop goes on;
+Ctrl-C (or any error outside the candidate) fails the running trial as interrupted, queues
+its params again for a resumed run, and re-raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from onnxopt.optimizer.search.objective import CandidateFailed, Objective
+from onnxopt.optimizer.search.study import WORKER, counted_trials, mark_interrupted, this_worker
+
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class TrialLoop:
+    """Runs trials of ``study`` until ``limit`` trials count (or ``timeout`` seconds pass).
+
+    Args:
+        study: The shared study.
+        objective: Suggests and evaluates a trial.
+        limit: Trials the study should hold in the end (``n_trials``, or fewer when brute
+            force has fewer points).
+        slot_lock: Held while counting and creating a trial.
+        timeout: Seconds after which no new trial starts.
+        callbacks: Called with every trial this worker finished.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        objective: Objective,
+        limit: int,
+        slot_lock=None,
+        timeout: float | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.study = study
+        self.objective = objective
+        self.limit = limit
+        self.slot_lock = slot_lock if slot_lock is not None else contextlib.nullcontext()
+        self.timeout = timeout
+        self.callbacks = list(callbacks)
+        self.worker = this_worker()
+
+    def run(self) -> int:
+        """Run trials until the limit, the timeout or the sampler's stop.
+
+        Returns:
+            How many trials this worker finished.
+        """
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        # BruteForceSampler calls study.stop() once the grid is exhausted; Optuna allows that
+        # only inside its optimize loop, which this loop stands in for.
+        self.study._thread_local.in_optimize_loop = True
+        self.study._stop_flag = False
+        done = 0
+        try:
+            while not self.study._stop_flag:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                started = self._start()
+                if started is None:
+                    break
+                self._finish(*started)
+                done += 1
+        finally:
+            self.study._thread_local.in_optimize_loop = False
+        return done
+
+    def _start(self):
+        with self.slot_lock:
+            if counted_trials(self.study) >= self.limit:
+                return None
+            trial = self.study.ask()
+            trial.set_user_attr(WORKER, self.worker)
+            try:
+                choice = self.objective.suggest(trial)
+            except BaseException:
+                mark_interrupted(self.study, trial._trial_id, {})
+                raise
+        return trial, choice
+
+    def _finish(self, trial: optuna.Trial, choice) -> None:
+        try:
+            values = self.objective.evaluate(trial, choice)
+        except CandidateFailed:
+            frozen = self.study.tell(trial, state=TrialState.FAIL)
+        except BaseException:
+            mark_interrupted(self.study, trial._trial_id, trial.params)
+            raise
+        else:
+            frozen = self.study.tell(trial, values)
+        for callback in self.callbacks:
+            callback(self.study, frozen)

@@ -1,0 +1,139 @@
+"""Several workers on one study: exact trial counts, no duplicates, same results."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+from optuna.trial import TrialState
+
+from onnxopt.config.search import load_search_config
+from onnxopt.optimizer.search.run import run_search
+from onnxopt.optimizer.search.study import JOURNAL_FILE, finished_trials, load_study
+
+LAYERS = ("node_linear", "node_linear_1", "node_linear_2")
+CHEAP = """
+[search.evaluation]
+batch_sizes = [1]
+warmup = 1
+repeats = 3
+min_time_s = 0
+"""
+
+
+def by_name_space(layers=LAYERS) -> str:
+    """3 layers x data_in 4/8 x weight 2/4/8 = 216 points."""
+    body = ""
+    for name in layers:
+        body += f"""
+[search.quantization.by_name.{name}]
+data_in_width = [4, 8]
+weight_width = [2, 4, 8]
+"""
+    return body
+
+
+def _layer_names(exported_recipe):
+    import onnx
+
+    model = onnx.load(exported_recipe("digits-mlp"))
+    return tuple(n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul"))
+
+
+def test_two_local_workers_brute_force_exactly_n_trials(write_config, exported_recipe, tmp_path):
+    layers = _layer_names(exported_recipe)
+    assert len(layers) == 3, layers
+    body = (
+        by_name_space(layers)
+        + CHEAP
+        + """
+[search.strategy]
+sampler = "brute-force"
+n_trials = 200
+workers = 2
+"""
+    )
+    config = load_search_config(write_config(body))
+    result = run_search(config, run_dir=tmp_path / "run", progress=False)
+    trials = result.study.trials
+    finished = finished_trials(result.study)
+    assert len(finished) == len(trials) == 200
+    points = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(points)) == 200  # no point visited twice
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2  # both processes ran trials
+    assert all(t.state is TrialState.COMPLETE for t in trials)
+    assert all("latency" in t.user_attrs["metrics"] for t in trials)
+    log = (tmp_path / "run" / "workers" / "worker-1.log").read_text()
+    assert "worker 1:" in log
+
+
+def _fixed_list(layers) -> list[dict]:
+    points = []
+    for w in itertools.islice(itertools.product([2, 4, 8], repeat=3), 8):
+        point = {}
+        for name, width in zip(layers, w, strict=True):
+            point[f"q.by_name.{name}.weight_width"] = width
+            point[f"q.by_name.{name}.data_in_width"] = 8
+        points.append(point)
+    return points
+
+
+def enqueue_toml(points) -> str:
+    rows = ", ".join("{" + ", ".join(f'"{k}" = {v}' for k, v in p.items()) + "}" for p in points)
+    return f"enqueue = [{rows}]\n"
+
+
+def test_two_workers_match_one_worker_on_enqueued_trials(write_config, exported_recipe, tmp_path):
+    layers = _layer_names(exported_recipe)
+    points = _fixed_list(layers)
+    body = (
+        by_name_space(layers)
+        + CHEAP
+        + f"""
+[search.strategy]
+sampler = "random"
+n_trials = {len(points)}
+{enqueue_toml(points)}"""
+    )
+    path = write_config(body)
+    one = run_search(load_search_config(path), run_dir=tmp_path / "one", progress=False)
+    two = run_search(load_search_config(path, workers=2), run_dir=tmp_path / "two",
+                     progress=False)  # fmt: skip
+
+    def results(study):
+        keys = ("accuracy", "loss", "size", "average_bitwidth")
+        return {
+            tuple(sorted(t.params.items())): {k: t.user_attrs["metrics"][k] for k in keys}
+            for t in study.trials
+        }
+
+    assert len(two.study.trials) == len(one.study.trials) == len(points)
+    assert results(two.study) == results(one.study)
+    assert {tuple(sorted(p.items())) for p in points} == set(results(one.study))
+
+
+def test_worker_joins_an_existing_study_by_name(write_config, exported_recipe, tmp_path):
+    """`--study NAME` on the same storage joins instead of refusing, up to n_trials."""
+    body = (
+        by_name_space(_layer_names(exported_recipe))
+        + CHEAP
+        + """
+[search.strategy]
+sampler = "random"
+n_trials = 6
+"""
+    )
+    path = write_config(body)
+    journal = tmp_path / "shared.journal"
+    cmd = [sys.executable, "-m", "onnxopt", "search", str(path), "--storage", str(journal),
+           "--study", "shared", "--no-progress", "--no-export"]  # fmt: skip
+    first = subprocess.run([*cmd, "--run-dir", str(tmp_path / "a")], capture_output=True)
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    second = subprocess.run([*cmd, "--run-dir", str(tmp_path / "b"), "--n-trials", "9"],
+                            capture_output=True)  # fmt: skip
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    study = load_study(str(journal), "shared")
+    assert len(study.trials) == 9  # the second worker ran the missing 3
+    assert not (tmp_path / "a" / JOURNAL_FILE).exists()
