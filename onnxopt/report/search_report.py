@@ -75,11 +75,12 @@ def summary(result: SearchResult) -> str:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     base = result.baseline
     kind = "Pareto set" if len(result.objectives) > 1 else "best trial"
+    batch = result.context.config.search.evaluation.batch_sizes[0]
     lines = [
         f"{len(result.study.trials)} trials ({counts}) in {result.seconds:.1f} s",
         (
             f"fp32 baseline (validation): accuracy {base['accuracy']:.4f}, "
-            f"size {int(base['size']):,} bytes, latency {base['latency']:.4f} ms (batch 1)"
+            f"size {int(base['size']):,} bytes, latency {base['latency']:.4f} ms (batch {batch})"
         ),
         f"{kind} (feasible, by {', '.join(result.objectives)}):",
         render_table(best_rows(result)) if result.best else "  no feasible trial",
