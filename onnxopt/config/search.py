@@ -224,17 +224,28 @@ class Search(StrictModel):
 
 
 class ModelSource(StrictModel):
-    """Where the base model comes from: a recipe trained on the fly, or an ONNX file."""
+    """Where the base model comes from: a recipe trained on the fly, an ONNX file, or a torch
+    factory ``package.module:function`` with its weights (a state dict)."""
 
     recipe: str | None = None
     onnx: Path | None = None
+    factory: str | None = None
+    weights: Path | None = None
+    input_shape: tuple[int, ...] | None = None
     seed: int = 0
     epochs: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one(self) -> ModelSource:
-        if (self.recipe is None) == (self.onnx is None):
-            raise ValueError("give exactly one of model.recipe and model.onnx")
+        given = [k for k in ("recipe", "onnx", "factory") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of model.recipe, model.onnx and model.factory")
+        if self.factory is not None and self.input_shape is None:
+            raise ValueError("model.factory needs model.input_shape (per sample, e.g. [64])")
+        if self.factory is None and (self.weights is not None or self.input_shape is not None):
+            raise ValueError("model.weights and model.input_shape go with model.factory only")
+        if self.input_shape is not None and any(d <= 0 for d in self.input_shape):
+            raise ValueError(f"model.input_shape {list(self.input_shape)} must be positive")
         return self
 
 
@@ -256,8 +267,10 @@ class SearchConfig(StrictModel):
     def resolve_paths(self, base: Path) -> SearchConfig:
         """Relative model and data paths made relative to ``base`` (the config's folder)."""
         model, data = self.model, self.data
-        if model.onnx is not None and not model.onnx.is_absolute():
-            model = model.model_copy(update={"onnx": base / model.onnx})
+        for key in ("onnx", "weights"):
+            value = getattr(model, key)
+            if value is not None and not value.is_absolute():
+                model = model.model_copy(update={key: base / value})
         candidate = base / data.dataset
         if data.dataset != "digits" and not Path(data.dataset).is_absolute() and candidate.exists():
             data = data.model_copy(update={"dataset": str(candidate)})

@@ -1,8 +1,9 @@
 """The search's inputs: the dataset and the pristine fp32 base model.
 
-A recipe is trained (seeded) and exported once into the run directory as ``base.onnx``; a
-resumed search reads that file back, so torch is imported only when a recipe must be
-trained. An ``onnx`` model is read from its file.
+A recipe is trained (seeded), or a factory's module built with its weights, and exported
+once (checked against torch) into the run directory as ``base.onnx``; a resumed search
+reads that file back, so torch is imported only when the base must be made. An ``onnx``
+model is read from its file.
 """
 
 from __future__ import annotations
@@ -31,8 +32,20 @@ def load_base(config: SearchConfig, dataset: Dataset, run_dir: Path) -> onnx.Mod
         return load_onnx(config.model.onnx)
     path = Path(run_dir) / BASE_FILE
     if not path.is_file():
-        _train_and_export(config, dataset, path)
+        if config.model.factory is not None:
+            _export_factory(config, path)
+        else:
+            _train_and_export(config, dataset, path)
     return load_onnx(path)
+
+
+def _export_factory(config: SearchConfig, path: Path) -> None:
+    from onnxopt.exporters.torch_onnx import export_module
+    from onnxopt.models.factory import load_factory
+
+    m = config.model
+    assert m.factory is not None and m.input_shape is not None
+    export_module(load_factory(m.factory, m.weights), m.input_shape, path)
 
 
 def _train_and_export(config: SearchConfig, dataset: Dataset, path: Path) -> None:
