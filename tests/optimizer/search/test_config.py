@@ -62,5 +62,5 @@ def test_gp_uses_indices(write_config):
 def test_model_needs_one_source(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[model]\n[search.quantization.default]\nweight_width = [4, 8]\n")
-    with pytest.raises(ConfigError, match="exactly one of model.recipe, model.onnx and model.factory"):
+    with pytest.raises(ConfigError, match="exactly one of model.recipe, model.onnx and model"):
         load_search_config(path)

@@ -49,16 +49,20 @@ def test_factory_needs_an_input_shape(tmp_path):
 @pytest.mark.parametrize("sampler", ["gp", "cmaes", "qmc", "nsgaiii", "tpe", "nsgaii"])
 def test_every_sampler_runs_a_study(write_config, tmp_path, sampler):
     n = 7 if sampler in ("gp", "cmaes") else 5  # past their 5 random start-up trials
-    body = QUANT_18 + CHEAP + f"""
+    body = (
+        QUANT_18
+        + CHEAP
+        + f"""
 [search.strategy]
 sampler = "{sampler}"
 n_trials = {n}
 [search.metrics.accuracy]
 [search.metrics.average_bitwidth]
 """
+    )
     if sampler in ("gp", "cmaes"):  # one objective: scaled sum
         body = body.replace("[search.metrics.accuracy]", "[search.metrics.accuracy]\n", 1)
-        body = body.replace(f'n_trials = {n}', f'n_trials = {n}\nsum_scaled_metrics = true')
+        body = body.replace(f"n_trials = {n}", f"n_trials = {n}\nsum_scaled_metrics = true")
     result = run_search(load_search_config(write_config(body)), run_dir=tmp_path, progress=False)
     trials = result.study.trials
     assert len(trials) == n and all(t.state is TrialState.COMPLETE for t in trials)
@@ -70,11 +74,14 @@ n_trials = {n}
 
 
 def test_enqueued_point_with_a_typo_is_a_config_error(write_config, tmp_path):
-    body = QUANT_18 + """
+    body = (
+        QUANT_18
+        + """
 [search.strategy]
 sampler = "random"
 enqueue = [{"q.by_type.linear.weigth_width" = 8}]
 """
+    )
     config = load_search_config(write_config(body))
     with pytest.raises(ConfigError, match="unknown parameter.*q.by_type.linear.weight_width"):
         SearchContext.prepare(config, tmp_path)
