@@ -15,9 +15,46 @@ import onnx
 from onnxopt.config.search import SearchConfig
 from onnxopt.data import load_dataset
 from onnxopt.data.dataset import Dataset
+from onnxopt.errors import UsageError
 from onnxopt.model_io import load_onnx
 
 BASE_FILE = "base.onnx"
+MIN_FREE_BYTES = 64 * 2**20
+"""Free space a search needs beyond what its base model takes (journal, reports, models)."""
+
+
+def prepare_run_dir(run_dir: Path, model_bytes: int = 0) -> Path:
+    """Create the run directory and check, before any work, that a search can write there.
+
+    Args:
+        run_dir: The run directory.
+        model_bytes: The base model's size; exported candidates take up to a few times it.
+
+    Raises:
+        UsageError: When the directory cannot be created or written, or its disk is (nearly)
+            full.
+    """
+    import shutil
+    import tempfile
+
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"run directory {run_dir} is not writable ({exc.strerror or exc}); "
+            "choose another --run-dir"
+        ) from None
+    need = MIN_FREE_BYTES + 4 * model_bytes
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise UsageError(
+            f"only {free / 2**20:.0f} MiB free on the disk of {run_dir}, a search needs about "
+            f"{need / 2**20:.0f} MiB; free some space or choose another --run-dir"
+        )
+    return run_dir
 
 
 def load_data(config: SearchConfig) -> Dataset:

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from onnxopt.config.search import SearchConfig
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import UsageError
-from onnxopt.optimizer.search.base import load_base, load_data
+from onnxopt.optimizer.search.base import load_base, load_data, prepare_run_dir
 from onnxopt.optimizer.search.candidate import CandidateBuilder
 from onnxopt.optimizer.search.export import ExportedTrial, export_trial
 from onnxopt.optimizer.search.locks import LATENCY_LOCK, FileLock, trial_slot_lock
@@ -59,8 +59,9 @@ class SearchContext:
     @classmethod
     def prepare(cls, config: SearchConfig, run_dir: Path) -> SearchContext:
         """Load data and base model and build the space (config errors surface here)."""
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        source = config.model.onnx
+        model_bytes = source.stat().st_size if source is not None and source.is_file() else 0
+        run_dir = prepare_run_dir(run_dir, model_bytes)
         dataset = load_data(config)
         base = load_base(config, dataset, run_dir)
         builder = CandidateBuilder(base, dataset, config.search.width)

@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from onnxopt.config.search import load_search_config
+from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.run import run_search
 from onnxopt.optimizer.search.study import JOURNAL_FILE, is_interrupted, load_study
 from tests.optimizer.search.conftest import QUANT_18
@@ -106,3 +107,23 @@ def test_sigkill_at_random_moments_then_resume_completes(write_config, tmp_path)
     complete = {t.number: t.params for t in trials if t.state is TrialState.COMPLETE}
     assert len(complete) == 12 and complete.items() >= seen.items()
     assert all(t.state.is_finished() for t in trials)
+
+
+def test_unwritable_run_dir_is_refused_before_any_work(write_config, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UsageError, match="is not writable.*choose another --run-dir"):
+        run_search(load_search_config(write_config(SLOW_TRIALS)), run_dir=blocker / "run",
+                   progress=False)  # fmt: skip
+
+
+def test_full_disk_is_refused_before_any_work(write_config, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 2**20, 2**20))
+    with pytest.raises(UsageError, match=r"only 1 MiB free .* free some space"):
+        run_search(load_search_config(write_config(SLOW_TRIALS)), run_dir=tmp_path / "run",
+                   progress=False)  # fmt: skip
+    assert not (tmp_path / "run" / JOURNAL_FILE).exists()
