@@ -70,3 +70,50 @@ def test_failing_candidate_is_a_fail_trial_and_search_goes_on(write_config, tmp_
     assert len(failed) == 6 and len(result.study.trials) == 18
     assert all("NoSuchOp" in t.user_attrs["fail_reason"] for t in failed)
     assert all(t.params["q.by_type.linear.weight_width"] == 2 for t in failed)
+
+
+def test_trial_that_raises_or_gives_nan_fails_with_its_reason(write_config, tmp_path, monkeypatch):
+    from onnxopt.optimizer.search import measure as measure_module
+
+    original_build = CandidateBuilder.build
+    original_finite = measure_module._check_finite
+
+    def build(self, space, choice):
+        width = choice.quant["by_type.linear"]["weight_width"]
+        if width == 2:
+            raise ValueError("a bug in a rewrite")
+        candidate = original_build(self, space, choice)
+        if width == 4:  # mark it: its loss comes out NaN below
+            marked = onnx.ModelProto()
+            marked.CopyFrom(candidate.model)
+            marked.doc_string = "nan-loss"
+            return Candidate(marked, candidate.quantization, candidate.width)
+        return candidate
+
+    measuring = {"marked": False}
+    original_measure = measure_module.Evaluator.measure
+
+    def measure_marked(self, model, **kwargs):
+        measuring["marked"] = model.doc_string == "nan-loss"
+        return original_measure(self, model, **kwargs)
+
+    def check_finite(metrics):
+        if measuring["marked"]:
+            metrics["loss"] = float("nan")
+        original_finite(metrics)
+
+    monkeypatch.setattr(CandidateBuilder, "build", build)
+    monkeypatch.setattr(measure_module.Evaluator, "measure", measure_marked)
+    monkeypatch.setattr(measure_module, "_check_finite", check_finite)
+    body = BRUTE.replace("n_trials = 30", "n_trials = 18")
+    result = run_search(load_search_config(write_config(body)), run_dir=tmp_path, progress=False)
+    trials = result.study.trials
+    assert len(trials) == 18
+    by_width: dict[int, list] = {}
+    for t in trials:
+        by_width.setdefault(t.params["q.by_type.linear.weight_width"], []).append(t)
+    assert all(t.state is TrialState.FAIL for t in by_width[2])
+    assert all(t.user_attrs["fail_reason"] == "ValueError: a bug in a rewrite" for t in by_width[2])
+    assert all(t.state is TrialState.FAIL for t in by_width[4])
+    assert all("loss are not finite" in t.user_attrs["fail_reason"] for t in by_width[4])
+    assert all(t.state is TrialState.COMPLETE for t in by_width[8])
