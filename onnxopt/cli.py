@@ -119,28 +119,6 @@ def train_cmd(
     )
 
 
-def _load_factory(spec: str, weights: Path | None):
-    import importlib
-
-    import torch
-
-    module_name, _, func_name = spec.partition(":")
-    if not module_name or not func_name:
-        raise UsageError(f"--factory {spec!r} must look like 'package.module:function'")
-    try:
-        factory = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"--factory {spec!r} cannot be imported ({exc})") from None
-    module = factory()
-    if not isinstance(module, torch.nn.Module):
-        raise UsageError(f"--factory {spec!r} returned {type(module).__name__}, not a torch module")
-    if weights is not None:
-        from onnxopt.models.training import load_state_dict
-
-        module.load_state_dict(load_state_dict(weights))
-    return module
-
-
 def _parse_shape(text: str | None) -> tuple[int, ...]:
     if not text:
         raise UsageError("--factory needs --input-shape (per sample, e.g. 64 or 1,8,8)")
@@ -180,7 +158,9 @@ def export_cmd(model, recipe, weights, factory, input_shape, opset, output) -> N
     from onnxopt.exporters.torch_onnx import ATOL, RTOL, export_module
 
     if factory:
-        module, shape = _load_factory(factory, weights), _parse_shape(input_shape)
+        from onnxopt.models.factory import load_factory
+
+        module, shape = load_factory(factory, weights), _parse_shape(input_shape)
     elif weights:
         from onnxopt.models.training import load_weights
 
@@ -218,9 +198,19 @@ def export_cmd(model, recipe, weights, factory, input_shape, opset, output) -> N
     help="Latency batch sizes (repeatable).",
 )
 @click.option("--no-latency", is_flag=True, help="Skip latency measurement.")
+@click.option("--output-name", help="The class-score output, when the model has several.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate_cmd(
-    model, data_spec, data_format, label_column, split, threads, batch_sizes, no_latency, as_json
+    model,
+    data_spec,
+    data_format,
+    label_column,
+    split,
+    threads,
+    batch_sizes,
+    no_latency,
+    output_name,
+    as_json,
 ) -> None:
     """Measure MODEL in onnxruntime: accuracy, loss, latency, size, bit width."""
     from onnxopt.optimizer.evaluate import evaluate_model
@@ -234,6 +224,7 @@ def evaluate_cmd(
         batch_sizes=tuple(batch_sizes),
         measure_latency=not no_latency,
         num_classes=dataset.num_classes,
+        output_name=output_name,
     )
     if as_json:
         click.echo(
@@ -244,6 +235,16 @@ def evaluate_cmd(
         )
     else:
         click.echo(evaluation_table(report, title=f"{model} on {dataset.name}/{split}"))
+
+
+def _load_user_model(path: Path, opset: int | None = None):
+    """The model ready for a rewrite; what was changed to make it so goes to stderr."""
+    from onnxopt.exporters.user_model import load_user_model
+
+    user = load_user_model(path, opset=opset)
+    for note in user.notes:
+        click.echo(f"note: {note}", err=True)
+    return user.model
 
 
 @main.command("quantize")
@@ -261,13 +262,14 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     """Quantize MODEL to fixed point with QDQ nodes that onnxruntime runs fused."""
     from onnxopt.config import load_toml
     from onnxopt.config.quantization import QuantizationConfig
-    from onnxopt.model_io import load_onnx, save_onnx
+    from onnxopt.model_io import save_onnx
     from onnxopt.optimizer.evaluate import fused_kernels, size_on_disk
+    from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
     from onnxopt.optimizer.quantization.quantizer import Quantizer
     from onnxopt.report.tables import quantization_summary
 
     config = load_toml(config_path, QuantizationConfig) if config_path else QuantizationConfig()
-    base = load_onnx(model)
+    base = _load_user_model(model, opset=DEFAULT_OPSET)
     dataset = _load_data(data_spec, data_format, label_column)
     quantizer = Quantizer(base, dataset.calibration.x)
     candidate = quantizer.quantize(config)
@@ -300,11 +302,11 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
 def scale_cmd(model, config_path, data_spec, data_format, label_column, output, as_json) -> None:
     """Scale the channel widths of MODEL's Gemm/MatMul/Conv layers consistently."""
     from onnxopt.config import load_toml
-    from onnxopt.model_io import load_onnx, save_onnx
+    from onnxopt.model_io import save_onnx
     from onnxopt.optimizer.width import WidthConfig, refit_inputs, scale_width
 
     config = load_toml(config_path, WidthConfig)
-    base = load_onnx(model)
+    base = _load_user_model(model)
     calibration = None
     if config.needs_calibration():
         calibration = refit_inputs(_load_data(data_spec, data_format, label_column))

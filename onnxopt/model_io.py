@@ -15,31 +15,127 @@ _LFS_MAGIC = b"version https://git-lfs.github.com/spec"
 def load_onnx(path: Path, *, external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX model, or raise one clear :class:`ModelLoadError`.
 
+    Besides the parse itself, the model must declare an IR version and opsets the installed
+    onnx and onnxruntime read, and its main graph must be complete (every value a node or
+    output uses is defined): a file cut at a protobuf field boundary still parses.
+
     Args:
         path: the ``.onnx`` file.
         external_data: also read tensors stored beside the model (confined to its folder).
     """
     path = Path(path)
+    _check_file(path)
+    model = _parse(path)
+    check_versions(model, str(path))
+    check_complete(model, str(path))
+    if external_data:
+        _load_external_data(model, path)
+    return model
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist; check the path")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a directory; pass the .onnx file inside it")
-    head = path.read_bytes()[:64] if path.stat().st_size else b""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"{path} cannot be read ({exc.strerror}); check its permissions"
+        ) from None
     if not head:
         raise ModelLoadError(f"{path} is empty (0 bytes); re-export or re-download the model")
     if head.startswith(_LFS_MAGIC):
         raise ModelLoadError(f"{path} is a Git LFS pointer, not the model; run 'git lfs pull'")
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    data = path.read_bytes()
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        model = onnx.load_model_from_string(data)  # external tensors are read later, confined
     except Exception:  # protobuf raises DecodeError and friends
+        if _looks_like_onnx(data):
+            raise ModelLoadError(
+                f"{path} is truncated or corrupt ({len(data):,} bytes, protobuf parse failed); "
+                "re-export or re-download the model"
+            ) from None
         raise ModelLoadError(
             f"{path} is not an ONNX model (protobuf parse failed); pass a .onnx file"
         ) from None
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path} is not an ONNX model (it holds no graph); pass a .onnx file")
-    if external_data:
-        _load_external_data(model, path)
     return model
+
+
+def _looks_like_onnx(data: bytes) -> bool:
+    # Every exporter writes ModelProto.ir_version (field 1, a small varint) first: tag 0x08.
+    return len(data) > 1 and data[0] == 0x08 and 1 <= data[1] <= 32
+
+
+def check_versions(model: onnx.ModelProto, source: str) -> None:
+    """Refuse IR versions and opsets newer than the installed onnx and onnxruntime read.
+
+    onnxruntime exposes no version limits, but it is released in step with onnx and reads
+    up to the same IR version and default-domain opset (onnxruntime 1.32 / onnx 1.23: IR 14,
+    opset 28); the quantizer's ``onnx.checker`` pass needs them too.
+    """
+    fix = "or upgrade onnx and onnxruntime"
+    if model.ir_version > onnx.IR_VERSION:
+        raise ModelLoadError(
+            f"{source} has IR version {model.ir_version} but the installed {_versions()} read up "
+            f"to IR version {onnx.IR_VERSION}; re-export with an older exporter or IR version "
+            f"(<= {onnx.IR_VERSION}), {fix}"
+        )
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset <= 0 and any(n.domain in ("", "ai.onnx") for n in model.graph.node):
+        raise ModelLoadError(
+            f"{source} declares no opset for its ONNX ops (truncated, or a broken exporter); "
+            "re-export or re-download the model"
+        )
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ModelLoadError(
+            f"{source} uses opset {opset} but the installed {_versions()} support up to opset "
+            f"{newest}; re-export at opset 21, {fix}"
+        )
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ort = version("onnxruntime")
+    except PackageNotFoundError:
+        ort = "?"
+    return f"onnx {onnx.__version__} / onnxruntime {ort}"
+
+
+def check_complete(model: onnx.ModelProto, source: str) -> None:
+    """Refuse a main graph that uses values nothing defines (a cut or damaged file).
+
+    Only the main graph is checked: subgraphs may read their outer scope, and
+    ``onnx.checker`` would also refuse models onnxruntime runs (unregistered domains).
+    """
+    graph = model.graph
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.name for t in graph.sparse_initializer}
+    defined |= {out for node in graph.node for out in node.output}
+    for node in graph.node:
+        missing = next((name for name in node.input if name and name not in defined), None)
+        if missing is not None:
+            raise ModelLoadError(
+                f"{source} is incomplete: node {node.name or node.op_type!r} reads {missing!r}, "
+                "which no node, initializer or input defines (truncated or corrupt?); "
+                "re-export or re-download the model"
+            )
+    for output in graph.output:
+        if output.name not in defined:
+            raise ModelLoadError(
+                f"{source} is incomplete: graph output {output.name!r} is computed by no node "
+                "(truncated or corrupt?); re-export or re-download the model"
+            )
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -47,24 +143,44 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
 
     base = path.resolve().parent
     for tensor in _all_tensors(model):
-        if not uses_external_data(tensor):
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (base / location).resolve()
-        if not target.is_relative_to(base):
-            raise ModelLoadError(
-                f"{path}: tensor {tensor.name!r} points outside the model's folder ({location}); "
-                "refusing to read it"
-            )
-        if not target.is_file():
-            raise ModelLoadError(
-                f"{path}: external data file {location} for tensor {tensor.name!r} is missing; "
-                "keep it next to the model"
-            )
+        if uses_external_data(tensor):
+            _check_location(tensor, base, path)
     try:
         load_external_data_for_model(model, str(base))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: external data could not be read ({exc})") from None
+    except Exception as exc:  # OSError, ValueError, onnx's checker errors on bad entries
+        raise ModelLoadError(
+            f"{path}: external data could not be read ({_first_line(exc)}); keep the data "
+            "file the model was saved with next to it"
+        ) from None
+
+
+def _check_location(tensor: onnx.TensorProto, base: Path, path: Path) -> None:
+    location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+    try:
+        # protobuf hands back bytes for a string field that is not valid UTF-8
+        target = base / str(location, "utf-8") if isinstance(location, bytes) else base / location
+        target = target.resolve()
+        inside, exists = target.is_relative_to(base), target.is_file()
+    except (TypeError, ValueError, OSError):
+        raise ModelLoadError(
+            f"{path}: tensor {tensor.name!r} has an unreadable external data location "
+            f"{location!r:.60}; re-export or re-download the model"
+        ) from None
+    if not inside:
+        raise ModelLoadError(
+            f"{path}: tensor {tensor.name!r} points outside the model's folder ({location}); "
+            "refusing to read it"
+        )
+    if not exists:
+        raise ModelLoadError(
+            f"{path}: external data file {location} for tensor {tensor.name!r} is missing; "
+            "keep it next to the model"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _all_tensors(model: onnx.ModelProto):

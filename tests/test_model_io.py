@@ -64,3 +64,49 @@ def test_external_data_round_trip(tmp_path):
         numpy_helper.to_array(loaded.graph.initializer[0]),
         np.arange(400, dtype=np.float32).reshape(4, 100),
     )
+
+
+def test_truncated_model_is_named_as_such(tmp_path):
+    data = _gemm_model().SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) - 9])
+    with pytest.raises(ModelLoadError, match=r"cut.onnx is truncated or corrupt \([\d,]+ bytes"):
+        load_onnx(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: setattr(m, "ir_version", onnx.IR_VERSION + 1), "read up to IR version"),
+        (lambda m: m.opset_import[0].__setattr__("version", 999), "uses opset 999"),
+        (lambda m: m.graph.node[0].input.append("nowhere"), "reads 'nowhere', which no node"),
+        (lambda m: m.graph.output.add(name="ghost"), "graph output 'ghost' is computed by no node"),
+    ],
+)
+def test_models_onnxopt_cannot_read_are_refused(tmp_path, change, message):
+    model = _gemm_model()
+    change(model)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_onnx(tmp_path / "m.onnx")
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
+
+
+def test_external_data_location_that_is_not_text(tmp_path):
+    path = save_onnx(_gemm_model(), tmp_path / "m.onnx", external_data=True)
+    data = path.read_bytes()
+    assert data.count(b"m.onnx.data") == 1
+    path.write_bytes(data.replace(b"m.onnx.data", b"m.onnx.d\xffta"))  # not valid UTF-8
+    with pytest.raises(ModelLoadError, match="unreadable external data location"):
+        load_onnx(path)
+
+
+def test_malformed_constant_is_a_model_load_error():
+    from onnxopt.exporters.user_model import prepare_user_model
+
+    model = _gemm_model()
+    bad = helper.make_node("Constant", [], ["c"], name="c")
+    bad.attribute.add(name="value")  # a tensor attribute without type or tensor
+    model.graph.node.insert(0, bad)
+    with pytest.raises(ModelLoadError, match="malformed tensors or attributes"):
+        prepare_user_model(model, "m.onnx")

@@ -7,6 +7,7 @@ full key path. Past :func:`load_toml` nothing is a dict of strings.
 
 from __future__ import annotations
 
+import re
 import tomllib
 import types
 import typing
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from onnxopt.errors import ConfigError, did_you_mean
+from onnxopt.errors import ConfigError, closest, did_you_mean
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -66,13 +67,55 @@ def _check_keys(data: Any, model: type[BaseModel], path: str) -> None:
                 _check_keys(value, sub, where)
 
 
+_SCALAR_TAGS = frozenset({"int", "float", "str", "bool", "none"})
+
+
+def _where(loc: tuple, prefix: str) -> tuple[str, str]:
+    """The dotted key path of an error location and what it is about (a key or a value).
+
+    pydantic adds union members (``int``, ``literal['auto','NA']``, ``function-after[...]``)
+    and ``[key]`` (a mapping's key) to the location; users wrote neither.
+    """
+    parts, about = [], ""
+    for i, part in enumerate(str(p) for p in loc):
+        if part == "[key]":
+            about = f"key {parts.pop()!r}: " if parts else ""
+        elif "[" in part or (part in _SCALAR_TAGS and i == len(loc) - 1 and parts):
+            continue
+        else:
+            parts.append(part)
+    path = ".".join(parts)
+    return (f"{prefix}{path}" if path else prefix.rstrip(".") or "config"), about
+
+
 def _format_error(err: ValidationError, prefix: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
-    message = first["msg"].removeprefix("Value error, ")
-    extra = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
-    return f"{where}: {message}{extra}"
+    errors = err.errors()
+    where, about = _where(errors[0]["loc"], prefix)
+    # the members of a union fail together at one key: one message listing what it accepts
+    messages = []
+    for e in errors:
+        if _where(e["loc"], prefix)[0] == where:
+            text = e["msg"].removeprefix("Value error, ").split(", unable to parse")[0]
+            messages += [text] if text not in messages else []
+    message = " or ".join(
+        [messages[0], *(m.removeprefix("Input should be ") for m in messages[1:])]
+    )
+    others = len({_where(e["loc"], prefix)[0] for e in errors} - {where})
+    extra = f" (and {others} more problems)" if others else ""
+    return f"{where}: {about}{message}{_got(errors[0], about)}{extra}"
+
+
+def _got(error: Any, about: str) -> str:
+    """`` (got 'x'; did you mean 'y'?)`` for a scalar the user wrote, else nothing."""
+    value = error.get("input")
+    if about or error["type"] == "value_error" or not isinstance(value, int | float | str):
+        return ""  # our own validators already name the value
+    hint = ""
+    if error["type"] in ("literal_error", "enum") and isinstance(value, str):
+        options = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+        near = closest(value, options)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+    return f" (got {value!r:.40}{hint})"
 
 
 def validate(model: type[M], data: dict[str, Any], *, source: str = "config") -> M:

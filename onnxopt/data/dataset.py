@@ -116,8 +116,7 @@ def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, 
     if x.ndim < 2:
         raise DataError(f"{where}: features must have shape (samples, features), got {x.shape}")
     if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
-        raise DataError(f"{where}: {bad} samples contain NaN or Inf; clean or drop them")
+        raise DataError(f"{where}: {_non_finite(x)}; clean or drop them")
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{where}: labels must be one integer per sample, got shape {y.shape}")
@@ -125,8 +124,23 @@ def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, 
         if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
             y = y.astype(np.int64)
         else:
-            raise DataError(f"{where}: labels must be integers 0..K-1, got dtype {y.dtype}")
+            raise DataError(
+                f"{where}: labels must be integers 0..K-1, got dtype {y.dtype} with non-integer "
+                "values; store one class index per sample"
+            )
     y = y.astype(np.int64)
     if len(y) and y.min() < 0:
-        raise DataError(f"{where}: labels must be integers 0..K-1, found {int(y.min())}")
+        raise DataError(
+            f"{where}: labels must be integers 0..K-1, found {int(y.min())}; "
+            "shift them to start at 0"
+        )
     return x, y
+
+
+def _non_finite(x: np.ndarray) -> str:
+    """How many samples hold NaN or Inf, and in which (flattened) feature columns."""
+    bad = ~np.isfinite(x.reshape(len(x), -1))
+    columns = [str(c) for c in np.flatnonzero(bad.any(axis=0))]
+    more = f" and {len(columns) - 6} more" if len(columns) > 6 else ""
+    where = f"feature column{'s' if len(columns) > 1 else ''} {', '.join(columns[:6])}{more}"
+    return f"{int(bad.any(axis=1).sum())} samples contain NaN or Inf (in {where})"

@@ -64,14 +64,20 @@ def _reshape_static(x: np.ndarray, dims: list, shape: list, name: str) -> np.nda
 
 
 def _check_symbolic(x: np.ndarray, dims: list, shape: list, name: str) -> None:
+    # Symbolic sizes take the data's sizes, so the data must carry them: flat features
+    # cannot say how they split into the symbolic dimensions.
     sample = x.shape[1:]
     fits = len(sample) == len(dims) and all(
         not isinstance(d, int) or d == s for d, s in zip(dims, sample, strict=True)
     )
     if not fits:
+        symbolic = ", ".join(
+            f"{d or '?'!r} (axis {i})" for i, d in enumerate(dims, 1) if not isinstance(d, int)
+        )
         raise DataError(
             f"dataset samples have shape {list(sample)} but model input {name!r} has shape "
-            f"{shape} with symbolic dimensions; use data shaped like the model input"
+            f"{shape} with symbolic dimensions {symbolic}; give data shaped like the model "
+            "input, or re-export the model with static dimensions"
         )
 
 

@@ -10,6 +10,7 @@ import onnx
 
 from onnxopt.errors import ExportError, ModelLoadError
 from onnxopt.exporters.prepare import prepare_model
+from onnxopt.exporters.user_model import default_opset, prepare_user_model
 from onnxopt.model_io import load_onnx, save_onnx
 
 
@@ -25,47 +26,58 @@ class OnnxPrepareResult:
     max_abs_diff: float
 
 
-def default_opset(model: onnx.ModelProto) -> int:
-    """The model's opset for the default ('') domain."""
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+def _outputs(model: onnx.ModelProto, name: str, x: np.ndarray, source: Path) -> np.ndarray:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def _sample(model: onnx.ModelProto, batch: int) -> np.ndarray:
-    graph_input = model.graph.input[0]
-    dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim[1:]]
-    if not dims or any(d <= 0 for d in dims):
-        raise ModelLoadError(
-            f"input {graph_input.name!r} has dynamic dimensions other than the "
-            "batch; export the model with fixed feature dimensions"
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
         )
-    return np.random.default_rng(0).standard_normal((batch, *dims)).astype(np.float32)
+        return session.run(None, {name: x})[0]
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{source}: onnxruntime could not run the model ({first})") from None
+
+
+def _samples(model: onnx.ModelProto, source: Path) -> list[np.ndarray]:
+    """Random inputs at batch sizes 1 and 7 (or the model's fixed batch size)."""
+    graph_input = model.graph.input[0]
+    dims = list(graph_input.type.tensor_type.shape.dim)
+    symbolic = [
+        f"{d.dim_param or '?'!r} (axis {i})" for i, d in enumerate(dims) if i and d.dim_value <= 0
+    ]
+    if not dims or symbolic:
+        where = f" {', '.join(symbolic)}" if symbolic else "s (it has no shape)"
+        raise ModelLoadError(
+            f"{source}: input {graph_input.name!r} has dynamic dimension{where}; checking the "
+            "prepared model needs the sample shape: re-export the model with static "
+            "dimensions except the batch"
+        )
+    shape = [d.dim_value for d in dims[1:]]
+    batches = (dims[0].dim_value,) if dims[0].dim_value > 0 else (1, 7)
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((b, *shape)).astype(np.float32) for b in batches]
 
 
 def prepare_onnx_file(source: Path, target: Path, *, opset: int) -> OnnxPrepareResult:
-    """Fold BatchNorm, convert to ``opset`` if older, and check outputs are unchanged."""
+    """Fold BatchNorm, convert to ``opset`` if older, and check outputs are unchanged.
+
+    Raises:
+        ModelLoadError: The file cannot be read or prepared (see
+            :func:`~onnxopt.exporters.user_model.prepare_user_model`), or its input has
+            dynamic dimensions other than the batch.
+        ExportError: The prepared model computes something else than the original.
+    """
     original = load_onnx(source)
     before = default_opset(original)
-    model = original
-    if before < opset:
-        try:
-            model = onnx.version_converter.convert_version(original, opset)
-        except Exception as exc:
-            raise ExportError(
-                f"{source}: converting opset {before} -> {opset} failed "
-                f"({str(exc).splitlines()[0]}); re-export at opset {opset}"
-            ) from None
+    model = prepare_user_model(original, str(source), opset=opset).model
+    samples = _samples(model, source)  # before the slow part: refuse dynamic shapes first
     prepared = prepare_model(model)
     worst = 0.0
-    for batch in (1, 7):
-        x = _sample(original, batch)
-        expected, got = _outputs(original, x), _outputs(prepared.model, x)
+    name = model.graph.input[0].name
+    for x in samples:
+        expected = _outputs(original, name, x, source)
+        got = _outputs(prepared.model, name, x, source)
         worst = max(worst, float(np.max(np.abs(expected - got))))
         if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
             raise ExportError(f"{source}: prepared model differs from the original by {worst:.3g}")

@@ -161,7 +161,8 @@ def make_session(
         A session on ``CPUExecutionProvider`` only.
 
     Raises:
-        ModelLoadError: When the path does not exist.
+        ModelLoadError: When the path does not exist, or onnxruntime is too old for the
+            model's IR version or opset.
         EvaluationError: When onnxruntime refuses the model (invalid graph, missing kernel...).
     """
     import onnxruntime as ort
@@ -170,8 +171,40 @@ def make_session(
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     source, label = _model_source(model)
-    with ort_errors(f"load {label}"):
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    try:
+        with ort_errors(f"load {label}"):
+            return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except EvaluationError as exc:
+        raise _version_refusal(exc.__cause__, label) or exc from exc.__cause__
+
+
+_IR_REFUSED = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+_OPSET_REFUSED = re.compile(r"Opset (\d+) is under development.*? is till opset (\d+)", re.S)
+
+
+def _version_refusal(cause: BaseException | None, label: str) -> ModelLoadError | None:
+    """A one-line ModelLoadError when onnxruntime refused the model's IR version or opset."""
+    text = str(cause or "")
+    version = f"onnxruntime {_ort_version()}"
+    if match := _IR_REFUSED.search(text):
+        have, top = match.groups()
+        return ModelLoadError(
+            f"{label} has IR version {have} but {version} reads up to IR version {top}; "
+            f"re-export with an older exporter or IR version (<= {top}), or upgrade onnxruntime"
+        )
+    if match := _OPSET_REFUSED.search(text):
+        have, top = match.groups()
+        return ModelLoadError(
+            f"{label} uses opset {have} but {version} supports up to opset {top}; "
+            "re-export at opset 21, or upgrade onnxruntime"
+        )
+    return None
+
+
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return ort.__version__
 
 
 def _model_source(model: onnx.ModelProto | Path | str) -> tuple[str | bytes, str]:
@@ -199,8 +232,9 @@ def classifier_io(
         num_classes: When given, picks the only output whose last dimension has this size.
 
     Raises:
-        EvaluationError: When the input or output cannot be determined; the message names them.
-        UsageError: When ``input_name`` or ``output_name`` is not in the model.
+        ModelLoadError: When the model has several inputs and ``input_name`` is not given.
+        UsageError: When the class-score output is ambiguous (the message lists the outputs),
+            or ``input_name`` / ``output_name`` is not in the model.
         DataError: When the input is not a float tensor with a batch dimension.
     """
     node = _pick_input(session.get_inputs(), input_name)
@@ -208,11 +242,14 @@ def classifier_io(
     if dtype is None:
         raise DataError(
             f"model input {node.name!r} has type {node.type}; evaluation feeds float inputs "
-            f"({', '.join(INPUT_DTYPES)})"
+            f"({', '.join(INPUT_DTYPES)}): re-export the model with a float input"
         )
     shape = list(node.shape or [])
     if not shape:
-        raise DataError(f"model input {node.name!r} has no batch dimension (shape {shape})")
+        raise DataError(
+            f"model input {node.name!r} has no batch dimension (shape {shape}); re-export it "
+            "with the batch as its first dimension"
+        )
     batch = shape[0]
     fixed = batch if isinstance(batch, int) and batch > 0 else None
     shape[0] = batch if isinstance(batch, str) and batch else "batch"
@@ -233,9 +270,10 @@ def _pick_input(inputs: list[Any], name: str | None) -> Any:
         return _by_name(inputs, name, "input")
     if len(inputs) != 1:
         names = ", ".join(repr(i.name) for i in inputs)
-        raise EvaluationError(
-            f"model has {len(inputs)} inputs ({names}); a classifier is fed one, "
-            "say which holds the features (input_name)"
+        raise ModelLoadError(
+            f"model has {len(inputs)} inputs ({names}); onnxopt feeds a classifier one tensor "
+            "of features: re-export the model with a single input (input_name picks one "
+            "when the others have defaults)"
         )
     return inputs[0]
 
@@ -246,18 +284,15 @@ def _pick_output(outputs: list[Any], name: str | None, num_classes: int | None) 
     if len(outputs) == 1:
         return outputs[0]
     listed = ", ".join(f"{o.name!r} {list(o.shape or [])}" for o in outputs)
+    how = "name the class-score output with --output-name (output_name in Python)"
     if num_classes is not None:
         fits = [o for o in outputs if o.shape and o.shape[-1] == num_classes]
         if len(fits) == 1:
             return fits[0]
-        raise EvaluationError(
-            f"{len(fits)} of the model's outputs ({listed}) end in {num_classes} classes; "
-            "say which holds the class scores (output_name)"
+        raise UsageError(
+            f"{len(fits)} of the model's outputs ({listed}) end in {num_classes} classes; {how}"
         )
-    raise EvaluationError(
-        f"model has {len(outputs)} outputs ({listed}); say which holds the class scores "
-        "(output_name) or give num_classes"
-    )
+    raise UsageError(f"model has {len(outputs)} outputs ({listed}); {how} or give num_classes")
 
 
 def _by_name(args: list[Any], name: str, kind: str) -> Any:

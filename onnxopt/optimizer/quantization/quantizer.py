@@ -46,7 +46,12 @@ def float_nodes(model: onnx.ModelProto, skipped: dict[str, str], disabled: list[
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Clip"):
             continue
-        if any(name in floats for name in node.input):
+        if node.op_type in _CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+            # its subgraphs may compute with weights the pass never sees: say so
+            out[node.name or node.output[0]] = (
+                f"{node.op_type} (control flow): onnxopt does not rewrite inside its subgraphs"
+            )
+        elif any(name in floats for name in node.input):
             out[node.name] = skipped.get(node.name) or (
                 "disabled by the config" if node.name in disabled
                 else f"{node.op_type} is not quantized by onnxopt (only Gemm, MatMul, Conv)"
@@ -54,6 +59,7 @@ def float_nodes(model: onnx.ModelProto, skipped: dict[str, str], disabled: list[
     return out
 
 
+_CONTROL_FLOW = ("If", "Loop", "Scan")
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16)  # fmt: skip
 
@@ -78,7 +84,17 @@ class Quantizer:
 
     def _calibrate(self, method: str, percentile: float, num_samples: int) -> dict[str, Range]:
         assert self._x is not None
-        return calibrate(self.model, self._x[:num_samples], method=method, percentile=percentile)
+        x, batch = self._x[:num_samples], (onnx_input_shape(self.model) or [None])[0]
+        if isinstance(batch, int) and batch > 0:
+            # a model exported with a fixed batch size (often 1) runs only that size
+            x = x[: len(x) - len(x) % batch]
+            if not len(x):
+                raise ConfigError(
+                    f"the model's batch size is fixed to {batch}; calibrate on at least "
+                    f"{batch} samples (calibration.num_samples)"
+                )
+            return calibrate(self.model, x, method=method, percentile=percentile, batch_size=batch)
+        return calibrate(self.model, x, method=method, percentile=percentile)
 
     def ranges(self, config: QuantizationConfig) -> dict[str, Range]:
         """Calibrated ranges for the config's method (computed once, then cached)."""

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.metrics import accuracy_score, log_loss
 
 from onnxopt.data.dataset import Split
-from onnxopt.errors import DataError, EvaluationError
+from onnxopt.errors import DataError, UsageError
 from onnxopt.optimizer.evaluate import BIT_WIDTHS_KEY, evaluate_model
 
 
@@ -99,7 +99,7 @@ def test_data_and_model_mismatches_surface_as_onnxopt_errors(tmp_path, gemm_buil
     two_outputs.graph.output.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [16, 5]))
     onnx.save_model(two_outputs, path)
     fits = Split(np.zeros((2, 16), np.float32), np.zeros(2, np.int64))
-    with pytest.raises(EvaluationError, match="0 of the model's outputs"):
+    with pytest.raises(UsageError, match="0 of the model's outputs"):
         evaluate_model(path, fits, num_classes=7, measure_latency=False)
     assert evaluate_model(path, fits, output_name="logits", measure_latency=False).n_samples == 2
 

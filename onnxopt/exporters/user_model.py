@@ -1,0 +1,187 @@
+"""ONNX models made by other tools, made ready for onnxopt's rewrites.
+
+Exporters differ in ways that do not change what a model computes but do change whether a
+rewrite finds its weights: weights held by ``Constant`` nodes instead of initializers,
+initializers also listed as graph inputs (IR version < 4 requires it, some exporters keep
+doing it), opsets older than the QDQ kernels need. :func:`prepare_user_model` evens these
+out with onnx / onnx_ir passes and returns what it changed as notes for the user; what it
+cannot work with (several inputs, a non-float input, an opset the converter cannot raise)
+is refused with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from onnxopt.errors import ModelLoadError
+from onnxopt.model_io import load_onnx
+
+LIFT_MIN_ELEMENTS = 16
+"""Constant-node tensors with at least this many elements are weights (lifted to initializers);
+smaller ones are shapes, axes and scalars, which stay where the exporter put them."""
+
+
+@dataclass(frozen=True)
+class UserModel:
+    """A model ready for the rewrites and what was changed to make it so.
+
+    Attributes:
+        model: The prepared model (a new proto; the loaded one is not modified).
+        notes: One line per change made (opset converted, constants lifted...).
+    """
+
+    model: onnx.ModelProto
+    notes: tuple[str, ...] = ()
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset for the default ('') domain (0 when it declares none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def load_user_model(path: Path, *, opset: int | None = None) -> UserModel:
+    """Load an ONNX file (see :func:`onnxopt.model_io.load_onnx`) and prepare it.
+
+    Args:
+        path: The ``.onnx`` file.
+        opset: The lowest default-domain opset the caller needs (older models are
+            converted); None keeps the model's opset.
+
+    Raises:
+        ModelLoadError: The file cannot be read, or the model cannot be prepared.
+    """
+    return prepare_user_model(load_onnx(path), str(path), opset=opset)
+
+
+def prepare_user_model(
+    model: onnx.ModelProto, source: str, *, opset: int | None = None
+) -> UserModel:
+    """Treat constant tensors as weights, check the one float input, raise the opset.
+
+    Args:
+        model: The loaded model; not modified.
+        source: The file name, for messages.
+        opset: The lowest default-domain opset needed; None keeps the model's opset.
+
+    Raises:
+        ModelLoadError: Several inputs or none, an input that is not float32, or an opset
+            conversion that fails.
+    """
+    model, notes = _constants_as_weights(model, source)
+    check_single_float_input(model, source)
+    if opset is not None:
+        model, note = convert_opset(model, opset, source)
+        notes += [note] if note else []
+    return UserModel(model, tuple(notes))
+
+
+def _constants_as_weights(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, list[str]]:
+    import onnx_ir as ir
+    from onnx_ir.passes.common import (
+        LiftConstantsToInitializersPass,
+        RemoveInitializersFromInputsPass,
+    )
+
+    constants = sum(1 for n in model.graph.node if n.op_type == "Constant" and n.domain == "")
+    weights = {t.name for t in model.graph.initializer}
+    as_inputs = [i.name for i in model.graph.input if i.name in weights]
+    if not constants and not as_inputs:
+        return model, []  # nothing to even out: keep the proto exactly as exported
+    try:
+        ir_model = ir.serde.deserialize_model(model)  # a copy: the caller's proto is untouched
+        LiftConstantsToInitializersPass(size_limit=LIFT_MIN_ELEMENTS)(ir_model)
+        if as_inputs:
+            # an initializer that is also an input could be overridden at run time, so the
+            # rewrites would not treat it as a weight; onnxopt never feeds them
+            RemoveInitializersFromInputsPass()(ir_model)
+            ir_model.ir_version = max(ir_model.ir_version or 0, 4)  # IR < 4 needs them as inputs
+        out = ir.serde.serialize_model(ir_model)
+    except Exception as exc:  # onnx_ir raises SerdeError, TypeError, ValueError on bad protos
+        raise ModelLoadError(
+            f"{source} holds malformed tensors or attributes ({_first_line(exc)}); "
+            "re-export or re-download the model"
+        ) from None
+    notes = []
+    if as_inputs:
+        notes.append(
+            f"{source}: {len(as_inputs)} initializer(s) were also graph inputs "
+            f"({_names(as_inputs)}); treated as constant weights"
+        )
+    count = constants - sum(1 for n in out.graph.node if n.op_type == "Constant" and n.domain == "")
+    if count:
+        notes.append(
+            f"{source}: {count} Constant-node tensor(s) moved to initializers so the rewrites "
+            "treat them as weights"
+        )
+    return out, notes
+
+
+def check_single_float_input(model: onnx.ModelProto, source: str) -> None:
+    """Refuse a model that does not take exactly one float32 tensor of features.
+
+    Raises:
+        ModelLoadError: Naming the inputs (or the input's type) and the fix.
+    """
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        listed = f" ({_names([i.name for i in inputs])})" if inputs else ""
+        raise ModelLoadError(
+            f"{source} has {len(inputs)} inputs{listed}; onnxopt feeds one tensor of features: "
+            "re-export the model with a single input (fold the others in as constants)"
+        )
+    tensor_type = inputs[0].type.tensor_type
+    elem = tensor_type.elem_type if inputs[0].type.HasField("tensor_type") else 0
+    if elem != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "not a tensor"
+        raise ModelLoadError(
+            f"{source}: input {inputs[0].name!r} is {kind}; onnxopt feeds float32 features: "
+            "re-export the model with a float32 input (cast inside it if it needs another type)"
+        )
+
+
+def convert_opset(
+    model: onnx.ModelProto, opset: int, source: str
+) -> tuple[onnx.ModelProto, str | None]:
+    """Raise the default-domain opset to ``opset`` with onnx's version converter.
+
+    Returns:
+        The model (converted or as given) and a note saying what was converted, or None.
+
+    Raises:
+        ModelLoadError: When the converter fails (it has no adapter for some old ops).
+    """
+    before = default_opset(model)
+    if before >= opset:
+        return model, None
+    try:
+        converted = onnx.version_converter.convert_version(model, opset)
+    except Exception as exc:  # the converter raises bare RuntimeError / ValidationError
+        raise ModelLoadError(
+            f"{source}: onnx's version converter cannot take opset {before} to {opset} "
+            f"({_converter_reason(exc, model)}); re-export the model at opset {opset}"
+        ) from None
+    return converted, f"{source}: converted from opset {before} to {opset} (onnx version converter)"
+
+
+def _converter_reason(exc: Exception, model: onnx.ModelProto) -> str:
+    # The converter's messages are C++ assertions with unformatted '%s': name unknown ops.
+    ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    unknown = sorted(op for op in ops if not onnx.defs.has(op))
+    if unknown:
+        return f"op {_names(unknown)} is not (or no longer) part of ONNX"
+    return re.sub(r"^.*Assertion `.*` failed: ", "", _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(repr(n) for n in names[:limit]) + more
