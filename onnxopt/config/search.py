@@ -232,6 +232,8 @@ class ModelSource(StrictModel):
     factory: str | None = None
     weights: Path | None = None
     input_shape: tuple[int, ...] | None = None
+    output: str | None = None
+    """The class-score output's name, when the model has several outputs."""
     seed: int = 0
     epochs: int | None = Field(None, ge=1)
 

@@ -50,6 +50,7 @@ class Evaluator:
         constraints: Feasibility limits.
         baseline_accuracy: The fp32 base model's accuracy on ``split`` (None while measuring
             the baseline itself).
+        output_name: The class-score output (None: found by its size).
     """
 
     def __init__(
@@ -59,12 +60,14 @@ class Evaluator:
         evaluation: Evaluation,
         constraints: Constraints,
         baseline_accuracy: float | None = None,
+        output_name: str | None = None,
     ) -> None:
         self.split = split
         self.num_classes = num_classes
         self.evaluation = evaluation
         self.limits = constraints
         self.baseline_accuracy = baseline_accuracy
+        self.output_name = output_name
         self.latency_lock = contextlib.nullcontext()  # a FileLock when workers share a machine
         self._inputs: dict[tuple, np.ndarray] = {}
 
@@ -91,7 +94,7 @@ class Evaluator:
         """
         data = data if data is not None else model.SerializeToString()
         session = self.session(data)
-        io = classifier_io(session, num_classes=self.num_classes)
+        io = classifier_io(session, num_classes=self.num_classes, output_name=self.output_name)
         x = self._x(io)
         acc = evaluate_accuracy(session, io, x, self.split.y, num_classes=self.num_classes)
         params = parameter_stats(model)

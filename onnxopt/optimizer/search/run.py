@@ -41,6 +41,7 @@ from onnxopt.optimizer.search.study import (
     open_study,
     recover_interrupted,
     storage_spec,
+    study_exists,
 )
 from onnxopt.optimizer.search.worker import TrialLoop
 
@@ -68,13 +69,19 @@ class SearchContext:
         space = SearchSpace.build(config.search, builder.width_space())
         space.check_points(config.search.strategy.enqueue)
         s = config.search
-        evaluator = Evaluator(dataset.val, dataset.num_classes, s.evaluation, s.constraints)
+        evaluator = Evaluator(
+            dataset.val, dataset.num_classes, s.evaluation, s.constraints,
+            output_name=config.model.output,
+        )  # fmt: skip
         return cls(config, run_dir, dataset, builder, space, evaluator)
 
     def test_evaluator(self) -> Evaluator:
         """An evaluator on the test split (for exported models only)."""
         s = self.config.search
-        return Evaluator(self.dataset.test, self.dataset.num_classes, s.evaluation, s.constraints)
+        return Evaluator(
+            self.dataset.test, self.dataset.num_classes, s.evaluation, s.constraints,
+            output_name=self.config.model.output,
+        )  # fmt: skip
 
     def baseline(self) -> dict:
         """fp32 base model metrics on the validation split (latency included)."""
@@ -103,6 +110,8 @@ def _open(ctx: SearchContext, spec: str, name: str, *, join: bool, seed_offset: 
     """Open (or join) the study; store the config, space and baseline when creating it."""
     s = ctx.config.search
     storage = open_storage(spec)
+    # measured before the study exists: a model or data problem leaves no half-made study
+    baseline = None if study_exists(storage, name) else ctx.baseline()
     sampler = make_sampler(s.strategy.sampler, s.strategy.seed + seed_offset)
     study, created = open_study(storage, name, objective_directions(s), sampler, join=join)
     if created or "baseline" not in study.user_attrs:
@@ -112,7 +121,7 @@ def _open(ctx: SearchContext, spec: str, name: str, *, join: bool, seed_offset: 
         study.set_user_attr("objectives", objective_names(s))
         for point in s.strategy.enqueue:
             study.enqueue_trial(ctx.space.encode(point), skip_if_exists=True)
-        study.set_user_attr("baseline", ctx.baseline())  # last: marks the study complete
+        study.set_user_attr("baseline", baseline or ctx.baseline())  # last: marks it complete
     else:
         _check_same_search(study, ctx)
     ctx.evaluator.baseline_accuracy = study.user_attrs["baseline"]["accuracy"]

@@ -94,3 +94,37 @@ def test_enqueued_value_outside_the_choices(write_config, tmp_path):
     config = load_search_config(write_config(body))
     with pytest.raises(ConfigError, match=r"weight_width = 3 is not one of \[2, 4, 8\]"):
         SearchContext.prepare(config, tmp_path)
+
+
+def _two_outputs(exported_recipe, tmp_path):
+    """digits-mlp with a second 10-wide output (softmax), so the class scores are ambiguous."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(exported_recipe("digits-mlp"))
+    logits = model.graph.output[0]
+    model.graph.node.append(helper.make_node("Softmax", [logits.name], ["probs"], axis=-1))
+    probs = onnx.ValueInfoProto()
+    probs.CopyFrom(logits)
+    probs.name = "probs"
+    model.graph.output.append(probs)
+    path = tmp_path / "two.onnx"
+    onnx.save(model, path)
+    return path, logits.name
+
+
+def test_ambiguous_output_is_refused_before_a_study_exists(exported_recipe, tmp_path):
+    from onnxopt.errors import UsageError
+    from onnxopt.optimizer.search.study import JOURNAL_FILE, load_study
+
+    path, logits = _two_outputs(exported_recipe, tmp_path)
+    config = tmp_path / "c.toml"
+    text = f'[model]\nonnx = "{path}"\n{QUANT_18}{CHEAP}[search.strategy]\nn_trials = 2\n'
+    config.write_text(text)
+    with pytest.raises(UsageError, match="probs"):
+        run_search(load_search_config(config), run_dir=tmp_path / "run", progress=False)
+    with pytest.raises(UsageError, match="no search named"):
+        load_study(str(tmp_path / "run" / JOURNAL_FILE))
+    config.write_text(text.replace("[model]\n", f'[model]\noutput = "{logits}"\n'))
+    result = run_search(load_search_config(config), run_dir=tmp_path / "run", progress=False)
+    assert len(result.study.trials) == 2 and result.baseline["accuracy"] > 0.95
