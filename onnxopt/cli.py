@@ -7,6 +7,7 @@ from :mod:`onnxopt.errors` become one line on stderr and their exit code (2 usag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -319,6 +320,27 @@ def scale_cmd(model, config_path, data_spec, data_format, label_column, output, 
         click.echo(f"-> {output} ({output.stat().st_size:,} bytes)")
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (``kill``, ``docker stop``) acts as Ctrl-C while a search runs: the running
+    trial is failed as interrupted and its point queued again, instead of being left RUNNING."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @main.command("search")
 @click.argument("config_path", type=PathArg)
 @click.option("--run-dir", type=PathArg, help="Output folder (default runs/<config stem>).")
@@ -330,13 +352,18 @@ def scale_cmd(model, config_path, data_spec, data_format, label_column, output, 
 @click.option("--study", "study_name", help="Study name; joins the study when it exists.")
 @click.option("--workers", type=click.IntRange(1, 64), help="Override strategy.workers.")
 @click.option("--resume", is_flag=True, help="Continue the stored study.")
+@click.option(
+    "--reclaim",
+    is_flag=True,
+    help="Also re-run trials left RUNNING by workers on other hosts (none may still run).",
+)
 @click.option("--n-trials", type=click.IntRange(min=1), help="Override strategy.n_trials.")
 @click.option("--no-export", is_flag=True, help="Skip exporting the best models and plots.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of a table.")
 def search_cmd(
-    config_path, run_dir, storage, study_name, workers, resume, n_trials, no_export, no_progress,
-    as_json,
+    config_path, run_dir, storage, study_name, workers, resume, reclaim, n_trials, no_export,
+    no_progress, as_json,
 ):  # fmt: skip
     """Search quantization and width choices of a model with Optuna (CONFIG_PATH: TOML)."""
     from onnxopt.config.search import load_search_config
@@ -346,10 +373,11 @@ def search_cmd(
 
     config = load_search_config(config_path, n_trials=n_trials, workers=workers)
     run_dir = run_dir or Path("runs") / config_path.stem
-    result = run_search(
-        config, run_dir=run_dir, storage=storage, study_name=study_name, resume=resume,
-        progress=not no_progress,
-    )  # fmt: skip
+    with _sigterm_interrupts():
+        result = run_search(
+            config, run_dir=run_dir, storage=storage, study_name=study_name, resume=resume,
+            reclaim=reclaim, progress=not no_progress,
+        )  # fmt: skip
     if not no_export:
         export_best(result)
         write_plots(result)
@@ -368,15 +396,10 @@ def search_cmd(
 @click.option("--index", type=int, default=1)
 def search_worker_cmd(run_dir, storage, study_name, index) -> None:
     """One extra worker of `search --workers` (started by it)."""
-    import signal
-
     from onnxopt.optimizer.search.run import run_worker
 
-    def _interrupt(*_):
-        raise KeyboardInterrupt  # the running trial is failed and queued again
-
-    signal.signal(signal.SIGTERM, _interrupt)
-    done = run_worker(run_dir, storage, study_name, index)
+    with _sigterm_interrupts():
+        done = run_worker(run_dir, storage, study_name, index)
     click.echo(f"worker {index}: {done} trials")
 
 
@@ -387,8 +410,11 @@ def search_worker_cmd(run_dir, storage, study_name, index) -> None:
 @click.option("--maximize", help="Metric to maximize (instead of --rule).")
 @click.option("--max-accuracy-drop", type=float, help="Condition accuracy_drop <= VALUE.")
 @click.option("--run-dir", type=PathArg, help="Run directory when SOURCE is a storage URL.")
+@click.option("--study", "study_name", help="Study name (default: onnxopt-search).")
 @click.option("-o", "--output-dir", type=PathArg, help="Folder for the selected model.")
-def select_cmd(source, rule, minimize, maximize, max_accuracy_drop, run_dir, output_dir):
+def select_cmd(
+    source, rule, minimize, maximize, max_accuracy_drop, run_dir, study_name, output_dir
+):
     """Pick one finished trial of a search (SOURCE: run dir or storage URL) and export it."""
     from onnxopt.optimizer.search.select import parse_rule, select_and_export
 
@@ -398,11 +424,44 @@ def select_cmd(source, rule, minimize, maximize, max_accuracy_drop, run_dir, out
         rule = f"min {minimize}" if minimize else f"max {maximize}"
         if max_accuracy_drop is not None:
             rule += f" where accuracy_drop <= {max_accuracy_drop}"
-    trial, exported = select_and_export(source, parse_rule(rule), run_dir, output_dir)
+    trial, exported = select_and_export(
+        source, parse_rule(rule), run_dir, output_dir, study_name=study_name
+    )
     click.echo(
         f"trial {trial.number} ({rule}): test accuracy {exported.test_accuracy:.4f}, "
         f"{exported.size_bytes:,} bytes -> {exported.onnx_path}"
     )
+
+
+@main.command("status")
+@click.argument("source")
+@click.option("--study", "study_name", help="Study name (default: onnxopt-search).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status_cmd(source, study_name, as_json) -> None:
+    """Show a search's progress, workers, baseline and best trials.
+
+    SOURCE: a run directory, journal file or storage URL. Works while workers run.
+    """
+    from onnxopt.report.status import study_status
+
+    status = study_status(source, study_name)
+    click.echo(json.dumps(status.as_dict(), indent=2) if as_json else status.render())
+
+
+@main.command("dashboard")
+@click.argument("source")
+@click.option("--study", "study_name", help="Study to link to (default: onnxopt-search).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True,
+    help="Address to listen on; anything but loopback lets other machines read and delete "
+    "the studies.",
+)  # fmt: skip
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def dashboard_cmd(source, study_name, host, port) -> None:
+    """Serve optuna-dashboard on a search's storage (SOURCE: run dir, journal file or URL)."""
+    from onnxopt.report.dashboard import serve_dashboard
+
+    serve_dashboard(source, study_name, host=host, port=port, echo=click.echo)
 
 
 if __name__ == "__main__":  # pragma: no cover

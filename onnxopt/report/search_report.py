@@ -12,14 +12,17 @@ import json
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
 from onnxopt.atomic import write_text
 from onnxopt.optimizer.search.objective import scaled_metrics
 from onnxopt.optimizer.search.pareto import is_feasible
-from onnxopt.optimizer.search.run import SearchResult
+
+if TYPE_CHECKING:  # run.py loads the data and onnxruntime; `onnxopt status` needs neither
+    from onnxopt.config.search import Search
+    from onnxopt.optimizer.search.run import SearchResult
 
 SOFTWARE = ("accuracy", "loss")
 HARDWARE = ("average_bitwidth", "memory_density", "size", "latency", "latency_b256")
@@ -36,18 +39,23 @@ def _mapping(values: dict[str, float]) -> str:
     return "{" + ", ".join(f"'{k}': {_fmt(v)}" for k, v in values.items()) + "}"
 
 
-def best_rows(result: SearchResult) -> list[dict[str, Any]]:
-    """One row per best trial: number, software, hardware and scaled metrics."""
+def trial_rows(trials: list[FrozenTrial], search: Search) -> list[dict[str, Any]]:
+    """One row per trial: number, software, hardware and scaled metrics."""
     rows = []
-    for t in result.best:
+    for t in trials:
         m = t.user_attrs["metrics"]
         rows.append({
             "number": t.number,
             "software_metrics": {k: m[k] for k in SOFTWARE if k in m},
             "hardware_metrics": {k: m[k] for k in HARDWARE if k in m},
-            "scaled_metrics": scaled_metrics(result.context.config.search, m),
+            "scaled_metrics": scaled_metrics(search, m),
         })  # fmt: skip
     return rows
+
+
+def best_rows(result: SearchResult) -> list[dict[str, Any]]:
+    """One row per best trial (:func:`trial_rows`)."""
+    return trial_rows(result.best, result.context.config.search)
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:

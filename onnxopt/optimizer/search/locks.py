@@ -48,10 +48,10 @@ class FileLock:
 
 
 class PostgresAdvisoryLock:
-    """``pg_advisory_lock`` held on one connection of the storage's engine."""
+    """``pg_advisory_lock`` held on one connection of an engine (the storage's)."""
 
-    def __init__(self, storage: BaseStorage, key: str) -> None:
-        self.engine = storage.engine  # type: ignore[attr-defined]
+    def __init__(self, engine, key: str) -> None:
+        self.engine = engine
         self.lock_id = zlib.crc32(key.encode())
         self._con = None
 
@@ -81,7 +81,7 @@ def trial_slot_lock(spec: str, storage: BaseStorage, study_name: str):
     if spec.startswith("sqlite:///"):
         return FileLock(Path(spec.removeprefix("sqlite:///") + ".slots.lock"))
     if spec.startswith("postgresql"):
-        return PostgresAdvisoryLock(storage, f"onnxopt:{study_name}")
+        return PostgresAdvisoryLock(storage.engine, f"onnxopt:{study_name}")  # type: ignore[attr-defined]
     return contextlib.nullcontext()
 
 

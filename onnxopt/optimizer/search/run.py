@@ -19,7 +19,7 @@ from onnxopt.config.search import SearchConfig
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.base import load_base, load_data, prepare_run_dir
-from onnxopt.optimizer.search.candidate import CandidateBuilder
+from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
 from onnxopt.optimizer.search.export import ExportedTrial, export_trial
 from onnxopt.optimizer.search.locks import LATENCY_LOCK, FileLock, trial_slot_lock
 from onnxopt.optimizer.search.measure import Evaluator
@@ -83,6 +83,10 @@ class SearchContext:
             output_name=self.config.model.output,
         )  # fmt: skip
 
+    def base_sha256(self) -> str:
+        """SHA-256 of the serialized base model (workers check they search the same one)."""
+        return model_hash(self.builder.base.SerializeToString())
+
     def baseline(self) -> dict:
         """fp32 base model metrics on the validation split (latency included)."""
         return self.evaluator.measure(self.builder.base).metrics
@@ -113,17 +117,21 @@ def _open(ctx: SearchContext, spec: str, name: str, *, join: bool, seed_offset: 
     # measured before the study exists: a model or data problem leaves no half-made study
     baseline = None if study_exists(storage, name) else ctx.baseline()
     sampler = make_sampler(s.strategy.sampler, s.strategy.seed + seed_offset)
-    study, created = open_study(storage, name, objective_directions(s), sampler, join=join)
-    if created or "baseline" not in study.user_attrs:
-        study.set_user_attr("config", ctx.config.model_dump(mode="json"))
-        study.set_user_attr("space", ctx.space.as_dict())
-        study.set_user_attr("data_fingerprint", ctx.dataset.fingerprint())
-        study.set_user_attr("objectives", objective_names(s))
-        for point in s.strategy.enqueue:
-            study.enqueue_trial(ctx.space.encode(point), skip_if_exists=True)
-        study.set_user_attr("baseline", baseline or ctx.baseline())  # last: marks it complete
-    else:
-        _check_same_search(study, ctx)
+    # One worker at a time: the first to get here creates the study, stores its attrs and
+    # enqueues the fixed points; the others wait, then check they search the same thing.
+    with trial_slot_lock(spec, storage, name):
+        study, created = open_study(storage, name, objective_directions(s), sampler, join=join)
+        if created or "baseline" not in study.user_attrs:
+            study.set_user_attr("config", ctx.config.model_dump(mode="json"))
+            study.set_user_attr("space", ctx.space.as_dict())
+            study.set_user_attr("data_fingerprint", ctx.dataset.fingerprint())
+            study.set_user_attr("base_sha256", ctx.base_sha256())
+            study.set_user_attr("objectives", objective_names(s))
+            for point in s.strategy.enqueue:
+                study.enqueue_trial(ctx.space.encode(point), skip_if_exists=True)
+            study.set_user_attr("baseline", baseline or ctx.baseline())  # last: marks it done
+        else:
+            _check_same_search(study, ctx)
     ctx.evaluator.baseline_accuracy = study.user_attrs["baseline"]["accuracy"]
     return study, storage
 
@@ -133,6 +141,13 @@ def _check_same_search(study: optuna.Study, ctx: SearchContext) -> None:
         raise UsageError("the data differ from the stored study's; use the same data files")
     if study.user_attrs.get("space") != json.loads(json.dumps(ctx.space.as_dict())):
         raise UsageError("the config's search space differs from the stored study's")
+    stored = study.user_attrs.get("base_sha256")
+    if stored is not None and stored != ctx.base_sha256():
+        raise UsageError(
+            f"the base model differs from the stored study's (sha256 {stored[:12]}...); give "
+            "every worker the same model file (an ONNX file, rather than a recipe trained on "
+            "each machine)"
+        )
 
 
 def _limit(ctx: SearchContext) -> int:
@@ -160,6 +175,7 @@ def run_search(
     storage: str | None = None,
     study_name: str | None = None,
     resume: bool = False,
+    reclaim: bool = False,
     progress: bool = True,
 ) -> SearchResult:
     """Run (or resume, or join) the search of ``config`` until n_trials have finished.
@@ -173,6 +189,8 @@ def run_search(
         storage: An Optuna RDB URL or journal file instead of ``run_dir/study.journal``.
         study_name: Join this study when it exists (workers on several machines).
         resume: Continue the stored study (trials a kill interrupted are re-run).
+        reclaim: Also re-run trials left RUNNING by workers on other hosts (only when no
+            other worker is running).
         progress: Show a progress bar with the best values so far.
 
     Raises:
@@ -184,7 +202,8 @@ def run_search(
     spec = storage_spec(run_dir, storage)
     name = study_name or STUDY_NAME
     study, store = _open(ctx, spec, name, join=resume or study_name is not None)
-    recovered = recover_interrupted(study)
+    with trial_slot_lock(spec, store, name):  # no live worker is between ask and its tag
+        recovered = recover_interrupted(study, foreign=reclaim)
     children = spawn_workers(config.search.strategy.workers - 1, ctx.run_dir, spec, name)
     try:
         total = max(_limit(ctx) - counted_trials(study), 0)

@@ -89,7 +89,7 @@ def select_trial(trials: list[FrozenTrial], rule: Rule, baseline_accuracy: float
 
 
 def select_and_export(
-    source: str, rule: Rule, run_dir=None, out_dir=None, study_name: str = STUDY_NAME
+    source: str, rule: Rule, run_dir=None, out_dir=None, study_name: str | None = None
 ):
     """Open a stored search, pick one trial by ``rule`` and export it.
 
@@ -99,6 +99,7 @@ def select_and_export(
         rule: The selection rule.
         run_dir: The run directory when ``source`` is a URL (base model, outputs).
         out_dir: Where the selected model goes (default ``run_dir/selected``).
+        study_name: The study (default ``onnxopt-search``).
 
     Returns:
         ``(trial, ExportedTrial)``.
@@ -116,7 +117,7 @@ def select_and_export(
         if not Path(source).is_dir():
             raise UsageError("with a storage URL or file, pass --run-dir (where the base model is)")
         run_dir = Path(source)
-    study = load_study(url, study_name)
+    study = load_study(url, study_name or STUDY_NAME)
     config = validate(SearchConfig, study.user_attrs["config"], source=url)
     trial = select_trial(study.get_trials(), rule, study.user_attrs["baseline"]["accuracy"])
     ctx = SearchContext.prepare(config, Path(run_dir))

@@ -61,14 +61,43 @@ def open_storage(spec: str) -> BaseStorage:
         backend = JournalFileBackend(str(path), lock_obj=FlockJournalLock(path))
         return JournalStorage(backend)
     try:
-        return optuna.storages.RDBStorage(spec, engine_kwargs=_engine_kwargs(spec))
+        return _rdb_storage(spec)
     except ImportError as exc:
         raise UsageError(
-            f"cannot open {_redact(spec)}: {exc}; install the database driver"
+            f"cannot open {redact(spec)}: {exc}; install the database driver"
         ) from None
     except Exception as exc:  # sqlalchemy raises OperationalError, ArgumentError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot open storage {_redact(spec)}: {first}") from None
+        raise UsageError(f"cannot open storage {redact(spec)}: {first}") from None
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    kwargs = _engine_kwargs(url)
+    if not url.startswith("postgresql"):
+        return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=kwargs)
+    # Optuna creates its tables on first use; workers doing so at once on a fresh database
+    # collide (duplicate key in pg_type), so they take turns.
+    import sqlalchemy
+
+    from onnxopt.optimizer.search.locks import PostgresAdvisoryLock
+
+    engine = sqlalchemy.create_engine(with_driver(url))
+    try:
+        with PostgresAdvisoryLock(engine, "onnxopt:schema"):
+            return optuna.storages.RDBStorage(with_driver(url), engine_kwargs=kwargs)
+    finally:
+        engine.dispose()
+
+
+def with_driver(url: str) -> str:
+    """``postgresql://`` as ``postgresql+psycopg2://``: the driver onnxopt installs.
+
+    SQLAlchemy 2.1 maps a plain ``postgresql://`` to psycopg 3, which is not a dependency.
+    A URL naming its driver (``postgresql+psycopg://``) is kept.
+    """
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -79,7 +108,7 @@ def _engine_kwargs(url: str) -> dict:
     return {}
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL without its password (error messages are printed and logged)."""
     from sqlalchemy.engine import make_url
 
@@ -141,7 +170,7 @@ def load_study(spec: str, name: str = STUDY_NAME) -> optuna.Study:
     if not study_exists(storage, name):
         names = [s.study_name for s in storage.get_all_studies()]
         held = ", ".join(names) if names else "no study"
-        raise UsageError(f"no search named {name!r} in {_redact(spec)} (it holds {held})")
+        raise UsageError(f"no search named {name!r} in {redact(spec)} (it holds {held})")
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -184,7 +213,8 @@ def recover_interrupted(study: optuna.Study, *, foreign: bool = False) -> int:
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER)
-        alive = worker_alive(worker) if worker else None
+        # no worker tag: killed between ask and tagging (callers hold the trial slot lock)
+        alive = worker_alive(worker) if worker else False
         if alive or (alive is None and not foreign):
             continue
         if mark_interrupted(study, trial._trial_id, trial.params):

@@ -15,11 +15,17 @@ import uuid
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_workers import CHEAP, _fixed_list, _layer_names, by_name_space, enqueue_toml
 
 from onnxopt.config.search import load_search_config
 from onnxopt.optimizer.search.run import run_search
 from onnxopt.optimizer.search.study import load_study, open_storage
+from tests.optimizer.search.test_workers import (
+    CHEAP,
+    _fixed_list,
+    _layer_names,
+    by_name_space,
+    enqueue_toml,
+)
 
 URL_VAR = "ONNXOPT_TEST_POSTGRES_URL"
 METRICS = ("accuracy", "loss", "size", "average_bitwidth")

@@ -127,3 +127,29 @@ def test_full_disk_is_refused_before_any_work(write_config, tmp_path, monkeypatc
         run_search(load_search_config(write_config(SLOW_TRIALS)), run_dir=tmp_path / "run",
                    progress=False)  # fmt: skip
     assert not (tmp_path / "run" / JOURNAL_FILE).exists()
+
+
+def test_trials_of_other_hosts_are_reclaimed_only_when_asked(write_config, tmp_path):
+    """A RUNNING trial of a worker on another host (or an untagged one) and --reclaim."""
+    config = load_search_config(write_config(SLOW_TRIALS.replace("n_trials = 12", "n_trials = 2")))
+    run_dir = tmp_path / "run"
+    space = run_search(config, run_dir=run_dir, progress=False).context.space
+    study = load_study(str(run_dir / JOURNAL_FILE))
+    foreign = study.ask()
+    foreign.set_user_attr("worker", "another-host:123:1.000")
+    space.suggest(foreign)
+    params = dict(foreign.params)
+    untagged = study.ask()  # as if killed between ask and tagging
+    more = config.search.strategy.model_copy(update={"n_trials": 4})
+    config = config.model_copy(
+        update={"search": config.search.model_copy(update={"strategy": more})}
+    )
+    result = run_search(config, run_dir=run_dir, resume=True, progress=False)
+    assert result.recovered == 1  # the untagged one; the other host's may still be running
+    assert result.study.trials[foreign.number].state is TrialState.RUNNING
+    assert result.study.trials[untagged.number].state is TrialState.FAIL
+    result = run_search(config, run_dir=run_dir, resume=True, reclaim=True, progress=False)
+    assert result.recovered == 1
+    assert is_interrupted(result.study.trials[foreign.number])
+    rerun = [t for t in result.study.trials if t.number > foreign.number and t.params == params]
+    assert rerun and rerun[0].state is TrialState.COMPLETE
