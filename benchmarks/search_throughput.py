@@ -25,7 +25,9 @@ Figures per run, read back from the study's own timestamps:
 
 Configurations: random, NSGA-II and TPE with one worker; SQLite storage (random) for
 comparison; and random with two local workers (``--workers 2``) against one. Each is run
-``--repeats`` times and the median is reported.
+``--repeats`` times and the median is reported. ``--wide`` adds heavier trials: the example
+joint search on digits-wide (``configs/search-digits-wide-joint.toml``, 100 trials, latency at
+batch 256) with one and with two workers.
 """
 
 from __future__ import annotations
@@ -109,9 +111,10 @@ min_time_s = 0
     )
 
 
-def run_once(config: Path, run_dir: Path, workers: int, storage: str) -> dict:
+def run_once(config: Path, run_dir: Path, workers: int, storage: str, clean: bool = True) -> dict:
     """One search command; figures from the study's trial timestamps."""
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if clean:
+        shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "onnxopt", "search", str(config), "--run-dir", str(run_dir),
            "--no-progress", "--no-export", "--workers", str(workers)]  # fmt: skip
     spec = str(run_dir / JOURNAL_FILE)
@@ -136,6 +139,25 @@ def run_once(config: Path, run_dir: Path, workers: int, storage: str) -> dict:
     }
 
 
+def wide_workers(folder: Path, repeats: int) -> dict:
+    """The digits-wide joint search with 1 and 2 workers (the base trained once, copied)."""
+    config = Path("configs/search-digits-wide-joint.toml")
+    seed_dir = folder / "wide-seed"
+    run_once(config, seed_dir, 1, "journal")  # trains and exports base.onnx once
+    out: dict[str, dict] = {}
+    for _ in range(repeats):
+        for workers in (1, 2):
+            run_dir = folder / f"wide-{workers}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir()
+            shutil.copy(seed_dir / "base.onnx", run_dir / "base.onnx")
+            run = run_once(config, run_dir, workers, "journal", clean=False)
+            out.setdefault(f"wide-{workers}-workers", {"workers": workers, "runs": []})[
+                "runs"
+            ].append(run)
+    return out
+
+
 def summarize(runs: list[dict]) -> dict:
     keys = ("first_trial_s", "trials_per_s", "trial_median_ms", "wall_s")
     out = {k: statistics.median(r[k] for r in runs) for k in keys}
@@ -149,6 +171,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", choices=sorted(RUNS), help="a subset of runs")
+    parser.add_argument("--wide", action="store_true", help="also digits-wide, 1 vs 2 workers")
     default_out = Path("benchmarks/results/search_throughput.json")
     parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args()
@@ -167,6 +190,8 @@ def main() -> None:
                 results.setdefault(name, {**entry, "runs": []})["runs"].append(run)
                 print(f"[{rep + 1}/{args.repeats}] {name}: {run['trials_per_s']:.1f} trials/s, "
                       f"first trial {run['first_trial_s']:.2f} s", file=sys.stderr)  # fmt: skip
+        if args.wide:
+            results.update(wide_workers(folder, args.repeats))
     for entry in results.values():
         entry.update(summarize(entry.pop("runs")))
     report(results, args.trials)
@@ -175,10 +200,11 @@ def main() -> None:
                "space_points": {"lab": 18, "by-name": 6 ** len(layers)},
                "targets_trials_per_s": TARGETS, "target_first_trial_s": FIRST_TRIAL_TARGET_S,
                "results": results}  # fmt: skip
-    if "random" in results and "random-2-workers" in results:
-        payload["two_worker_speedup"] = (
-            results["random-2-workers"]["trials_per_s"] / results["random"]["trials_per_s"]
-        )
+    for one, two in (("random", "random-2-workers"), ("wide-1-workers", "wide-2-workers")):
+        if one in results and two in results:
+            payload.setdefault("two_worker_speedup", {})[one] = (
+                results[two]["trials_per_s"] / results[one]["trials_per_s"]
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"-> {args.out}")
@@ -194,9 +220,10 @@ def report(results: dict, trials: int) -> None:
             f"{name:18s} {r['trials_per_s']:9.1f} {target or '':>7} {r['first_trial_s']:11.2f} "
             f"{r['trial_median_ms']:9.2f} {r['wall_s']:7.2f} {r['unique_points']:7d}"
         )
-    if "random" in results and "random-2-workers" in results:
-        ratio = results["random-2-workers"]["trials_per_s"] / results["random"]["trials_per_s"]
-        print(f"2 workers vs 1 (random): {ratio:.2f}x")
+    for one, two in (("random", "random-2-workers"), ("wide-1-workers", "wide-2-workers")):
+        if one in results and two in results:
+            ratio = results[two]["trials_per_s"] / results[one]["trials_per_s"]
+            print(f"2 workers vs 1 ({one}): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

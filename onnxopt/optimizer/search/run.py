@@ -165,7 +165,13 @@ def _loop(ctx: SearchContext, study, storage, spec: str, name: str, callbacks=()
         study, objective, _limit(ctx), slot_lock=trial_slot_lock(spec, storage, name),
         timeout=ctx.config.search.strategy.timeout, callbacks=callbacks,
     )  # fmt: skip
-    return loop.run()
+    if ctx.config.search.strategy.workers == 1:
+        return loop.run()
+    from threadpoolctl import threadpool_limits
+
+    # several workers share the cores: one BLAS thread each for refits and calibration
+    with threadpool_limits(limits=1):
+        return loop.run()
 
 
 def run_search(
