@@ -137,3 +137,72 @@ n_trials = 6
     study = load_study(str(journal), "shared")
     assert len(study.trials) == 9  # the second worker ran the missing 3
     assert not (tmp_path / "a" / JOURNAL_FILE).exists()
+
+
+def test_joining_with_another_space_or_model_is_refused(write_config, exported_recipe, tmp_path):
+    import numpy as np
+    import onnx
+    import pytest
+    from onnx import numpy_helper
+
+    from onnxopt.errors import UsageError
+
+    body = (
+        by_name_space(_layer_names(exported_recipe))
+        + CHEAP
+        + """
+[search.strategy]
+sampler = "random"
+n_trials = 2
+"""
+    )
+    path = write_config(body)
+    journal = str(tmp_path / "shared.journal")
+    run_search(load_search_config(path), run_dir=tmp_path / "a", storage=journal,
+               study_name="s", progress=False)  # fmt: skip
+    other_space = write_config(body.replace("weight_width = [2, 4, 8]", "weight_width = [4, 8]"),
+                               name="other.toml")  # fmt: skip
+    with pytest.raises(UsageError, match="search space differs"):
+        run_search(load_search_config(other_space), run_dir=tmp_path / "b", storage=journal,
+                   study_name="s", progress=False)  # fmt: skip
+    model = onnx.load(exported_recipe("digits-mlp"))
+    weight = model.graph.initializer[0]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1.01),
+                                            weight.name))  # fmt: skip
+    onnx.save(model, tmp_path / "changed.onnx")
+    changed = tmp_path / "changed.toml"
+    changed.write_text(path.read_text().replace(str(exported_recipe("digits-mlp")),
+                                                str(tmp_path / "changed.onnx")))  # fmt: skip
+    with pytest.raises(UsageError, match="base model differs"):
+        run_search(load_search_config(changed), run_dir=tmp_path / "c", storage=journal,
+                   study_name="s", progress=False)  # fmt: skip
+
+
+def test_joining_with_other_data_is_refused(write_config, exported_recipe, tmp_path):
+    import numpy as np
+    import pytest
+
+    from onnxopt.data import load_dataset
+    from onnxopt.errors import UsageError
+
+    body = (
+        by_name_space(_layer_names(exported_recipe))
+        + CHEAP
+        + """
+[search.strategy]
+sampler = "random"
+n_trials = 1
+"""
+    )
+    path = write_config(body)
+    journal = str(tmp_path / "shared.journal")
+    run_search(load_search_config(path), run_dir=tmp_path / "a", storage=journal,
+               study_name="s", progress=False)  # fmt: skip
+    d = load_dataset("digits")
+    np.savez(tmp_path / "other.npz", x_train=d.train.x, y_train=d.train.y, x_val=d.val.x[::-1],
+             y_val=d.val.y[::-1], x_test=d.test.x, y_test=d.test.y)  # fmt: skip
+    other = tmp_path / "other.toml"
+    other.write_text(path.read_text().replace('dataset = "digits"', 'dataset = "other.npz"'))
+    with pytest.raises(UsageError, match="the data differ from the stored study's"):
+        run_search(load_search_config(other), run_dir=tmp_path / "b", storage=journal,
+                   study_name="s", progress=False)  # fmt: skip
