@@ -238,16 +238,6 @@ def evaluate_cmd(
         click.echo(evaluation_table(report, title=f"{model} on {dataset.name}/{split}"))
 
 
-def _load_user_model(path: Path, opset: int | None = None):
-    """The model ready for a rewrite; what was changed to make it so goes to stderr."""
-    from onnxopt.exporters.user_model import load_user_model
-
-    user = load_user_model(path, opset=opset)
-    for note in user.notes:
-        click.echo(f"note: {note}", err=True)
-    return user.model
-
-
 @main.command("quantize")
 @click.argument("model", type=PathArg)
 @click.option(
@@ -263,6 +253,7 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     """Quantize MODEL to fixed point with QDQ nodes that onnxruntime runs fused."""
     from onnxopt.config import load_toml
     from onnxopt.config.quantization import QuantizationConfig
+    from onnxopt.exporters.user_model import load_user_model
     from onnxopt.model_io import save_onnx
     from onnxopt.optimizer.evaluate import fused_kernels, size_on_disk
     from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
@@ -270,7 +261,7 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     from onnxopt.report.tables import quantization_summary
 
     config = load_toml(config_path, QuantizationConfig) if config_path else QuantizationConfig()
-    base = _load_user_model(model, opset=DEFAULT_OPSET)
+    base = load_user_model(model, opset=DEFAULT_OPSET).noted()
     dataset = _load_data(data_spec, data_format, label_column)
     quantizer = Quantizer(base, dataset.calibration.x)
     candidate = quantizer.quantize(config)
@@ -303,11 +294,12 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
 def scale_cmd(model, config_path, data_spec, data_format, label_column, output, as_json) -> None:
     """Scale the channel widths of MODEL's Gemm/MatMul/Conv layers consistently."""
     from onnxopt.config import load_toml
+    from onnxopt.exporters.user_model import load_user_model
     from onnxopt.model_io import save_onnx
     from onnxopt.optimizer.width import WidthConfig, refit_inputs, scale_width
 
     config = load_toml(config_path, WidthConfig)
-    base = _load_user_model(model)
+    base = load_user_model(model).noted()
     calibration = None
     if config.needs_calibration():
         calibration = refit_inputs(_load_data(data_spec, data_format, label_column))

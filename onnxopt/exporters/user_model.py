@@ -37,6 +37,14 @@ class UserModel:
     model: onnx.ModelProto
     notes: tuple[str, ...] = ()
 
+    def noted(self) -> onnx.ModelProto:
+        """The model, after printing each note as a ``note:`` line on stderr."""
+        import sys
+
+        for note in self.notes:
+            print(f"note: {note}", file=sys.stderr)
+        return self.model
+
 
 def default_opset(model: onnx.ModelProto) -> int:
     """The model's opset for the default ('') domain (0 when it declares none)."""

@@ -66,7 +66,10 @@ def load_data(config: SearchConfig) -> Dataset:
 def load_base(config: SearchConfig, dataset: Dataset, run_dir: Path) -> onnx.ModelProto:
     """The float base model: the ONNX file, or the recipe trained and exported into run_dir."""
     if config.model.onnx is not None:
-        return _load_user_onnx(config.model.onnx)
+        from onnxopt.exporters.user_model import load_user_model
+        from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
+
+        return load_user_model(config.model.onnx, opset=DEFAULT_OPSET).noted()
     path = Path(run_dir) / BASE_FILE
     if not path.is_file():
         if config.model.factory is not None:
@@ -74,19 +77,6 @@ def load_base(config: SearchConfig, dataset: Dataset, run_dir: Path) -> onnx.Mod
         else:
             _train_and_export(config, dataset, path)
     return load_onnx(path)
-
-
-def _load_user_onnx(path: Path) -> onnx.ModelProto:
-    """A user's ONNX file prepared for the rewrites (notes on what changed go to stderr)."""
-    import sys
-
-    from onnxopt.exporters.user_model import load_user_model
-    from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
-
-    user = load_user_model(path, opset=DEFAULT_OPSET)
-    for note in user.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return user.model
 
 
 def _export_factory(config: SearchConfig, path: Path) -> None:

@@ -6,9 +6,15 @@ import itertools
 import subprocess
 import sys
 
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
 from optuna.trial import TrialState
 
 from onnxopt.config.search import load_search_config
+from onnxopt.data import load_dataset
+from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.run import run_search
 from onnxopt.optimizer.search.study import JOURNAL_FILE, finished_trials, load_study
 
@@ -35,8 +41,6 @@ weight_width = [2, 4, 8]
 
 
 def _layer_names(exported_recipe):
-    import onnx
-
     model = onnx.load(exported_recipe("digits-mlp"))
     return tuple(n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul"))
 
@@ -139,32 +143,28 @@ n_trials = 6
     assert not (tmp_path / "a" / JOURNAL_FILE).exists()
 
 
-def test_joining_with_another_space_or_model_is_refused(write_config, exported_recipe, tmp_path):
-    import numpy as np
-    import onnx
-    import pytest
-    from onnx import numpy_helper
-
-    from onnxopt.errors import UsageError
-
-    body = (
-        by_name_space(_layer_names(exported_recipe))
-        + CHEAP
-        + """
-[search.strategy]
-sampler = "random"
-n_trials = 2
-"""
-    )
+def _shared_study(write_config, exported_recipe, tmp_path):
+    """A finished 1-trial study named ``s`` on a shared journal; returns (config, body, journal)."""
+    body = by_name_space(_layer_names(exported_recipe)) + CHEAP
+    body += '[search.strategy]\nsampler = "random"\nn_trials = 1\n'
     path = write_config(body)
     journal = str(tmp_path / "shared.journal")
     run_search(load_search_config(path), run_dir=tmp_path / "a", storage=journal,
                study_name="s", progress=False)  # fmt: skip
+    return path, body, journal
+
+
+def _join(config_path, journal, run_dir):
+    return run_search(load_search_config(config_path), run_dir=run_dir, storage=journal,
+                      study_name="s", progress=False)  # fmt: skip
+
+
+def test_joining_with_another_space_or_model_is_refused(write_config, exported_recipe, tmp_path):
+    path, body, journal = _shared_study(write_config, exported_recipe, tmp_path)
     other_space = write_config(body.replace("weight_width = [2, 4, 8]", "weight_width = [4, 8]"),
                                name="other.toml")  # fmt: skip
     with pytest.raises(UsageError, match="search space differs"):
-        run_search(load_search_config(other_space), run_dir=tmp_path / "b", storage=journal,
-                   study_name="s", progress=False)  # fmt: skip
+        _join(other_space, journal, tmp_path / "b")
     model = onnx.load(exported_recipe("digits-mlp"))
     weight = model.graph.initializer[0]
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1.01),
@@ -174,35 +174,15 @@ n_trials = 2
     changed.write_text(path.read_text().replace(str(exported_recipe("digits-mlp")),
                                                 str(tmp_path / "changed.onnx")))  # fmt: skip
     with pytest.raises(UsageError, match="base model differs"):
-        run_search(load_search_config(changed), run_dir=tmp_path / "c", storage=journal,
-                   study_name="s", progress=False)  # fmt: skip
+        _join(changed, journal, tmp_path / "c")
 
 
 def test_joining_with_other_data_is_refused(write_config, exported_recipe, tmp_path):
-    import numpy as np
-    import pytest
-
-    from onnxopt.data import load_dataset
-    from onnxopt.errors import UsageError
-
-    body = (
-        by_name_space(_layer_names(exported_recipe))
-        + CHEAP
-        + """
-[search.strategy]
-sampler = "random"
-n_trials = 1
-"""
-    )
-    path = write_config(body)
-    journal = str(tmp_path / "shared.journal")
-    run_search(load_search_config(path), run_dir=tmp_path / "a", storage=journal,
-               study_name="s", progress=False)  # fmt: skip
+    path, _, journal = _shared_study(write_config, exported_recipe, tmp_path)
     d = load_dataset("digits")
     np.savez(tmp_path / "other.npz", x_train=d.train.x, y_train=d.train.y, x_val=d.val.x[::-1],
              y_val=d.val.y[::-1], x_test=d.test.x, y_test=d.test.y)  # fmt: skip
     other = tmp_path / "other.toml"
     other.write_text(path.read_text().replace('dataset = "digits"', 'dataset = "other.npz"'))
     with pytest.raises(UsageError, match="the data differ from the stored study's"):
-        run_search(load_search_config(other), run_dir=tmp_path / "b", storage=journal,
-                   study_name="s", progress=False)  # fmt: skip
+        _join(other, journal, tmp_path / "b")
