@@ -21,6 +21,7 @@ from onnxopt.optimizer.quantization.fixed_point import frac_for_range, na_frac
 from onnxopt.optimizer.quantization.spec import NodeQuantSpec, TensorSpec
 
 QUANTIZABLE = ("Gemm", "MatMul", "Conv")
+AUTO_OUTPUT_WIDTH = 8
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,27 @@ class Annotation:
 
 
 def needs_calibration(model: onnx.ModelProto, config: QuantizationConfig) -> bool:
-    """Whether any enabled activation asks for an ``"auto"`` fraction."""
-    for node in model.graph.node:
-        if node.op_type in QUANTIZABLE:
-            layer = config.for_node(node.name, node.op_type)
-            if layer.enabled and "auto" in (layer.data_in_frac_width, layer.data_out_frac_width):
-                return True
+    """Whether any activation the pass will quantize asks for an ``"auto"`` fraction."""
+    layers = _layers(model, config)
+    enabled = {name for name, (_, layer) in layers.items() if layer.enabled}
+    for name in enabled:
+        node, layer = layers[name]
+        if layer.data_in_frac_width == "auto":
+            return True
+        if layer.data_out_frac_width == "auto" and (
+            layer.data_out_width is not None or _needs_output_q(model, node, enabled)
+        ):
+            return True
     return False
+
+
+def _layers(model: onnx.ModelProto, config: QuantizationConfig) -> dict:
+    """``{name: (node, merged layer config)}`` for the quantizable and by-name nodes."""
+    return {
+        node.name: (node, config.for_node(node.name, node.op_type))
+        for node in model.graph.node
+        if node.op_type in QUANTIZABLE or node.name in config.by_name
+    }
 
 
 def _check_names(model: onnx.ModelProto, config: QuantizationConfig) -> None:
@@ -107,7 +122,9 @@ def _node_spec(
     where = f"node {node.name!r}"
     data_out = None
     if layer.data_out_width is not None or output_q:
-        width = layer.data_out_width or layer.data_in_width
+        # An output Q added only for fusion is 8-bit: the fused kernel writes 8-bit codes
+        # anyway, and a narrower one would cost accuracy nobody asked for.
+        width = layer.data_out_width or AUTO_OUTPUT_WIDTH
         frac = layer.data_out_frac_width
         data_out = _activation(_output_tensor(model, node), width, frac, ranges, where)
     has_bias = len(node.input) > 2 and bool(node.input[2])
@@ -139,11 +156,7 @@ def annotate(
             lacks calibration data.
     """
     _check_names(model, config)
-    layers = {
-        node.name: (node, config.for_node(node.name, node.op_type))
-        for node in model.graph.node
-        if node.op_type in QUANTIZABLE or node.name in config.by_name
-    }
+    layers = _layers(model, config)
     enabled = {name for name, (_, layer) in layers.items() if layer.enabled}
     specs = {
         name: _node_spec(model, node, layer, ranges, config.granularity,

@@ -40,6 +40,22 @@ def _channel_max_abs(array: np.ndarray, axis: int) -> np.ndarray:
     return np.max(np.abs(array), axis=other) if other else np.abs(array)
 
 
+def _through_identities(value: ir.Value) -> ir.Value:
+    """``value`` with Identity and inference-mode Dropout producers looked through.
+
+    onnxruntime removes both before it merges Q/DQ pairs, so a data_out behind them is as
+    close to its reader as one fed directly.
+    """
+    while (producer := value.producer()) is not None and producer.inputs[0] is not None:
+        if producer.op_type == "Identity" or (
+            producer.op_type == "Dropout" and len(producer.inputs) < 3 and value.index() == 0
+        ):
+            value = producer.inputs[0]
+        else:
+            break
+    return value
+
+
 def constant_fracs(
     spec: TensorSpec, array: np.ndarray, axis: int, signed: bool, what: str
 ) -> int | np.ndarray:
@@ -67,6 +83,8 @@ class NodeRewriter:
         self.notes: list[str] = []
         self._chains: dict[tuple[ir.Value, ActivationQuant], ir.Value] = {}
         self._made: dict[ir.Value, ActivationQuant] = {}
+        # data_out chains: DQ output -> (the float value it quantizes, its nodes, its node)
+        self._outputs: dict[ir.Value, tuple[ir.Value, list[ir.Node], str]] = {}
         self._replaced: list[ir.Value] = []
 
     def rewrite(self, node: ir.Node, spec: NodeQuantSpec) -> ResolvedNode:
@@ -97,16 +115,21 @@ class NodeRewriter:
     def _quantize_input(self, node: ir.Node, spec: TensorSpec) -> ActivationQuant:
         value = node.inputs[0]
         assert value is not None  # unsupported_reason() rejects nodes without data
+        if (source := _through_identities(value)) in self._made:
+            value = source
         aq = self._activation_quant(spec, value)
         upstream = self._made.get(value)
         if upstream == aq:  # already quantized this way upstream (data_out)
             return aq
-        if upstream is not None:
-            # onnxruntime's DoubleQDQPairsRemover (ORT_ENABLE_BASIC and up) merges
-            # Q1->DQ1->Q2->DQ2 into one pair with a non power-of-two scale.
+        if value in self._outputs:
+            # One quantization per reader: requantizing the upstream data_out would build
+            # Q1->DQ1->Q2->DQ2, which onnxruntime's DoubleQDQPairsRemover (ORT_ENABLE_BASIC
+            # and up) merges into one pair that is neither format. Read the float instead.
+            value, _, producer = self._outputs[value]
             self.notes.append(
-                f"{node.name}: data_in requantizes an upstream data_out with another "
-                "width/frac; onnxruntime may merge the two Q/DQ pairs and drift from fixed point"
+                f"{node.name}: data_in ({aq.width}-bit, frac {aq.frac}) quantizes {producer}'s "
+                f"output itself instead of requantizing its data_out ({upstream.width}-bit, "
+                f"frac {upstream.frac}); give both the same format to share one Q/DQ"
             )
         chain = self._chains.get((value, aq))
         if chain is None:
@@ -194,6 +217,7 @@ class NodeRewriter:
         if target.is_graph_output():
             self._hand_over_output(target, chain)
         self._made[chain] = aq
+        self._outputs[chain] = (target, nodes, node.name or "")
         return aq
 
     def _hand_over_output(self, old: ir.Value, new: ir.Value) -> None:
@@ -204,6 +228,18 @@ class NodeRewriter:
         for i, value in enumerate(outputs):
             if value is old:
                 outputs[i] = new
+
+    def remove_unread_outputs(self) -> None:
+        """Drop data_out chains that every reader replaced with its own quantization."""
+        for chain, (_, nodes, producer) in self._outputs.items():
+            if chain.uses() or chain.is_graph_output():
+                continue
+            inputs = [v for n in nodes for v in n.inputs if v is not None]
+            self.graph.remove(reversed(nodes), safe=True)
+            for value in inputs:
+                if not value.uses() and value.name in self.graph.initializers:
+                    del self.graph.initializers[value.name]
+            self.notes.append(f"{producer}: data_out dropped, every reader quantizes it itself")
 
     def remove_replaced_constants(self) -> None:
         """Drop float initializers and Constant nodes that no node uses any more."""

@@ -157,6 +157,7 @@ class QDQPass(ir.passes.FunctionalPass):
                 skipped[node.name] = reason
                 continue
             resolved.append(rewriter.rewrite(node, self.specs[node.name]))
+        rewriter.remove_unread_outputs()
         rewriter.remove_replaced_constants()
         _record_bit_widths(model, rewriter.bit_widths)
         report = QuantizationReport(

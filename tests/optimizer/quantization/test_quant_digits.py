@@ -143,3 +143,22 @@ def test_quantize_cli(exported_recipe, tmp_path):
     )
     assert result.exit_code == 2
     assert "unknown key 'default.weight_widht'; did you mean 'weight_width'" in result.output
+
+
+def test_an_output_q_added_for_fusion_is_8_bit(exported_recipe, digits, tmp_path):
+    # The last conv feeds a float ReduceMean, so the pass adds an output Q for QLinearConv;
+    # it must not inherit a narrow data_in width the user set for the layer inputs.
+    fp32 = exported_recipe("digits-cnn")
+    candidate, _ = _quantize(fp32, digits, tmp_path, "cnn4", default={"data_in_width": 4})
+    outputs = {
+        name: spec.data_out for name, spec in candidate.annotation.specs.items() if spec.data_out
+    }
+    assert outputs, "no conv got an output Q for fusion"
+    assert {spec.width for spec in outputs.values()} == {8}
+
+
+def test_no_calibration_needed_without_auto_fractions(exported_recipe):
+    base = onnx.load(str(exported_recipe("digits-mlp")))
+    config = validate(QuantizationConfig, {"default": {"data_in_frac_width": 4}})
+    candidate = Quantizer(base).quantize(config)  # no calibration data given
+    assert candidate.result.quantized

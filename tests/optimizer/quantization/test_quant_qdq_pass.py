@@ -357,16 +357,55 @@ def test_data_out_feeding_an_equal_data_in_is_not_requantized(tmp_path):
     assert optimized_op_types(result.model, tmp_path).count("QGemm") == 3
 
 
-def test_requantizing_a_data_out_is_exact_unoptimized_and_flagged():
+def test_a_reader_with_another_format_quantizes_the_float_itself(tmp_path):
+    # A hidden data_out (frac F_IN - 1) read by a data_in of frac F_IN would make
+    # Q1->DQ1->Q2->DQ2, which onnxruntime merges (ORT_ENABLE_BASIC and up) into one pair that
+    # is neither format. Each reader quantizes the float instead; the unread data_outs go.
     model, layers = mlp_model()
     result = quantize_model(model, _mlp_specs(layers, data_out=TensorSpec(8, F_IN - 1)))
-    assert count_ops(result.model)["QuantizeLinear"] == 6
-    assert sum("requantizes an upstream data_out" in note for note in result.notes) == 2
-    x = (np.random.default_rng(7).standard_normal((6, 64)) * 4).astype(np.float32)
-    expected = _simulate_mlp_with_outputs(x, layers, F_IN - 1)
-    # onnxruntime's own optimizations merge the double Q/DQ pairs: only unoptimized is exact
-    got = run(result.model, x, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    assert_valid(result.model)
+    assert count_ops(result.model)["QuantizeLinear"] == 4  # 3 data_in + the last data_out
+    assert sum("instead of requantizing its data_out" in note for note in result.notes) == 2
+    assert sum("data_out dropped" in note for note in result.notes) == 2
+    x = (np.random.default_rng(7).standard_normal((500, 64)) * 4).astype(np.float32)
+    h = x.astype(np.float64)
+    for i, layer in enumerate(layers):
+        h = fq(h, 8, F_IN, signed=i == 0)
+        h = h @ fq(layer["w"], 8, F_W).T + bias_at_accumulator(layer["b"], 16, F_B, F_IN + F_W)
+        h = np.maximum(h, 0.0) if i < len(layers) - 1 else fq(h, 8, F_IN - 1)
+    for level in [*LEVELS, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC]:
+        np.testing.assert_array_equal(run(result.model, x, level), h.astype(np.float32))
+    assert optimized_op_types(result.model, tmp_path).count("QGemm") == 3
+
+
+@pytest.mark.parametrize("between", ["Identity", "Dropout"])
+def test_a_data_out_behind_identity_ops_is_not_requantized(between):
+    rng = np.random.default_rng(0)
+    w0, w1 = (rng.standard_normal(s).astype(np.float32) * 0.3 for s in ((16, 32), (32, 10)))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h"], "fc0"),
+        helper.make_node("Relu", ["h"], ["r"], "relu"),
+        helper.make_node(between, ["r"], ["f"], "mid"),
+        helper.make_node("MatMul", ["f", "w1"], ["y"], "fc1"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    specs = {
+        "fc0": NodeQuantSpec(TensorSpec(8, 6), None, TensorSpec(8, 4), TensorSpec(8, 3)),
+        "fc1": NodeQuantSpec(TensorSpec(8, 6), None, TensorSpec(8, 5)),
+    }
+    result = quantize_model(model, specs)
+    assert_valid(result.model)
+    x = (rng.standard_normal((1000, 16)) * 3).astype(np.float32)
+    h = np.maximum(fq(x, 8, 4) @ fq(w0, 8, 6), 0)
+    expected = (fq(h, 8, 5, signed=False) @ fq(w1, 8, 6)).astype(np.float32)
+    for level in LEVELS:
+        np.testing.assert_array_equal(run(result.model, x, level), expected)
 
 
 @pytest.mark.parametrize("op", ["mm", "conv1"])
