@@ -7,8 +7,13 @@ How it works
    pooling, depthwise Conv, unit-dimension Reshape/Flatten) and every consumer's input
    channels form one group, scaled as one; a residual Add joins groups. Groups that cannot
    be scaled consistently (graph inputs and outputs, Reshape/Flatten mixing channels with
-   space, Concat, grouped Conv, quantized weights, unknown ops) are frozen with the reason.
-   Widths cannot fall out of step: a multiplier applies to a group, never to one layer.
+   space, Concat joining several tensors' channels into one axis, Softmax/LogSoftmax/Hardmax
+   over the channel axis (before opset 13: over every axis from ``axis`` on), grouped Conv,
+   quantized weights, unknown ops) are frozen with the reason. Naming a Gemm/MatMul/Conv that
+   cannot be scaled gives the analysis' reason (weights produced by another node, depthwise
+   Conv, ...). Widths cannot fall out of step: a multiplier applies to a group, never to one
+   layer, and every scaled model is checked (``onnx.checker`` full check with strict shape
+   inference, about 0.4 ms at 0.5x and 3 ms unscaled on digits-wide) before it is returned.
 2. **Config** (:class:`WidthConfig`) in the lab's vocabulary: per node name a
    ``channel_multiplier`` (one value, or a list of choices for the search) and a mode
    ``output_only`` / ``both`` / ``input_only``. The new width of a group of C channels is

@@ -45,6 +45,12 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
+def attr_value(node: ir.Node, name: str, default):
+    """The value of a node's attribute, or ``default`` when it is not set."""
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
 def rank_of(value: ir.Value | None) -> int | None:
     """The value's rank from shape inference, or None."""
     return None if value is None or value.shape is None else len(value.shape)
@@ -64,6 +70,10 @@ class Builder:
         self.weights: dict[int, WeightNode] = {}
         self.input_space: dict[int, int] = {}
         self.output_space: dict[int, int] = {}
+        self.refusals: dict[int, tuple[str, int | None]] = {}
+        imports = graph.opset_imports
+        self.opset = int(imports.get("", imports.get("ai.onnx", 1)))
+        """The default-domain opset (op semantics such as Softmax's axis depend on it)."""
 
     # --- spaces -----------------------------------------------------------------------
     def new_space(self, width: int | None, reason: str | None = None) -> int:
@@ -144,6 +154,10 @@ class Builder:
         self.output_space[node_index] = sid
         return sid
 
+    def refuse(self, node_index: int, reason: str, sid: int | None = None) -> None:
+        """Record why a Gemm, MatMul or Conv is not a weight node (``sid``: the space it is in)."""
+        self.refusals.setdefault(node_index, (reason, sid))
+
     # --- result -----------------------------------------------------------------------
     def finish(self) -> ChannelAnalysis:
         """Freeze spaces without consumers and turn the spaces into groups."""
@@ -164,7 +178,17 @@ class Builder:
             output_group=MappingProxyType(outs),
             node_names=self.names,
             ancestors=MappingProxyType(self._weight_ancestors()),
+            refusals=MappingProxyType(self._refusals(groups, by_root)),
         )
+
+    def _refusals(self, groups: list[ChannelGroup], by_root: dict[int, int]) -> dict[str, str]:
+        out = {}
+        for i, (reason, sid) in self.refusals.items():
+            gi = by_root.get(self.find(sid)) if sid is not None else None
+            if gi is not None:
+                reason += "; " + _follows(groups[gi])
+            out[self.names[i]] = f"{self.nodes[i].op_type} node {self.names[i]!r} {reason}"
+        return out
 
     def _group(self, gi: int, space: _Space) -> ChannelGroup:
         reasons = list(space.reasons)
@@ -198,3 +222,12 @@ class Builder:
         return {
             w.name: frozenset(self.names[p] for p in upstream[i]) for i, w in self.weights.items()
         }
+
+
+def _follows(group: ChannelGroup) -> str:
+    if group.frozen:
+        return f"it belongs to group {group.name!r}, which is frozen ({'; '.join(group.reasons)})"
+    if group.producers:
+        names = ", ".join(group.producers)
+        return f"it scales with group {group.name!r}: name its producer {names} instead"
+    return f"it scales with group {group.name!r}"

@@ -6,7 +6,10 @@ activations, Q/DQ, pooling, depthwise Conv, unit-dimension Reshape/Flatten) and 
 channels of every consumer form one group. A residual Add (or any elementwise op joining two
 tracked tensors) joins their groups into one. Groups that cannot be scaled consistently are
 frozen with their reasons: graph inputs and outputs, Reshape/Flatten mixing channels with
-space, Concat, grouped Conv, quantized weights and any op whose channel behaviour is unknown.
+space, Concat (it joins several tensors' channels into one axis), Softmax-like ops that
+normalize across channels (before opset 13 every axis from ``axis`` on), grouped Conv,
+quantized weights and any op whose channel behaviour is unknown. A Gemm, MatMul or Conv that
+is not a weight node gets its reason in :attr:`ChannelAnalysis.refusals`.
 
 The analysis is plain data (node indices in graph order, value names, axes), so one analysis
 of a pristine base model serves every later rewrite of a fresh copy of it.
@@ -127,6 +130,8 @@ class ChannelAnalysis:
         output_group: Weight node name -> index of the group its output channels belong to.
         node_names: Display name of every node, by index in graph order.
         ancestors: Weight node name -> names of the weight nodes upstream of it.
+        refusals: Gemm/MatMul/Conv node name -> why it is not a weight node (one sentence
+            starting with the node, e.g. weights produced by another node, depthwise Conv).
     """
 
     groups: tuple[ChannelGroup, ...]
@@ -135,6 +140,7 @@ class ChannelAnalysis:
     output_group: MappingProxyType[str, int]
     node_names: tuple[str, ...]
     ancestors: MappingProxyType[str, frozenset[str]]
+    refusals: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def frozen_groups(self) -> tuple[ChannelGroup, ...]:
@@ -184,6 +190,7 @@ def analyze_channels(model: onnx.ModelProto | ir.Model) -> ChannelAnalysis:
 
 
 _SUBGRAPH_TYPES = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+_WEIGHT_OPS = frozenset({"Gemm", "MatMul", "Conv"})
 
 
 def _visit(builder, node: ir.Node, i: int) -> None:
@@ -201,6 +208,8 @@ def _visit(builder, node: ir.Node, i: int) -> None:
         reason = handler(builder, node, i)
     if reason:
         label = f"{node.op_type} node {builder.names[i]!r} {reason}"
+        if node.op_type in _WEIGHT_OPS:
+            builder.refuse(i, reason)
         for value in node.inputs:
             hit = builder.lookup(value)
             if hit is not None:

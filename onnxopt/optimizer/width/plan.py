@@ -21,11 +21,13 @@ from onnxopt.optimizer.width.rewrite import ChannelMap
 
 @dataclass(frozen=True)
 class GroupSetting:
-    """The multiplier choices of one group and the config entries that set them."""
+    """The multiplier choices of one group, the config entries that set them, and the key
+    of the first of them (``layers.<node>``, for messages)."""
 
     group: int
     choices: tuple[float, ...]
     sources: tuple[str, ...]
+    key: str
 
 
 def new_width(width: int, multiplier: float) -> int:
@@ -41,6 +43,8 @@ def _sides(mode: Mode) -> tuple[str, ...]:
 
 def _group_of(analysis: ChannelAnalysis, node: str, side: str) -> ChannelGroup:
     if node not in analysis.weight_nodes:
+        if node in analysis.refusals:
+            raise ConfigError(f"layers.{node}: {analysis.refusals[node]}")
         if node in analysis.node_names:
             raise ConfigError(
                 f"layers.{node}: the node is not a Gemm, MatMul or Conv with "
@@ -92,7 +96,10 @@ def resolve(config: WidthConfig, analysis: ChannelAnalysis) -> dict[int, GroupSe
                     "the same value or drop one entry"
                 )
             sources = (known.sources if known else ()) + (source,)
-            settings[group.index] = GroupSetting(group.index, layer.channel_multiplier, sources)
+            key = known.key if known else f"layers.{node}"
+            settings[group.index] = GroupSetting(
+                group.index, layer.channel_multiplier, sources, key
+            )
     return settings
 
 
@@ -122,9 +129,9 @@ def choose(
             m = setting.choices[0]
         else:
             raise ConfigError(
-                f"{setting.sources[0]} lists choices {list(setting.choices)} for "
-                f"group {name!r}; pick one (choices={{{name!r}: ...}}) or give a "
-                "single channel_multiplier"
+                f"{setting.key}: channel_multiplier = {list(setting.choices)} is a list of "
+                "choices for the search; onnxopt scale needs one number, e.g. "
+                f"channel_multiplier = {setting.choices[0]!r}"
             )
         chosen[gi] = m
     if picks:

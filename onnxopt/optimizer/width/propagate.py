@@ -2,7 +2,8 @@
 
 A handler returns None when it followed the channels through its node, or the reason it
 could not; then every tracked input of the node is frozen with that reason and its outputs
-start frozen spaces of their own. Unknown ops are never guessed at: they freeze.
+start frozen spaces of their own. Unknown ops are never guessed at: they freeze. The weight
+nodes' handlers (Gemm, MatMul, Conv) are in :mod:`.weight_ops`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from types import MappingProxyType
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.optimizer.width.builder import Builder, const_array, rank_of
-from onnxopt.optimizer.width.groups import Edit, EditKind, WeightNode
+from onnxopt.optimizer.width.builder import Builder, attr_value, const_array, rank_of
+from onnxopt.optimizer.width.groups import Edit, EditKind
+from onnxopt.optimizer.width.weight_ops import conv, gemm, matmul
 
 Handler = Callable[[Builder, ir.Node, int], "str | None"]
 
@@ -33,156 +35,6 @@ REDUCE_OPS = frozenset(
     "ReduceLogSumExp ReduceSumSquare".split()
 )
 UNIT_RESHAPE_OPS = frozenset("Reshape Flatten Squeeze Unsqueeze".split())
-
-
-def _attr(node: ir.Node, name: str, default):
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.value
-
-
-def _weights_reason(value: ir.Value | None) -> str:
-    producer = value.producer() if value is not None else None
-    if producer is not None and producer.op_type == "DequantizeLinear":
-        return "has quantized weights (DequantizeLinear); scale before quantizing"
-    return "has weights that are not a constant (of the expected rank)"
-
-
-def _consume(b: Builder, node: ir.Node, i: int, expected_axis: int, edit: Edit) -> None:
-    hit = b.lookup(node.inputs[0])
-    if hit is None:
-        return
-    sid, axis = hit
-    if axis is not None and axis != expected_axis:
-        b.freeze(
-            sid,
-            f"{node.op_type} node {b.names[i]!r} reads channels on axis "
-            f"{expected_axis}, not on axis {axis}",
-        )
-    b.consume(sid, i, edit)
-
-
-def _bias(node: ir.Node, index: int, n_out: int) -> tuple[np.ndarray | None, str | None]:
-    value = node.inputs[index] if len(node.inputs) > index else None
-    if value is None:
-        return None, None
-    c = const_array(value)
-    if c is None:
-        return None, "adds a bias that is not a constant"
-    if c.ndim >= 1 and c.shape[-1] == n_out and c.size == n_out:
-        return c, None
-    if c.size == 1:
-        return None, None
-    return None, f"adds a bias of shape {list(c.shape)} that is not per channel"
-
-
-def _gemm(b: Builder, node: ir.Node, i: int) -> str | None:
-    w = const_array(node.inputs[1])
-    if w is None or w.ndim != 2:
-        return _weights_reason(node.inputs[1])
-    trans_b = int(_attr(node, "transB", 0))
-    out_axis = 0 if trans_b else 1
-    n_out = int(w.shape[out_axis])
-    c, reason = _bias(node, 2, n_out)
-    if reason:
-        return reason
-    hit = b.lookup(node.inputs[0])
-    if hit is not None and int(_attr(node, "transA", 0)):
-        b.freeze(hit[0], f"Gemm node {b.names[i]!r} reads it with transA=1")
-    _consume(b, node, i, 1, Edit(EditKind.SPLIT, i, 1, 1 - out_axis))
-    edits = [Edit(EditKind.SLICE, i, 1, out_axis)]
-    if c is not None:
-        edits.append(Edit(EditKind.SLICE, i, 2, c.ndim - 1))
-    b.assign(node.outputs[0], b.produce(i, n_out, edits), 1)
-    attrs = {"alpha": float(_attr(node, "alpha", 1.0)), "beta": float(_attr(node, "beta", 1.0))}
-    _record(b, node, i, out_axis, (i, 2) if c is not None else None, attrs)
-    return None
-
-
-def _matmul(b: Builder, node: ir.Node, i: int) -> str | None:
-    w = const_array(node.inputs[1])
-    rank = rank_of(node.inputs[0])
-    if w is None or w.ndim != 2:
-        return _weights_reason(node.inputs[1])
-    if rank is None or rank < 2:
-        return "has a data input of unknown rank or rank 1"
-    n_out = int(w.shape[1])
-    _consume(b, node, i, rank - 1, Edit(EditKind.SPLIT, i, 1, 0))
-    b.assign(node.outputs[0], b.produce(i, n_out, [Edit(EditKind.SLICE, i, 1, 1)]), rank - 1)
-    _record(b, node, i, 1, _matmul_bias(b, node, n_out), {})
-    return None
-
-
-def _matmul_bias(b: Builder, node: ir.Node, n_out: int) -> tuple[int, int] | None:
-    out = node.outputs[0]
-    uses = list(out.uses())
-    if len(uses) != 1 or out.is_graph_output():
-        return None
-    user, index = uses[0].node, uses[0].idx
-    if user.op_type != "Add" or user.domain not in ("", "ai.onnx") or id(user) not in b.index:
-        return None
-    c = const_array(user.inputs[1 - index])
-    if c is None or c.ndim < 1 or c.shape[-1] != n_out or c.size != n_out:
-        return None
-    return b.index[id(user)], 1 - index
-
-
-def _conv(b: Builder, node: ir.Node, i: int) -> str | None:
-    w = const_array(node.inputs[1])
-    if w is None or w.ndim < 3:
-        return _weights_reason(node.inputs[1])
-    group = int(_attr(node, "group", 1))
-    c_out, c_in = int(w.shape[0]), int(w.shape[1]) * group
-    c, reason = _bias(node, 2, c_out)
-    if reason:
-        return reason
-    if group != 1:
-        if group == c_in == c_out:
-            return _depthwise(b, node, i, c is not None)
-        return f"is a grouped Conv (group={group}) that ties channels in blocks"
-    _consume(b, node, i, 1, Edit(EditKind.SPLIT, i, 1, 1))
-    edits = [Edit(EditKind.SLICE, i, 1, 0)] + (
-        [Edit(EditKind.SLICE, i, 2, 0)] if c is not None else []
-    )
-    b.assign(node.outputs[0], b.produce(i, c_out, edits), 1)
-    attrs = {
-        "kernel_shape": tuple(int(k) for k in w.shape[2:]),
-        "pads": tuple(_attr(node, "pads", (0,) * 2 * (w.ndim - 2))),
-        "strides": tuple(_attr(node, "strides", (1,) * (w.ndim - 2))),
-        "dilations": tuple(_attr(node, "dilations", (1,) * (w.ndim - 2))),
-        "auto_pad": str(_attr(node, "auto_pad", "NOTSET")),
-    }
-    _record(b, node, i, 0, (i, 2) if c is not None else None, attrs)
-    return None
-
-
-def _depthwise(b: Builder, node: ir.Node, i: int, has_bias: bool) -> str | None:
-    hit = b.lookup(node.inputs[0])
-    if hit is None:
-        return "is a depthwise Conv on an untracked tensor"
-    sid, axis = hit
-    if axis not in (None, 1):
-        return "is a depthwise Conv reading channels on an axis other than 1"
-    b.add_edit(sid, Edit(EditKind.SLICE, i, 1, 0))
-    if has_bias:
-        b.add_edit(sid, Edit(EditKind.SLICE, i, 2, 0))
-    b.add_edit(sid, Edit(EditKind.GROUP_ATTR, i, -1, 0))
-    b.assign(node.outputs[0], sid, 1)
-    return None
-
-
-def _record(b: Builder, node: ir.Node, i: int, out_axis: int, bias, attrs: dict) -> None:
-    in_axis = {"Gemm": 1 - out_axis, "MatMul": 0, "Conv": 1}[node.op_type]
-    b.weights[i] = WeightNode(
-        index=i,
-        name=b.names[i],
-        op_type=node.op_type,
-        input_name=node.inputs[0].name,
-        output_name=node.outputs[0].name,
-        out_axis=out_axis,
-        in_axis=in_axis,
-        bias=bias,
-        attrs=MappingProxyType(attrs),
-    )
 
 
 def _elementwise(b: Builder, node: ir.Node, i: int) -> str | None:
@@ -244,11 +96,11 @@ def _reduce(b: Builder, node: ir.Node, i: int) -> str | None:
     if hit is None or rank is None:
         return "reduces a tensor of unknown layout"
     axes_value = node.inputs[1] if len(node.inputs) > 1 else None
-    axes = const_array(axes_value) if axes_value is not None else _attr(node, "axes", None)
+    axes = const_array(axes_value) if axes_value is not None else attr_value(node, "axes", None)
     if axes_value is not None and axes is None:
         return "reduces over computed axes"
     if axes is None or len(axes) == 0:
-        if int(_attr(node, "noop_with_empty_axes", 0)):
+        if int(attr_value(node, "noop_with_empty_axes", 0)):
             b.assign(node.outputs[0], hit[0], hit[1])
             return None
         return "reduces over every axis, channels included"
@@ -256,7 +108,7 @@ def _reduce(b: Builder, node: ir.Node, i: int) -> str | None:
     sid, axis = hit
     if axis is not None and axis in axes:
         return "reduces over the channel axis"
-    if axis is not None and not int(_attr(node, "keepdims", 1)):
+    if axis is not None and not int(attr_value(node, "keepdims", 1)):
         axis -= sum(a < axis for a in axes)
     b.assign(node.outputs[0], sid, axis)
     return None
@@ -288,7 +140,9 @@ def _unit_reshape(b: Builder, node: ir.Node, i: int) -> str | None:
         if target is None:
             return "has a computed target shape"
         entry = int(target[a_out])
-        keeps = entry == -1 or (entry == 0 and not _attr(node, "allowzero", 0) and a_in == a_out)
+        keeps = entry == -1 or (
+            entry == 0 and not attr_value(node, "allowzero", 0) and a_in == a_out
+        )
         if entry == width:
             b.add_edit(sid, Edit(EditKind.SHAPE_ENTRY, i, 1, a_out))
         elif not keeps:
@@ -305,7 +159,7 @@ def _transpose(b: Builder, node: ir.Node, i: int) -> str | None:
     hit, rank = b.lookup(node.inputs[0]), rank_of(node.inputs[0])
     if hit is None or rank is None:
         return "transposes a tensor of unknown layout"
-    perm = list(_attr(node, "perm", list(range(rank))[::-1]))
+    perm = list(attr_value(node, "perm", list(range(rank))[::-1]))
     b.assign(node.outputs[0], hit[0], None if hit[1] is None else perm.index(hit[1]))
     return None
 
@@ -315,11 +169,11 @@ def _qdq(b: Builder, node: ir.Node, i: int) -> str | None:
     scale = const_array(node.inputs[1])
     if hit is None or scale is None:
         return "has an untracked input or a scale that is not a constant"
-    if int(_attr(node, "block_size", 0)):
+    if int(attr_value(node, "block_size", 0)):
         return "uses blocked quantization"
     sid, axis = hit
     if scale.size > 1:
-        q_axis = int(_attr(node, "axis", 1)) % (rank or 1)
+        q_axis = int(attr_value(node, "axis", 1)) % (rank or 1)
         if axis is not None and (q_axis != axis or scale.ndim != 1):
             return "is quantized per channel on another axis"
         for k in range(1, len(node.inputs)):
@@ -330,13 +184,47 @@ def _qdq(b: Builder, node: ir.Node, i: int) -> str | None:
 
 
 def _softmax(b: Builder, node: ir.Node, i: int) -> str | None:
+    """Softmax, LogSoftmax, Hardmax: channels pass unless they are normalized together.
+
+    From opset 13 ``axis`` (default -1) is the one axis normalized. Before, the input is
+    flattened to 2-D at ``axis`` (default 1) and the whole second factor (axes ``axis``..
+    last) is normalized as one, so every channel axis from ``axis`` on is mixed.
+    """
     hit, rank = b.lookup(node.inputs[0]), rank_of(node.inputs[0])
     if hit is None or rank is None:
         return "normalizes a tensor of unknown layout"
-    if hit[1] is None or int(_attr(node, "axis", -1)) % rank == hit[1]:
+    sid, channels = hit
+    if channels is None:
         return "normalizes across channels"
-    b.assign(node.outputs[0], hit[0], hit[1])
+    if b.opset < 13:
+        axis = int(attr_value(node, "axis", 1)) % rank
+        if channels >= axis:
+            return (
+                f"at opset {b.opset} normalizes axes {axis}..{rank - 1} as one (before opset "
+                f"13, axis={axis} flattens the input to 2-D there), which mixes the channels "
+                f"on axis {channels}"
+            )
+    elif int(attr_value(node, "axis", -1)) % rank == channels:
+        return f"normalizes across the channels (axis {channels})"
+    b.assign(node.outputs[0], sid, channels)
     return None
+
+
+def _concat(b: Builder, node: ir.Node, i: int) -> str | None:
+    """Concat joins tensors into one axis: channel groups never flow through it."""
+    hits = [b.lookup(v) for v in node.inputs if b.tracked(v)]
+    rank, n = rank_of(node.outputs[0]), len(node.inputs)
+    axis = int(attr_value(node, "axis", 1)) % rank if rank else None
+    if axis is None or any(hit is not None and hit[1] in (None, axis) for hit in hits):
+        where = "" if axis is None else f" (axis {axis})"
+        return (
+            f"joins the channels of {n} tensors into one axis{where}; the analysis does not "
+            "split a joined axis back into its groups, so it freezes them"
+        )
+    return (
+        f"joins {n} tensors along axis {axis}, which the analysis does not follow, so it "
+        "freezes their channels"
+    )
 
 
 def _constant(b: Builder, node: ir.Node, i: int) -> str | None:
@@ -345,9 +233,9 @@ def _constant(b: Builder, node: ir.Node, i: int) -> str | None:
 
 HANDLERS: MappingProxyType[str, Handler] = MappingProxyType(
     {
-        "Gemm": _gemm,
-        "MatMul": _matmul,
-        "Conv": _conv,
+        "Gemm": gemm,
+        "MatMul": matmul,
+        "Conv": conv,
         "Constant": _constant,
         "BatchNormalization": _norm,
         "InstanceNormalization": _norm,
@@ -357,6 +245,7 @@ HANDLERS: MappingProxyType[str, Handler] = MappingProxyType(
         "Softmax": _softmax,
         "LogSoftmax": _softmax,
         "Hardmax": _softmax,
+        "Concat": _concat,
         **{op: _elementwise for op in ELEMENTWISE_OPS},
         **{op: _pool for op in POOL_OPS},
         **{op: _reduce for op in REDUCE_OPS},

@@ -4,13 +4,16 @@
 weight norms and (on first need) the calibration activations of the base model. Every call
 to :meth:`WidthScaler.scale` deserializes a fresh copy, applies the
 :class:`~onnxopt.optimizer.width.rewrite.WidthScalingPass`, refits the consumers of shrunk
-groups layer by layer and returns a new ``onnx.ModelProto``; the base is never modified.
+groups layer by layer, checks the result (``onnx.checker`` full check with strict shape
+inference, see :mod:`.validate`) and returns a new ``onnx.ModelProto``; the base is never
+modified.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +34,7 @@ from onnxopt.optimizer.width.groups import (
 from onnxopt.optimizer.width.plan import channel_map, choose, importance, new_width, resolve
 from onnxopt.optimizer.width.refit import fit_consumer
 from onnxopt.optimizer.width.rewrite import ChannelMap, Namer, WidthScalingPass
+from onnxopt.optimizer.width.validate import validate_scaled
 from onnxopt.optimizer.width.writeback import write_fit
 
 
@@ -139,32 +143,55 @@ class WidthScaler:
         self._stats: _Stats | None = None
         self._norms: dict[tuple[str, str], np.ndarray] = {}
 
-    def search_space(self, config: WidthConfig) -> dict[str, tuple[float, ...]]:
-        """The multiplier choices per group name that ``config`` spans (checked)."""
-        settings = resolve(config, self.analysis)
+    def search_space(
+        self, config: WidthConfig, *, source: str | None = None
+    ) -> dict[str, tuple[float, ...]]:
+        """The multiplier choices per group name that ``config`` spans (checked).
+
+        Args:
+            config: Per-node multipliers.
+            source: Where the config came from (a TOML path), prefixed to config errors.
+        """
+        with _config_source(source):
+            settings = resolve(config, self.analysis)
         return {self.analysis.groups[gi].name: s.choices for gi, s in settings.items()}
 
-    def scale(self, config: WidthConfig, choices: Mapping[str, float] | None = None) -> ScaleResult:
+    def scale(
+        self,
+        config: WidthConfig,
+        choices: Mapping[str, float] | None = None,
+        *,
+        source: str | None = None,
+    ) -> ScaleResult:
         """Scale the base model as ``config`` says.
 
         Args:
             config: Per-node multipliers and how to shrink.
             choices: Group name -> multiplier, for groups whose entry lists several choices
                 (what a search trial samples); see :meth:`search_space`.
+            source: Where the config came from (a TOML path): config errors start with it,
+                as the errors of :func:`onnxopt.config.load_toml` do.
 
         Raises:
             ConfigError: For entries that do not fit the model (see
                 :func:`~onnxopt.optimizer.width.plan.resolve`).
             UsageError: When calibration data are needed but were not given.
+            RewriteError: When the scaled model does not validate (names the groups).
         """
         start = time.perf_counter()
-        chosen = choose(resolve(config, self.analysis), self.analysis, choices)
+        with _config_source(source):
+            chosen = choose(resolve(config, self.analysis), self.analysis, choices)
         return self._scale(chosen, config, start)
 
     def scale_groups(
         self, multipliers: Mapping[str, float], config: WidthConfig | None = None
     ) -> ScaleResult:
-        """Scale groups by name directly (``config`` gives importance and refit; layers unused)."""
+        """Scale groups by name directly (``config`` gives importance and refit; layers unused).
+
+        Raises:
+            ConfigError: For unknown or frozen groups, or a multiplier rounding to 0 channels.
+            RewriteError: When the scaled model does not validate (names the groups).
+        """
         start = time.perf_counter()
         config = config or WidthConfig()
         chosen = {}
@@ -197,8 +224,9 @@ class WidthScaler:
             GroupChange(self.analysis.groups[gi].name, cm.old_width, cm.new_width, chosen[gi])
             for gi, cm in maps.items()
         )
+        scaled = [f"group {c.group!r} {c.old_width} -> {c.new_width} channels" for c in changes]
         return ScaleResult(
-            model=ir.serde.serialize_model(model),
+            model=validate_scaled(ir.serde.serialize_model(model), self._proto, scaled),
             changes=changes,
             nodes_changed=tuple(self.analysis.node_names[i] for i in sorted(changed)),
             refits=tuple(refits),
@@ -283,6 +311,17 @@ class WidthScaler:
         return reports
 
 
+@contextlib.contextmanager
+def _config_source(source: str | None) -> Iterator[None]:
+    """Prefix config errors with where the config came from (``w.toml: layers.fc1: ...``)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {exc}") from None
+
+
 def _channel_rms(x: np.ndarray, node: WeightNode) -> np.ndarray:
     axis = x.ndim - 1 if node.op_type == "MatMul" else 1
     others = tuple(a for a in range(x.ndim) if a != axis)
@@ -318,6 +357,7 @@ def scale_width(
     calibration: Calibration | None = None,
     *,
     choices: Mapping[str, float] | None = None,
+    source: str | None = None,
 ) -> ScaleResult:
     """Scale one model once (the CLI's ``onnxopt scale``); a search keeps a WidthScaler instead.
 
@@ -326,5 +366,10 @@ def scale_width(
         config: Per-node multipliers and how to shrink.
         calibration: Inputs for activation importance and refits (training data only).
         choices: Group name -> multiplier where the config lists several choices.
+        source: Where the config came from (the TOML path), prefixed to config errors.
+
+    Raises:
+        ConfigError: Entries that do not fit the model.
+        RewriteError: The scaled model does not validate.
     """
-    return WidthScaler(model, calibration).scale(config, choices)
+    return WidthScaler(model, calibration).scale(config, choices, source=source)

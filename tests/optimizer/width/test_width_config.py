@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from width_models import digits_cnn, jsc_three_linear_layers
+from width_models import Net, digits_cnn, jsc_three_linear_layers
 
 from onnxopt.config import load_toml, validate
 from onnxopt.errors import ConfigError
-from onnxopt.optimizer.width import Mode, WidthConfig, WidthScaler, analyze_channels
+from onnxopt.optimizer.width import Mode, WidthConfig, WidthScaler, analyze_channels, scale_width
 from onnxopt.optimizer.width.plan import choose, new_width, resolve
 
 
@@ -124,10 +125,12 @@ def test_choices_for_the_search():
         },
     )
     assert scaler.search_space(config) == {"conv1_out": (0.5, 1.0, 2.0), "conv2_out": (0.5,)}
-    with pytest.raises(
-        ConfigError, match="lists choices \\[0.5, 1.0, 2.0\\] for group 'conv1_out'; pick one"
-    ):
+    with pytest.raises(ConfigError) as info:
         scaler.scale(config)
+    assert str(info.value) == (
+        "layers.conv1: channel_multiplier = [0.5, 1.0, 2.0] is a list of choices for the "
+        "search; onnxopt scale needs one number, e.g. channel_multiplier = 0.5"
+    )
     result = scaler.scale(config, {"conv1_out": 2})
     assert [(c.group, c.new_width) for c in result.changes] == [
         ("conv1_out", 64),
@@ -148,3 +151,107 @@ def test_choices_for_the_search():
 )
 def test_new_width_rounds_half_up(width, m, expected):
     assert new_width(width, m) == expected
+
+
+def test_config_errors_name_the_config_file_when_given():
+    model = jsc_three_linear_layers()
+    data_free = {"importance": "weight_norm", "refit": "none"}
+    zero = validate(WidthConfig, {**data_free, "layers": {"fc0": {"channel_multiplier": 1 / 64}}})
+    with pytest.raises(ConfigError) as info:
+        scale_width(model, zero, source="w.toml")
+    assert str(info.value) == (
+        "w.toml: layers.fc0.channel_multiplier: 0.015625 x 16 channels of group 'fc0_out' "
+        "rounds to 0 channels; use at least 0.03125"
+    )
+    listed = validate(WidthConfig, {**data_free, "layers": {"fc1": {"channel_multiplier": [2, 1]}}})
+    with pytest.raises(
+        ConfigError, match=r"^w\.toml: layers\.fc1: channel_multiplier = \[2\.0, 1\.0\]"
+    ):
+        scale_width(model, listed, source="w.toml")
+    with pytest.raises(ConfigError, match=r"^s\.toml: layers\.fc9: no such node"):
+        WidthScaler(model).search_space(_config(fc9={"channel_multiplier": 2}), source="s.toml")
+    with pytest.raises(ConfigError, match=r"^layers\.fc0\.channel_multiplier: 0\.015625"):
+        scale_width(model, zero)  # without a source, the key path alone
+
+
+def _weights_behind(op: str) -> Net:
+    net = Net()
+    attrs = {"perm": [1, 0]} if op == "Transpose" else {}
+    w = net.op(op, [net.rand("w0", (6, 8) if op == "Transpose" else (8, 6))], "w_op", **attrs)
+    x = net.op("Relu", [net.op("MatMul", ["x", w], "mm0")], "r0")
+    return net.model(["N", 8], net.op("MatMul", [x, net.rand("w1", (6, 3))], "mm1"), ["N", 3])
+
+
+def _depthwise_and_grouped() -> Net:
+    net = Net()
+    x = net.op("Relu", [net.conv("x", 1, 4, "conv0")], "r0")
+    x = net.conv(net.conv(x, 4, 4, "dw", group=4), 4, 4, "grouped", group=2)
+    x = net.op("Flatten", [net.op("GlobalAveragePool", [x], "gap")], "flat")
+    return net.model(["N", 1, 4, 4], net.gemm(x, 4, 2, "fc"), ["N", 2])
+
+
+@pytest.mark.parametrize(
+    ("build", "node", "message"),
+    [
+        (
+            lambda: _weights_behind("Transpose"),
+            "mm0",
+            (
+                "layers.mm0: MatMul node 'mm0' reads its weights 'w_op_out' from Transpose node "
+                "'w_op', not from a constant; fold constants first (`onnxopt export MODEL.onnx "
+                "-o folded.onnx` does)"
+            ),
+        ),
+        (
+            lambda: _weights_behind("Identity"),
+            "mm0",
+            (
+                "layers.mm0: MatMul node 'mm0' reads its weights 'w_op_out' from Identity node "
+                "'w_op', not from a constant; fold constants first (`onnxopt export MODEL.onnx "
+                "-o folded.onnx` does)"
+            ),
+        ),
+        (
+            _depthwise_and_grouped,
+            "dw",
+            (
+                "layers.dw: Conv node 'dw' is a depthwise Conv: each output channel filters its "
+                "own input channel, so it has no width of its own; it belongs to group "
+                "'conv0_out', which is frozen (Conv node 'grouped' is a grouped Conv (group=2): "
+                "each block of 2 output channels reads its own block of 2 input channels, so "
+                "neither side can change width alone)"
+            ),
+        ),
+        (
+            _depthwise_and_grouped,
+            "grouped",
+            (
+                "layers.grouped: Conv node 'grouped' is a grouped Conv (group=2): each block of 2 "
+                "output channels reads its own block of 2 input channels, so neither side can "
+                "change width alone"
+            ),
+        ),
+        (
+            lambda: digits_cnn(depthwise=True),
+            "dw",
+            (
+                "layers.dw: Conv node 'dw' is a depthwise Conv: each output channel filters its "
+                "own input channel, so it has no width of its own; it scales with group "
+                "'conv0_out': name its producer conv0 instead"
+            ),
+        ),
+    ],
+)
+def test_naming_a_node_that_is_not_a_weight_node_gives_the_real_reason(build, node, message):
+    analysis = analyze_channels(build())
+    with pytest.raises(ConfigError) as info:
+        resolve(_config(**{node: {"channel_multiplier": 2}}), analysis)
+    assert str(info.value) == message
+    assert analysis.refusals[node] == message.removeprefix(f"layers.{node}: ")
+
+
+def test_weights_from_a_graph_input_or_of_the_wrong_rank_are_named():
+    net = Net()
+    x = net.op("MatMul", ["x", net.const("w3", np.ones((1, 8, 6), np.float32))], "mm0")
+    analysis = analyze_channels(net.model(["N", 8], x, [1, "N", 6]))
+    assert analysis.refusals["mm0"] == "MatMul node 'mm0' has weights 'w3' of rank 3, not 2"

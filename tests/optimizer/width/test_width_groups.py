@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from width_models import Net, digits_cnn, gemm_chain, jsc_three_linear_layers
+from width_models import Net, digits_cnn, gemm_chain, jsc_three_linear_layers, softmax_model
 
 from onnxopt.optimizer.width import EditKind, analyze_channels
 
@@ -84,6 +84,13 @@ def _concat_model():
     return net.model(["N", 4], net.gemm(cat, 11, 2, "fc"), ["N", 2])
 
 
+def _batch_concat_model():
+    net = Net()
+    a = net.gemm("x", 4, 5, "fc_a")
+    cat = net.op("Concat", [a, net.const("extra", np.ones((1, 5), np.float32))], "cat", axis=0)
+    return net.model(["N", 4], net.gemm(cat, 5, 2, "fc"), ["M", 2])
+
+
 def _quantized_weight_model():
     net = Net()
     w = net.const("w_q", np.ones((5, 4), dtype=np.int8))
@@ -109,8 +116,16 @@ def _grouped_conv_model():
             "conv0_out",
             "Flatten node 'flat' mixes channels with space ((N, 4, 2, 2) -> (N, 16))",
         ),
-        (_concat_model, "fc_a_out", "Concat node 'cat' is not a channel-wise op"),
-        (_concat_model, "fc_b_out", "Concat node 'cat' is not a channel-wise op"),
+        (
+            _concat_model,
+            "fc_a_out",
+            (
+                "Concat node 'cat' joins the channels of 2 tensors into one axis (axis 1); the "
+                "analysis does not split a joined axis back into its groups, so it freezes them"
+            ),
+        ),
+        (_concat_model, "fc_b_out", "Concat node 'cat' joins the channels of 2 tensors"),
+        (_batch_concat_model, "fc_a_out", "Concat node 'cat' joins 2 tensors along axis 0"),
         (_quantized_weight_model, "dq_w_out", "DequantizeLinear node 'dq_w'"),
         (_quantized_weight_model, "fc1_out", "graph output 'y'"),
         (_grouped_conv_model, "conv0_out", "Conv node 'grouped' is a grouped Conv (group=2)"),
@@ -160,3 +175,27 @@ def test_analysis_is_plain_data_and_does_not_touch_the_model():
     analysis = analyze_channels(model)
     assert model.SerializeToString() == before
     assert analysis.ancestors["head"] == frozenset({"conv0", "conv1", "conv2"})
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
+@pytest.mark.parametrize("axis", [1, -2, None, 2])
+def test_softmax_before_opset_13_freezes_every_channel_axis_it_flattens(op, axis):
+    analysis = analyze_channels(softmax_model(11, op, axis))
+    first = 2 if axis == 2 else 1  # the default axis before opset 13 is 1
+    assert analysis.scalable_groups == ()
+    assert _reasons(analysis)["mm0_out"] == (
+        f"{op} node 'sm' at opset 11 normalizes axes {first}..2 as one (before opset 13, "
+        f"axis={first} flattens the input to 2-D there), which mixes the channels on axis 2"
+    )
+
+
+def test_softmax_before_opset_13_passes_channels_before_its_axis():
+    analysis = analyze_channels(softmax_model(11, axis=2, conv=True))
+    assert [g.name for g in analysis.scalable_groups] == ["conv0_out"]
+    assert analysis.group("conv0_out").consumers == ("conv1",)
+
+
+def test_softmax_from_opset_13_freezes_only_its_own_axis():
+    assert [g.name for g in analyze_channels(softmax_model(13)).scalable_groups] == ["mm0_out"]
+    reasons = _reasons(analyze_channels(softmax_model(13, axis=-1)))
+    assert reasons["mm0_out"] == "Softmax node 'sm' normalizes across the channels (axis 2)"

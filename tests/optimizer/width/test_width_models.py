@@ -69,16 +69,9 @@ def test_widths_stay_consistent_along_a_chain_for_every_mode(chain, mode, multip
 
 
 @pytest.fixture(scope="module")
-def exported_cnn(tmp_path_factory) -> onnx.ModelProto:
+def exported_cnn(untrained_recipe) -> onnx.ModelProto:
     """digits-cnn through the real exporter (untrained: the graph, not the accuracy, matters)."""
-    import torch
-
-    from onnxopt.exporters.torch_onnx import export_module
-    from onnxopt.models.recipes import DigitsCNN
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("width") / "digits-cnn.onnx"
-    return onnx.load(export_module(DigitsCNN(64, 10), (1, 8, 8), path).path)
+    return untrained_recipe("digits-cnn")
 
 
 def test_exported_digits_cnn(exported_cnn):

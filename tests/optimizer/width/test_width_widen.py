@@ -18,6 +18,7 @@ from width_models import (
     qdq_model,
     residual_model,
     run,
+    softmax_model,
 )
 
 from onnxopt.optimizer.width import WidthConfig, WidthScaler
@@ -93,3 +94,23 @@ def test_widening_copies_the_most_important_channels_first():
         for row in initializer(result.model, "fc0", 1)[6:]
     ]
     assert copied == list(np.argsort(-path_norm, kind="stable")[:3])
+
+
+@pytest.mark.parametrize(
+    ("opset", "axis", "conv", "scalable"),
+    [
+        (11, 1, False, []),  # the audit's case: axis 1 flattens axes 1..2, channels on 2 mix
+        (13, 1, False, ["mm0_out"]),  # from opset 13 only axis 1 is normalized
+        (11, 2, True, ["conv0_out"]),  # channels on axis 1, before the flattened axes 2..3
+        (13, 2, True, ["conv0_out"]),
+    ],
+)
+def test_softmax_widening_preserves_the_function_at_every_opset(opset, axis, conv, scalable):
+    model = softmax_model(opset, axis=axis, conv=conv)
+    shape = (2, 3, 3) if conv else (4, 8)
+    x = np.random.default_rng(4).uniform(-1, 2, (5, *shape)).astype(np.float32)
+    scaler = WidthScaler(model, x)
+    assert [g.name for g in scaler.analysis.scalable_groups] == scalable
+    result = scaler.scale_groups({name: 2.0 for name in scalable})
+    check(result.model)
+    np.testing.assert_allclose(run(result.model, x), run(model, x), rtol=RTOL, atol=ATOL)

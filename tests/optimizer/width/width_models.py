@@ -9,6 +9,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 21
 RTOL = ATOL = 1e-5
+RECIPE_SHAPES = {
+    "jsc-three-linear-layers": (16, 5, (16,)),
+    "digits-cnn": (64, 10, (1, 8, 8)),
+}
+"""Recipe -> (in_features, classes, per-sample input shape) for exporting real recipes: the
+lab's JSC shape (16 features, 5 classes) and digits-cnn on 8x8 digits."""
 
 
 class Net:
@@ -55,7 +61,7 @@ class Net:
         b = self.rand(f"{name}.b", (c_out,), 0.1)
         return self.op("Conv", [x, w, b], name, pads=[k // 2] * 4, group=group)
 
-    def model(self, x_shape, out: str, out_shape) -> onnx.ModelProto:
+    def model(self, x_shape, out: str, out_shape, opset: int = OPSET) -> onnx.ModelProto:
         self.nodes.append(helper.make_node("Identity", [out], ["y"], "output"))
         graph = helper.make_graph(
             self.nodes,
@@ -64,7 +70,7 @@ class Net:
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
             self.inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = 10
         onnx.checker.check_model(model, full_check=True)
         return model
@@ -146,6 +152,19 @@ def nhwc_linear_model():
     x = net.op("Transpose", [x], "nhwc", perm=[0, 2, 3, 1])
     y = net.op("MatMul", [x, net.rand("w1", (5, 4))], "mm1")
     return net.model(["N", 2, 3, 3], y, ["N", 3, 3, 4])
+
+
+def softmax_model(opset: int, op: str = "Softmax", axis: int | None = 1, conv: bool = False):
+    """MatMul on (N, 4, 8) -> op(axis) -> MatMul (channels on axis 2), or with ``conv``
+    Conv -> op(axis) -> Conv on (N, 2, 3, 3) (channels on axis 1); ``axis=None``: default."""
+    net = Net(7)
+    attrs = {} if axis is None else {"axis": axis}
+    if conv:
+        x = net.op(op, [net.conv("x", 2, 4, "conv0")], "sm", **attrs)
+        return net.model(["N", 2, 3, 3], net.conv(x, 4, 3, "conv1"), ["N", 3, 3, 3], opset)
+    x = net.op(op, [net.op("MatMul", ["x", net.rand("w0", (8, 6))], "mm0")], "sm", **attrs)
+    y = net.op("MatMul", [x, net.rand("w1", (6, 3))], "mm1")
+    return net.model(["N", 4, 8], y, ["N", 4, 3], opset)
 
 
 def check(model: onnx.ModelProto) -> None:
