@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -213,3 +214,22 @@ def save_onnx(model: onnx.ModelProto, path: Path, *, external_data: bool = False
         else:
             onnx.save_model(model, str(tmp))
     return path
+
+
+IN_MEMORY_LIMIT = 2**31 - 2**20
+"""Largest serialized model checked in memory (protobuf's 2 GB limit, with a margin)."""
+
+CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+
+
+def check_full(model: onnx.ModelProto) -> None:
+    """``onnx.checker`` full check, strict shape inference included (raises onnx's errors)."""
+    if model.ByteSize() < IN_MEMORY_LIMIT:
+        onnx.checker.check_model(model, full_check=True)
+        return
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(copy, str(path), save_as_external_data=True, location="model.data")
+        onnx.checker.check_model(str(path), full_check=True)

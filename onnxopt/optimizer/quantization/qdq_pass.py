@@ -19,6 +19,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import DeduplicateInitializersPass
 
 from onnxopt.errors import ConfigError, RewriteError, did_you_mean
+from onnxopt.model_io import CHECK_ERRORS, check_full
 from onnxopt.optimizer.quantization.graph_analysis import unsupported_reason
 from onnxopt.optimizer.quantization.labels import HonestLabel, expected_kernel, node_labels
 from onnxopt.optimizer.quantization.node_rewriter import NodeRewriter
@@ -194,8 +195,8 @@ def _finish(proto: onnx.ModelProto) -> onnx.ModelProto:
     min_ir = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     proto.ir_version = max(proto.ir_version, min_ir)
     try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
+        check_full(proto)
+    except CHECK_ERRORS as exc:
         raise RewriteError(f"the quantized model does not validate: {exc}") from exc
     return proto
 

@@ -10,31 +10,12 @@ there); such a model is checked from a temporary file with external data instead
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import onnx
 
 from onnxopt.errors import ModelLoadError, RewriteError
-
-IN_MEMORY_LIMIT = 2**31 - 2**20
-"""Largest serialized model checked in memory (protobuf's 2 GB limit, with a margin)."""
-
-_CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
-
-
-def check_full(model: onnx.ModelProto) -> None:
-    """``onnx.checker`` full check, strict shape inference included (raises onnx's errors)."""
-    if model.ByteSize() < IN_MEMORY_LIMIT:
-        onnx.checker.check_model(model, full_check=True)
-        return
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    with tempfile.TemporaryDirectory(prefix="onnxopt-width-") as tmp:
-        path = Path(tmp) / "scaled.onnx"
-        onnx.save_model(copy, str(path), save_as_external_data=True, location="scaled.data")
-        onnx.checker.check_model(str(path), full_check=True)
+from onnxopt.model_io import CHECK_ERRORS, check_full
 
 
 def validate_scaled(
@@ -53,10 +34,10 @@ def validate_scaled(
     """
     try:
         check_full(model)
-    except _CHECK_ERRORS as exc:
+    except CHECK_ERRORS as exc:
         try:
             check_full(base)
-        except _CHECK_ERRORS as base_exc:
+        except CHECK_ERRORS as base_exc:
             raise ModelLoadError(
                 f"the model does not validate even before width scaling ({_first_line(base_exc)}); "
                 "re-export it or run `onnxopt export MODEL.onnx -o fixed.onnx` first"

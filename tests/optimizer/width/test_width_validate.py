@@ -7,6 +7,7 @@ import onnx
 import pytest
 from width_models import jsc_three_linear_layers
 
+import onnxopt.model_io as model_io
 import onnxopt.optimizer.width.rewrite as rewrite
 import onnxopt.optimizer.width.validate as validate
 from onnxopt.errors import ModelLoadError, RewriteError
@@ -54,14 +55,14 @@ def test_scale_and_scale_width_validate_too(consumers_left_unsplit):
 
 
 def test_large_models_are_checked_from_a_file(monkeypatch, consumers_left_unsplit):
-    monkeypatch.setattr(validate, "IN_MEMORY_LIMIT", 0)
+    monkeypatch.setattr(model_io, "IN_MEMORY_LIMIT", 0)
     scaler = WidthScaler(jsc_three_linear_layers())
     with pytest.raises(RewriteError, match="group 'fc0_out' 16 -> 32 channels"):
         scaler.scale_groups({"fc0_out": 2.0}, DATA_FREE)
 
 
 def test_large_valid_models_pass_the_file_check(monkeypatch):
-    monkeypatch.setattr(validate, "IN_MEMORY_LIMIT", 0)
+    monkeypatch.setattr(model_io, "IN_MEMORY_LIMIT", 0)
     result = WidthScaler(jsc_three_linear_layers()).scale_groups({"fc0_out": 2.0}, DATA_FREE)
     assert result.model.graph.initializer[0].HasField("raw_data")  # the caller's copy untouched
 
