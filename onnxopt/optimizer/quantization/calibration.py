@@ -1,8 +1,12 @@
 """Activation ranges from calibration data, observed by onnxruntime's calibrators.
 
-``minmax`` keeps the observed extremes; ``percentile`` (a histogram per tensor) cuts the
-tails at the given percentile, trading rare saturation for finer steps. Ranges are computed
-once per base model and reused for every candidate built from it.
+``minmax`` keeps the observed extremes. ``percentile`` (onnxruntime's
+``PercentileCalibrater``, a 2048-bin histogram per tensor, ``symmetric=False``) keeps the
+central ``p`` % of the values, cutting ``(100 - p) / 2`` % from each tail, trading rare
+saturation for finer steps; a non-negative (ReLU) tensor has no lower tail to cut, so only
+``(100 - p) / 2`` % of its values lie above the range. ``percentile = 100`` means minmax
+(onnxruntime's histogram would return the left edge of the top bin, below the maximum).
+Ranges are computed once per base model and reused for every candidate built from it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +41,10 @@ class Range:
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over an in-memory array."""
+    """onnxruntime's CalibrationDataReader protocol over in-memory batches."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch_size: int) -> None:
-        self._batches: Iterator[np.ndarray] = iter(
-            x[i : i + batch_size] for i in range(0, len(x), batch_size)
-        )
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]) -> None:
+        self._batches: Iterator[np.ndarray] = iter(batches)
         self._name = input_name
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -73,6 +75,8 @@ def calibrate(
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+    if method == "percentile" and percentile >= 100.0:
+        method = "minmax"
     options = {"percentile": percentile, "symmetric": False} if method == "percentile" else {}
     input_name = model.graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="onnxopt-calib-") as tmp:
@@ -84,7 +88,10 @@ def calibrate(
                 calibrate_method=methods[method], extra_options=options,
             )  # fmt: skip
             with contextlib.redirect_stdout(io.StringIO()):  # the histogram code prints
-                calibrator.collect_data(_Reader(input_name, x, batch_size))
+                # one batch per call: onnxruntime's histogram collector stacks the outputs
+                # of one call, which fails on a shorter last batch; it merges across calls
+                for start in range(0, len(x), batch_size):
+                    calibrator.collect_data(_Reader(input_name, [x[start : start + batch_size]]))
                 data = calibrator.compute_data()
         except Exception as exc:  # onnxruntime raises many kinds here
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
