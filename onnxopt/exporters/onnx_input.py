@@ -1,4 +1,8 @@
-"""Preparing a user's ONNX file: the same BatchNorm folding, opset conversion, parity check."""
+"""Preparing a user's ONNX file: the same BatchNorm folding, opset conversion, parity check.
+
+``opset`` means the same as for a torch module: the opset written, within the same range;
+a newer model is converted down (and its outputs checked) like an older one is converted up.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnxopt.errors import ExportError, ModelLoadError
+from onnxopt.exporters.opsets import check_opset
 from onnxopt.exporters.prepare import prepare_model
 from onnxopt.exporters.user_model import default_opset, prepare_user_model
 from onnxopt.model_io import load_onnx, save_onnx
@@ -60,17 +65,19 @@ def _samples(model: onnx.ModelProto, source: Path) -> list[np.ndarray]:
 
 
 def prepare_onnx_file(source: Path, target: Path, *, opset: int) -> OnnxPrepareResult:
-    """Fold BatchNorm, convert to ``opset`` if older, and check outputs are unchanged.
+    """Fold BatchNorm, convert to ``opset`` (up or down), and check outputs are unchanged.
 
     Raises:
+        UsageError: ``opset`` is outside the range the torch path accepts.
         ModelLoadError: The file cannot be read or prepared (see
             :func:`~onnxopt.exporters.user_model.prepare_user_model`), or its input has
             dynamic dimensions other than the batch.
         ExportError: The prepared model computes something else than the original.
     """
+    check_opset(opset)
     original = load_onnx(source)
     before = default_opset(original)
-    model = prepare_user_model(original, str(source), opset=opset).model
+    model = prepare_user_model(original, str(source), opset=opset, lower=True).model
     samples = _samples(model, source)  # before the slow part: refuse dynamic shapes first
     prepared = prepare_model(model)
     worst = 0.0

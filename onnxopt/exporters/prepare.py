@@ -1,10 +1,12 @@
 """Graph preparation shared by exported and user-supplied ONNX models.
 
 Constant folding and dead-code removal (onnxscript's optimizer); BatchNorm folded into the
-preceding Gemm/Conv/ConvTranspose (onnxscript's ``fuse_batchnorm`` rewrite rules, exact in
-eval mode); the exporters' debugging metadata (stack traces, fx node names, namespaces per
-node) stripped, since on a small model it is a fifth of the file. BatchNorm that follows a
-Relu or sits on the graph input cannot be folded exactly and stays as its own node.
+preceding Gemm/Conv/ConvTranspose (onnxscript's ``fuse_batchnorm`` rewrite rules) or, on a
+``[N, C]`` tensor, into the following Gemm/MatMul (:mod:`onnxopt.exporters.bn_fold`), both
+exact in eval mode, on the graph input too; the exporters' debugging metadata (stack traces,
+fx node names, namespaces per node) stripped, since on a small model it is a fifth of the
+file. A BatchNorm with a nonlinearity (Relu) on both sides, or one before a Conv (whose zero
+padding the shift would change), cannot be folded exactly and stays as its own node.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def prepare_model(model: onnx.ModelProto) -> PrepareResult:
     from onnxscript.rewriter import RewriteRuleSet
     from onnxscript.rewriter.rules import common as rules
 
+    from onnxopt.exporters.bn_fold import fold_into_next_rules
+
     before = _count(model, "BatchNormalization")
     ir_model = ir.serde.deserialize_model(model)  # a fresh copy: the caller's proto is untouched
     onnxscript.optimizer.optimize(ir_model)
@@ -42,6 +46,7 @@ def prepare_model(model: onnx.ModelProto) -> PrepareResult:
             rules.fuse_batchnorm_into_gemm_rule,
             rules.fuse_batchnorm_into_conv_rule,
             rules.fuse_batchnorm_into_conv_transpose_rule,
+            *fold_into_next_rules().rules,  # tried after the preceding layer: both are exact
         ]
     ).apply_to_model(ir_model)
     onnxscript.optimizer.optimize(ir_model)

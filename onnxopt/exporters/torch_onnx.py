@@ -8,10 +8,8 @@ and compared with the torch module within ``rtol``/``atol`` before it is written
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
-import warnings
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +19,21 @@ import torch
 from torch import nn
 
 from onnxopt.errors import ExportError, UsageError
+from onnxopt.exporters.diagnostics import quiet, root_cause, shorten
+from onnxopt.exporters.opsets import DEFAULT_OPSET, check_opset
 from onnxopt.exporters.prepare import prepare_model
 from onnxopt.model_io import save_onnx
 
-DEFAULT_OPSET = 21  # the newest opset whose QDQ kernels onnxruntime 1.32's CPU provider fuses
+__all__ = ["ATOL", "DEFAULT_OPSET", "RTOL", "ExportResult", "check_parity", "export_module"]
+
 RTOL = 1e-4
 ATOL = 1e-5
 CHECK_BATCH_SIZES = (1, 7)
+EXPORT_BATCH = 4  # the sample the exporters trace; the checks use other batch sizes
+BATCH_FIX = (
+    "avoid int(x.shape[0]) / x.size(0) and fixed sizes in view/reshape, "
+    "use flatten(1) or reshape(x.shape[0], -1)"
+)
 EMBED_LIMIT_BYTES = 1 << 30  # protobuf caps a file at 2 GB; larger models use external data
 
 
@@ -72,41 +78,43 @@ def _torchscript_export(module, sample, opset, input_name, output_name) -> onnx.
     return proto
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The exporters print progress and warnings of their own; keep the CLI output ours."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+def _export_graph(module, sample, opset, input_name, output_name, debug=False):
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _export_graph(module, sample, opset, input_name, output_name):
-    try:
-        with _quiet():
+        with quiet(not debug):
             return _dynamo_export(module, sample, opset, input_name, output_name), "dynamo", None
     except Exception as exc:  # the exporter raises many types; we fall back on any of them
-        reason = _first_line(exc)
+        reason = root_cause(exc)
     try:
-        with _quiet():
+        with quiet(not debug):
             proto = _torchscript_export(module, sample, opset, input_name, output_name)
     except Exception as exc:
         raise ExportError(
-            f"both exporters failed: dynamo ({reason}); torchscript ({_first_line(exc)})"
-        ) from None
+            f"both exporters failed: dynamo ({reason}); torchscript ({root_cause(exc)})"
+        ) from (exc if debug else None)
     return proto, "torchscript", reason
+
+
+def _run_torch(module: nn.Module, x: np.ndarray, what: str) -> np.ndarray:
+    """The module's output on ``x``; ``what`` is the hint given when the module fails."""
+    try:
+        with torch.no_grad():
+            out = module(torch.from_numpy(x))
+    except Exception as exc:  # the user's forward can raise anything
+        raise UsageError(
+            f"the model fails in torch on an input of shape {x.shape} ({root_cause(exc)}); {what}"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(
+            f"the model returns {type(out).__name__}, not one tensor of class scores; "
+            "return only the logits from forward()"
+        )
+    return out.numpy()
+
+
+def _ort_reason(exc: BaseException) -> str:
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc))
+    text = re.sub(r"Status Message: \S+:\d+ .*? was false\. ", "", text)  # C++ assertion
+    return shorten(text)
 
 
 def check_parity(
@@ -118,34 +126,32 @@ def check_parity(
     atol: float = ATOL,
     batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES,
     seed: int = 0,
+    export_batch: int | None = None,
 ) -> float:
     """Run torch and onnxruntime on random inputs at several batch sizes; raise if they differ.
 
+    Args:
+        export_batch: The batch size the exporter traced, if known: when onnxruntime fails
+            at another one, it is tried there to tell a graph with a fixed batch size apart.
+
     Returns:
         The largest absolute difference seen.
-    """
-    import onnxruntime as ort
 
-    try:
-        session = ort.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:
-        raise ExportError(
-            f"onnxruntime cannot load the exported model ({_first_line(exc)})"
-        ) from None
-    name = session.get_inputs()[0].name
+    Raises:
+        UsageError: The torch module itself fails at one of the batch sizes.
+        ExportError: onnxruntime cannot run the model, or its outputs differ from torch.
+    """
+    session = _session(model)
     rng = np.random.default_rng(seed)
     worst = 0.0
     for batch in batch_sizes:
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        with torch.no_grad():
-            expected = module(torch.from_numpy(x)).numpy()
-        got = session.run(None, {name: x})[0]
+        expected = _run_torch(module, x, f"it must accept any batch size: {BATCH_FIX}")
+        got = _run_onnx(session, x, input_shape, export_batch)
         if got.shape != expected.shape:
             raise ExportError(
-                f"batch {batch}: onnxruntime output shape {got.shape} != torch "
-                f"{expected.shape}; the batch axis is not dynamic"
+                f"the exported graph does not keep the batch axis dynamic: at batch {batch} "
+                f"onnxruntime returns shape {got.shape}, torch {expected.shape}; {BATCH_FIX}"
             )
         worst = max(worst, float(np.max(np.abs(got - expected))) if got.size else 0.0)
         if not np.allclose(got, expected, rtol=rtol, atol=atol):
@@ -156,6 +162,42 @@ def check_parity(
     return worst
 
 
+def _session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # failures are reported as ours, not also logged by ORT
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise ExportError(
+            f"onnxruntime cannot load the exported model ({_ort_reason(exc)})"
+        ) from None
+
+
+def _run_onnx(session, x: np.ndarray, input_shape, export_batch: int | None) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    try:
+        return session.run(None, {name: x})[0]
+    except Exception as exc:  # onnxruntime raises its own exception types
+        reason = _ort_reason(exc)
+    batch = x.shape[0]
+    if export_batch is not None and export_batch != batch:
+        probe = np.zeros((export_batch, *input_shape), dtype=np.float32)
+        try:
+            session.run(None, {name: probe})
+        except Exception:  # fails at the traced batch size too: not a batch-size problem
+            pass
+        else:
+            raise ExportError(
+                f"the exported graph fixes the batch size at {export_batch}: onnxruntime fails "
+                f"at batch {batch} ({reason}); {BATCH_FIX}"
+            )
+    raise ExportError(f"onnxruntime cannot run the exported model at batch {batch} ({reason})")
+
+
 def export_module(
     module: nn.Module,
     input_shape: tuple[int, ...],
@@ -164,26 +206,33 @@ def export_module(
     opset: int = DEFAULT_OPSET,
     input_name: str = "x",
     output_name: str = "logits",
+    debug: bool = False,
 ) -> ExportResult:
-    """Export a torch module to ONNX, fold BatchNorm, check it against torch and write it."""
-    if not 18 <= opset <= onnx.defs.onnx_opset_version():
-        raise UsageError(
-            f"opset {opset} is not supported; use 18..{onnx.defs.onnx_opset_version()}"
-            f" (default {DEFAULT_OPSET}, the newest with fused QDQ kernels)"
-        )
+    """Export a torch module to ONNX, fold BatchNorm, check it against torch and write it.
+
+    Args:
+        debug: Let the exporters print their logs and warnings, and chain their exceptions.
+
+    Raises:
+        UsageError: A bad opset, or the module fails in torch on the example input.
+        ExportError: Both exporters fail, or the exported graph disagrees with torch.
+    """
+    check_opset(opset)
     module = module.eval()
-    sample = torch.from_numpy(
-        np.random.default_rng(0).standard_normal((4, *input_shape)).astype(np.float32)
+    sample = np.random.default_rng(0).standard_normal((EXPORT_BATCH, *input_shape))
+    sample = sample.astype(np.float32)
+    _run_torch(module, sample, f"is the per-sample input shape {tuple(input_shape)} right?")
+    proto, exporter, reason = _export_graph(
+        module, torch.from_numpy(sample), opset, input_name, output_name, debug
     )
-    proto, exporter, reason = _export_graph(module, sample, opset, input_name, output_name)
     prepared = prepare_model(proto)
     model = prepared.model
     in_torch = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the exported model is invalid ({_first_line(exc)})") from None
-    worst = check_parity(module, model, input_shape)
+        raise ExportError(f"the exported model is invalid ({shorten(str(exc))})") from None
+    worst = check_parity(module, model, input_shape, export_batch=EXPORT_BATCH)
     external = model.ByteSize() > EMBED_LIMIT_BYTES
     save_onnx(model, path, external_data=external)
     return ExportResult(

@@ -6,7 +6,9 @@ initializers also listed as graph inputs (IR version < 4 requires it, some expor
 doing it), opsets older than the QDQ kernels need. :func:`prepare_user_model` evens these
 out with onnx / onnx_ir passes and returns what it changed as notes for the user; what it
 cannot work with (several inputs, a non-float input, an opset the converter cannot raise)
-is refused with one line naming the problem and the fix.
+is refused with one line naming the problem and the fix. A converted model is run in
+onnxruntime next to the original on one small input: a conversion that changes the outputs
+is refused too (every command that loads a user's model gets this check).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from onnxopt.errors import ModelLoadError
+from onnxopt.exporters.conversion_check import check_conversion
 from onnxopt.model_io import load_onnx
 
 LIFT_MIN_ELEMENTS = 16
@@ -51,22 +54,23 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def load_user_model(path: Path, *, opset: int | None = None) -> UserModel:
+def load_user_model(path: Path, *, opset: int | None = None, lower: bool = False) -> UserModel:
     """Load an ONNX file (see :func:`onnxopt.model_io.load_onnx`) and prepare it.
 
     Args:
         path: The ``.onnx`` file.
         opset: The lowest default-domain opset the caller needs (older models are
             converted); None keeps the model's opset.
+        lower: Convert newer models down to ``opset`` too (``opset`` is then exact).
 
     Raises:
         ModelLoadError: The file cannot be read, or the model cannot be prepared.
     """
-    return prepare_user_model(load_onnx(path), str(path), opset=opset)
+    return prepare_user_model(load_onnx(path), str(path), opset=opset, lower=lower)
 
 
 def prepare_user_model(
-    model: onnx.ModelProto, source: str, *, opset: int | None = None
+    model: onnx.ModelProto, source: str, *, opset: int | None = None, lower: bool = False
 ) -> UserModel:
     """Treat constant tensors as weights, check the one float input, raise the opset.
 
@@ -74,16 +78,21 @@ def prepare_user_model(
         model: The loaded model; not modified.
         source: The file name, for messages.
         opset: The lowest default-domain opset needed; None keeps the model's opset.
+        lower: Convert a newer model down to ``opset`` too.
 
     Raises:
         ModelLoadError: Several inputs or none, an input that is not float32, or an opset
-            conversion that fails.
+            conversion that fails or changes the outputs.
     """
     model, notes = _constants_as_weights(model, source)
     check_single_float_input(model, source)
     if opset is not None:
-        model, note = convert_opset(model, opset, source)
-        notes += [note] if note else []
+        converted, note = convert_opset(model, opset, source, lower=lower)
+        if note:
+            before, after = default_opset(model), default_opset(converted)
+            unchecked = check_conversion(model, converted, source, before, after)
+            notes += [note + (f"; outputs not compared: {unchecked}" if unchecked else "")]
+        model = converted
     return UserModel(model, tuple(notes))
 
 
@@ -153,25 +162,32 @@ def check_single_float_input(model: onnx.ModelProto, source: str) -> None:
 
 
 def convert_opset(
-    model: onnx.ModelProto, opset: int, source: str
+    model: onnx.ModelProto, opset: int, source: str, *, lower: bool = False
 ) -> tuple[onnx.ModelProto, str | None]:
-    """Raise the default-domain opset to ``opset`` with onnx's version converter.
+    """Raise (or, with ``lower``, also lower) the default-domain opset with onnx's converter.
+
+    The outputs are not compared here: :func:`check_conversion` does that.
 
     Returns:
         The model (converted or as given) and a note saying what was converted, or None.
 
     Raises:
-        ModelLoadError: When the converter fails (it has no adapter for some old ops).
+        ModelLoadError: When the converter fails (it has no adapter for some ops).
     """
     before = default_opset(model)
-    if before >= opset:
+    if before == opset or (before > opset and not lower):
         return model, None
     try:
         converted = onnx.version_converter.convert_version(model, opset)
     except Exception as exc:  # the converter raises bare RuntimeError / ValidationError
+        fix = (
+            f"re-export the model at opset {opset}"
+            if before < opset
+            else f"keep opset {before} (--opset {before}) or re-export the model at opset {opset}"
+        )
         raise ModelLoadError(
             f"{source}: onnx's version converter cannot take opset {before} to {opset} "
-            f"({_converter_reason(exc, model)}); re-export the model at opset {opset}"
+            f"({_converter_reason(exc, model)}); {fix}"
         ) from None
     return converted, f"{source}: converted from opset {before} to {opset} (onnx version converter)"
 
