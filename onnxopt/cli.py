@@ -2,7 +2,8 @@
 
 Every command parses its options, calls one library function and prints a summary. Errors
 from :mod:`onnxopt.errors` become one line on stderr and their exit code (2 usage, 1 runtime);
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. click's own usage errors (a missing option, a value
+outside the choices) are one ``error:`` line with exit 2 too.
 """
 
 from __future__ import annotations
@@ -20,12 +21,53 @@ from onnxopt.errors import OnnxoptError, UsageError
 PathArg = click.Path(path_type=Path)
 
 
+class _UsageLine(click.ClickException):
+    """A click usage error shown as one line: ``error: <message> (see '<cmd> --help')``."""
+
+    exit_code = 2
+
+    def __init__(self, exc: click.UsageError) -> None:
+        message = exc.format_message().strip().rstrip(".")
+        if message[:2].istitle():  # click's "Missing option" -> our "missing option"
+            message = message[0].lower() + message[1:]
+        super().__init__(f"{message} (see '{_command_path(exc.ctx)} --help')")
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _command_path(ctx: click.Context | None) -> str:
+    """``onnxopt <command>`` however the program was started (``python -m``, CliRunner)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["onnxopt", *reversed(names)])
+
+
+# a bare `onnxopt` prints the help through this error: keep click's own display for it
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    return exc if isinstance(exc, _NO_ARGS_IS_HELP) else _UsageLine(exc)
+
+
 class _Group(click.Group):
-    """Turns onnxopt errors into one line and an exit code, unless --debug is given."""
+    """Turns onnxopt errors and click usage errors into one line and an exit code, unless
+    --debug is given (onnxopt errors then show their traceback)."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # options of the group itself
+            raise _one_line(exc) from exc
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # unknown command, a command's options
+            raise _one_line(exc) from exc
         except OnnxoptError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -52,7 +94,7 @@ def recipes_cmd() -> None:
         click.echo(f"{recipe.name:<26} {recipe.description}")
 
 
-def _data_options(f):
+def _data_options(f, data_default: str | None = "digits", data_help: str | None = None):
     f = click.option(
         "--label-column",
         default="label",
@@ -68,10 +110,19 @@ def _data_options(f):
     return click.option(
         "--data",
         "data_spec",
-        default="digits",
-        show_default=True,
-        help="'digits' (bundled) or a .npz/.csv/.parquet/.h5 file.",
+        default=data_default,
+        show_default=data_default is not None,
+        help=data_help or "'digits' (bundled) or a .npz/.csv/.parquet/.h5 file.",
     )(f)
+
+
+def _train_data_options(f):
+    return _data_options(
+        f,
+        data_default=None,
+        data_help="'digits' (bundled) or a .npz/.csv/.parquet/.h5 file [default: the recipe's "
+        "dataset when it is bundled; JSC recipes need a JSC file].",
+    )
 
 
 def _rewrite_output_options(output_help: str):
@@ -90,7 +141,7 @@ def _load_data(data_spec: str, data_format: str | None, label_column: str):
 
 @main.command("train")
 @click.argument("recipe")
-@_data_options
+@_train_data_options
 @click.option("--epochs", type=int, default=None, help="Epochs (the recipe's default if unset).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", "learning_rate", type=float, default=None, help="Adam learning rate.")
@@ -100,10 +151,11 @@ def train_cmd(
     recipe, data_spec, data_format, label_column, epochs, batch_size, learning_rate, seed, output
 ) -> None:
     """Train RECIPE on a dataset and save its weights (state dict)."""
-    from onnxopt.models.recipes import get_recipe
+    from onnxopt.models.recipes import default_data, get_recipe
     from onnxopt.models.training import save_weights, train
 
-    get_recipe(recipe)  # unknown names fail before the data is read
+    # unknown names, and JSC recipes without a JSC file, fail before any data is read
+    data_spec = data_spec or default_data(get_recipe(recipe))
     dataset = _load_data(data_spec, data_format, label_column)
     trained = train(
         recipe,
@@ -142,9 +194,17 @@ def _parse_shape(text: str | None) -> tuple[int, ...]:
 )
 @click.option("--factory", help="'module:function' returning a torch nn.Module.")
 @click.option("--input-shape", help="Per-sample input shape for --factory, e.g. 64 or 1,8,8.")
-@click.option("--opset", type=int, default=21, show_default=True)
+@click.option(
+    "--opset",
+    type=int,
+    default=21,
+    show_default=True,
+    help="Opset written (18..28); an ONNX MODEL at another opset is converted up or down "
+    "and its outputs checked.",
+)
 @click.option("-o", "--output", type=PathArg, required=True, help="ONNX file to write.")
-def export_cmd(model, recipe, weights, factory, input_shape, opset, output) -> None:
+@click.pass_context
+def export_cmd(ctx, model, recipe, weights, factory, input_shape, opset, output) -> None:
     """Export a torch model to ONNX (checked against torch), or prepare an ONNX MODEL file."""
     if model is not None:
         from onnxopt.exporters.onnx_input import prepare_onnx_file
@@ -169,7 +229,8 @@ def export_cmd(model, recipe, weights, factory, input_shape, opset, output) -> N
         module, shape = trained.module, trained.input_shape
     else:
         raise UsageError("give an ONNX MODEL, --weights from 'onnxopt train', or --factory")
-    res = export_module(module, shape, output, opset=opset)
+    debug = bool(ctx.obj and ctx.obj.get("debug"))
+    res = export_module(module, shape, output, opset=opset, debug=debug)
     why = f" (dynamo failed: {res.fallback_reason})" if res.fallback_reason else ""
     click.echo(
         f"exported with the {res.exporter} exporter{why} at opset {res.opset}; "
@@ -255,7 +316,13 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     from onnxopt.config.quantization import QuantizationConfig
     from onnxopt.exporters.user_model import load_user_model
     from onnxopt.model_io import save_onnx
-    from onnxopt.optimizer.evaluate import fused_kernels, size_on_disk
+    from onnxopt.optimizer.evaluate import (
+        kernel_counts,
+        optimized_graph,
+        parameter_stats,
+        size_on_disk,
+    )
+    from onnxopt.optimizer.quantization.labels import kernels_in
     from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
     from onnxopt.optimizer.quantization.quantizer import Quantizer
     from onnxopt.report.tables import quantization_summary
@@ -265,9 +332,14 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     dataset = _load_data(data_spec, data_format, label_column)
     quantizer = Quantizer(base, dataset.calibration.x)
     candidate = quantizer.quantize(config)
-    save_onnx(candidate.model, output)
+    # onnxruntime loads and optimizes the model before anything is written: a model it
+    # cannot run (no QDQ kernels at opset 28) leaves no file behind. Labels and expected
+    # kernels are checked against the kernels that really run.
+    optimized = optimized_graph(candidate.model)
+    candidate = candidate.with_kernels(kernels_in(optimized, candidate.result.quantized))
     other = "packed" if config.storage == "container" else "container"
     alt = quantizer.quantize(config.model_copy(update={"storage": other}))
+    save_onnx(candidate.model, output)
     report = {
         **candidate.as_dict(),
         "size_bytes": {
@@ -275,7 +347,8 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
             config.storage: size_on_disk(output),
             other: alt.model.ByteSize(),
         },
-        "fused_kernels": fused_kernels(candidate.model),
+        "theoretical_size_bytes": parameter_stats(candidate.model).theoretical_size_bytes,
+        "fused_kernels": kernel_counts(optimized),
     }
     click.echo(json.dumps(report, indent=2) if as_json else quantization_summary(report, output))
 
@@ -303,7 +376,7 @@ def scale_cmd(model, config_path, data_spec, data_format, label_column, output, 
     calibration = None
     if config.needs_calibration():
         calibration = refit_inputs(_load_data(data_spec, data_format, label_column))
-    result = scale_width(base, config, calibration)
+    result = scale_width(base, config, calibration, source=str(config_path))
     save_onnx(result.model, output)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))

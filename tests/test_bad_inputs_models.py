@@ -235,7 +235,7 @@ def test_constant_node_weights_are_quantized_and_scaled(cli, save, tmp_path):
     name = save(mlp(constant_weights=True))
     report, err = _quantize_json(cli, name)
     assert report["quantized"] == ["mm1", "fc2"]
-    assert report["expected_kernels"] == {"mm1": "MatMulIntegerToFloat", "fc2": "QGemm"}
+    assert report["expected_kernels"] == {"mm1": "QLinearMatMul", "fc2": "QGemm"}
     assert "2 Constant-node tensor(s) moved to initializers" in err
     quantized = onnx.load("q.onnx")
     assert not [n for n in quantized.graph.node if n.op_type == "Constant"]

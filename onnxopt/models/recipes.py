@@ -11,12 +11,26 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from onnxopt.data.registry import BUNDLED
 from onnxopt.errors import UsageError, did_you_mean
+
+UNBUNDLED_DATA = {
+    "jsc": (
+        "the JSC jet-tagging data, which is not bundled; pass --data with a JSC file: the "
+        "OpenML hls4ml_lhc_jets_hlf table (.parquet, or .csv with a jet_type column) or the "
+        "hls4ml .h5 file with the t_allpar_new table"
+    ),
+}
+"""Default datasets of recipes that are not bundled: what they are and how to pass them."""
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A reference model: its name, what it is, the input layout it wants and its factory."""
+    """A reference model: its name, what it is, the input layout it wants and its factory.
+
+    ``default_dataset`` is what ``onnxopt train`` uses without ``--data``: a bundled dataset
+    name, or a key of :data:`UNBUNDLED_DATA` (then ``--data`` is required).
+    """
 
     name: str
     description: str
@@ -138,3 +152,15 @@ def get_recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise UsageError(f"unknown recipe {name!r}; {did_you_mean(name, RECIPES)}") from None
+
+
+def default_data(recipe: Recipe) -> str:
+    """The dataset spec a recipe trains on when none is given: its bundled default dataset.
+
+    Raises:
+        UsageError: The recipe's dataset is not bundled (the JSC recipes): pass --data.
+    """
+    if recipe.default_dataset in BUNDLED:
+        return recipe.default_dataset
+    what = UNBUNDLED_DATA.get(recipe.default_dataset, f"{recipe.default_dataset!r}, not bundled")
+    raise UsageError(f"recipe {recipe.name!r} trains on {what}")

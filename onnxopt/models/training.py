@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,18 +119,40 @@ def save_weights(trained: TrainedModel, path: Path) -> None:
         torch.save(payload, tmp)
 
 
-def _read(path: Path):
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_HOW_TO_SAVE = (
+    "expected a state dict saved with torch.save(model.state_dict(), 'weights.pt') "
+    "or a file written by 'onnxopt train'"
+)
+
+
+def _read(path: Path | str):
+    path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"weights file {path} does not exist; check the path")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path} is not a readable torch weights file ({first})") from None
+        if found := _UNSAFE_GLOBAL.search(str(exc)):  # a whole pickled module, or worse
+            raise ModelLoadError(
+                f"{path} holds a pickled {found.group(1)}, not only tensors; onnxopt loads "
+                f"with weights_only=True so no code runs from the file; {_HOW_TO_SAVE}"
+            ) from None
+        raise ModelLoadError(f"{path} is not a torch weights file; {_HOW_TO_SAVE}") from None
 
 
-def load_weights(path: Path, recipe_name: str | None = None) -> TrainedModel:
-    """Rebuild a trained recipe from a weights file, loaded with ``weights_only=True``."""
+def load_weights(path: Path | str, recipe_name: str | None = None) -> TrainedModel:
+    """Rebuild a trained recipe from a weights file, loaded with ``weights_only=True``.
+
+    Args:
+        path: A file written by ``onnxopt train`` (:func:`save_weights`).
+        recipe_name: The recipe, when the file does not name it.
+
+    Raises:
+        ModelLoadError: A missing or unreadable file, or weights that do not fit the recipe.
+        UsageError: An unknown recipe name.
+    """
+    path = Path(path)
     payload = _read(path)
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise ModelLoadError(
@@ -160,11 +183,13 @@ def load_weights(path: Path, recipe_name: str | None = None) -> TrainedModel:
     )
 
 
-def load_state_dict(path: Path) -> dict:
+def load_state_dict(path: Path | str) -> dict:
     """A plain state dict (or the one inside an onnxopt weights file), ``weights_only=True``."""
     payload = _read(path)
     if isinstance(payload, dict) and "state_dict" in payload:
         payload = payload["state_dict"]
     if not isinstance(payload, dict):
-        raise ModelLoadError(f"{path} holds a {type(payload).__name__}, not a state dict")
+        raise ModelLoadError(
+            f"{path} holds a {type(payload).__name__}, not a state dict; {_HOW_TO_SAVE}"
+        )
     return payload

@@ -47,7 +47,9 @@ def evaluation_table(report: Any, title: str = "") -> str:
             f"({stats['runs']} runs, {d['threads']} thread(s))"
         )
     if d.get("throughput_sps"):
-        rows["throughput"] = f"{d['throughput_sps']:,.0f} samples/s"
+        rows[f"throughput batch {d['throughput_batch_size']}"] = (
+            f"{d['throughput_sps']:,.0f} samples/s ({d['threads']} thread(s))"
+        )
     rows["size on disk"] = f"{d['size_bytes']:,} bytes"
     rows["theoretical size"] = f"{d['theoretical_size_bytes']:,.0f} bytes (sum of bits / 8)"
     rows["parameters"] = f"{d['parameters']:,}"
@@ -56,25 +58,52 @@ def evaluation_table(report: Any, title: str = "") -> str:
     return key_value_table(rows, title)
 
 
-def quantization_summary(report: Mapping[str, Any], output: Any) -> str:
-    """What ``onnxopt quantize`` did, for people (``--json`` has the full report)."""
+def _label_lines(labels: list[Mapping[str, Any]]) -> list[str]:
+    """One note per (tensor, width, container, reason), naming its nodes."""
+    grouped: dict[tuple, list[str]] = {}
+    for label in labels:
+        key = (label["tensor"], label["width"], label["container"], label["reason"])
+        grouped.setdefault(key, []).append(label["node"])
+    lines = []
+    for (tensor, width, container, reason), nodes in grouped.items():
+        names = ", ".join(nodes)
+        if width is None:  # a kernel label: no width or container to show
+            lines.append(f"  note: {names}: {reason}")
+        else:
+            lines.append(f"  note: {tensor} {width}-bit in {container} ({names}): {reason}")
+    return lines
+
+
+def _size_lines(report: Mapping[str, Any], output: Any) -> list[str]:
     sizes = report["size_bytes"]
     original = sizes["original"]
+    lines = []
+    for mode, size in sizes.items():
+        ratio = f" ({size / original:.1%} of the original)" if mode != "original" else ""
+        lines.append(f"size {mode:<11} {size:>12,} bytes{ratio}")
+    theoretical = report.get("theoretical_size_bytes")
+    if theoretical:
+        written = next(size for mode, size in sizes.items() if mode != "original")
+        lines.append(
+            f"size {'theoretical':<11} {theoretical:>12,.0f} bytes (sum of bits / 8; "
+            f"{output} is {written / theoretical:.2f}x that)"
+        )
+    return lines
+
+
+def quantization_summary(report: Mapping[str, Any], output: Any) -> str:
+    """What ``onnxopt quantize`` did, for people (``--json`` has the full report)."""
     lines = [f"quantized {len(report['quantized'])} node(s) -> {output}"]
     for node, kernel in report["expected_kernels"].items():
         lines.append(f"  {node}: runs as {kernel or 'float (not fused)'}")
     for node, reason in report["float_nodes"].items():
         lines.append(f"  left in float: {node}: {reason}")
-    grouped: dict[tuple, list[str]] = {}
-    for label in report["labels"]:
-        key = (label["tensor"], label["width"], label["container"], label["reason"])
-        grouped.setdefault(key, []).append(label["node"])
-    for (tensor, width, container, reason), nodes in grouped.items():
-        lines.append(f"  note: {tensor} {width}-bit in {container} ({', '.join(nodes)}): {reason}")
+    # a node the pass skipped but that float_nodes does not list (e.g. a report built by hand)
+    for node, reason in report.get("skipped", {}).items():
+        if node not in report["float_nodes"]:
+            lines.append(f"  left in float: {node}: {reason}")
+    lines += _label_lines(report["labels"])
     lines += [f"  note: {n}" for n in report["notes"]]
     fused = ", ".join(f"{k} x{v}" for k, v in report["fused_kernels"].items())
     lines.append(f"onnxruntime runs: {fused}")
-    for mode, size in sizes.items():
-        ratio = f" ({size / original:.1%} of the original)" if mode != "original" else ""
-        lines.append(f"size {mode:<9} {size:>12,} bytes{ratio}")
-    return "\n".join(lines)
+    return "\n".join(lines + _size_lines(report, output))

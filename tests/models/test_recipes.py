@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from onnxopt.errors import UsageError
-from onnxopt.models.recipes import RECIPES, get_recipe
-from onnxopt.models.training import input_shape_for, load_weights, save_weights, train
+from onnxopt.data.registry import BUNDLED
+from onnxopt.errors import ModelLoadError, UsageError
+from onnxopt.models.recipes import RECIPES, default_data, get_recipe
+from onnxopt.models.training import (
+    input_shape_for,
+    load_state_dict,
+    load_weights,
+    save_weights,
+    train,
+)
 
 EXPECTED_PARAMS = {  # computed by hand from the layer sizes in the issue
     "digits-mlp": (64 * 64 + 64) + 2 * 64 + (64 * 32 + 32) + 2 * 32 + (32 * 10 + 10),
@@ -35,6 +42,30 @@ def test_cnn_takes_images():
     convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 3
     assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_default_dataset_is_bundled_or_refused_with_how_to_pass_it(name):
+    recipe = RECIPES[name]
+    if recipe.default_dataset in BUNDLED:
+        assert default_data(recipe) == recipe.default_dataset == "digits"
+        return
+    assert name.startswith("jsc")
+    with pytest.raises(UsageError) as info:
+        default_data(recipe)
+    assert f"recipe {name!r}" in str(info.value) and "pass --data" in str(info.value)
+
+
+def test_weights_paths_may_be_strings_and_bad_files_say_what_was_expected(digits, tmp_path):
+    trained = train("jsc-tiny", digits, epochs=1, seed=0, progress=False)
+    save_weights(trained, tmp_path / "w.pt")
+    assert load_weights(str(tmp_path / "w.pt")).recipe == "jsc-tiny"
+    assert set(load_state_dict(str(tmp_path / "w.pt"))) == set(trained.module.state_dict())
+    (tmp_path / "bad.pt").write_text("hello\n")
+    with pytest.raises(ModelLoadError, match=r"not a torch weights file; expected a state dict"):
+        load_weights(str(tmp_path / "bad.pt"))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_weights(str(tmp_path / "missing.pt"))
 
 
 def test_unknown_recipe_names_closest():

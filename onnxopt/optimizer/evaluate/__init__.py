@@ -13,7 +13,12 @@ from onnxopt.optimizer.evaluate.accuracy import (
     looks_like_probabilities,
     predict_scores,
 )
-from onnxopt.optimizer.evaluate.fusion import INTEGER_KERNELS, fused_kernels, optimized_graph
+from onnxopt.optimizer.evaluate.fusion import (
+    INTEGER_KERNELS,
+    fused_kernels,
+    kernel_counts,
+    optimized_graph,
+)
 from onnxopt.optimizer.evaluate.latency import (
     LatencyBudget,
     LatencyResult,
@@ -40,6 +45,7 @@ from onnxopt.optimizer.evaluate.size import (
 __all__ = [
     "INTEGER_KERNELS",
     "fused_kernels",
+    "kernel_counts",
     "optimized_graph",
     "BIT_WIDTHS_KEY",
     "AccuracyResult",

@@ -9,11 +9,9 @@ from pathlib import Path
 import onnx
 
 from onnxopt.optimizer.evaluate.session import make_session
+from onnxopt.optimizer.quantization.labels import INTEGER_KERNELS
 
-INTEGER_KERNELS = frozenset(
-    {"QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "QLinearConv",
-     "ConvInteger", "DynamicQuantizeMatMul"}
-)  # fmt: skip
+__all__ = ["INTEGER_KERNELS", "fused_kernels", "kernel_counts", "optimized_graph"]
 
 
 def optimized_graph(model: onnx.ModelProto, *, optimization: str = "extended") -> onnx.ModelProto:
@@ -25,7 +23,12 @@ def optimized_graph(model: onnx.ModelProto, *, optimization: str = "extended") -
         return onnx.load(str(target))
 
 
+def kernel_counts(optimized: onnx.ModelProto) -> dict[str, int]:
+    """Op type -> count in an optimized graph (from :func:`optimized_graph`)."""
+    counts = collections.Counter(n.op_type for n in optimized.graph.node)
+    return dict(sorted(counts.items()))
+
+
 def fused_kernels(model: onnx.ModelProto) -> dict[str, int]:
     """Op type -> count in the optimized graph (integer kernels are what quantization buys)."""
-    counts = collections.Counter(n.op_type for n in optimized_graph(model).graph.node)
-    return dict(sorted(counts.items()))
+    return kernel_counts(optimized_graph(model))

@@ -94,9 +94,14 @@ class LatencyResult:
         raise UsageError(f"batch size {batch_size} was not measured; measured: {measured}")
 
     @property
+    def throughput_batch_size(self) -> int:
+        """The batch size throughput is reported at: the largest measured."""
+        return max(r.batch_size for r in self.stats)
+
+    @property
     def throughput_sps(self) -> float:
         """Samples per second at the largest measured batch size."""
-        return max(self.stats, key=lambda r: r.batch_size).throughput_sps
+        return self.for_batch(self.throughput_batch_size).throughput_sps
 
     def to_dict(self) -> dict[str, dict[str, float | int]]:
         """Per batch size (as a string key, so JSON round-trips) its stats."""

@@ -57,6 +57,11 @@ class EvaluationReport:
         """Samples per second at the largest measured batch size (None if not measured)."""
         return None if self.latency is None else self.latency.throughput_sps
 
+    @property
+    def throughput_batch_size(self) -> int | None:
+        """The batch size of :attr:`throughput_sps` (None if not measured)."""
+        return None if self.latency is None else self.latency.throughput_batch_size
+
     def latency_at(self, batch_size: int) -> LatencyStats:
         """Latency stats of one measured batch size.
 
@@ -81,6 +86,7 @@ class EvaluationReport:
             "output_kind": self.output_kind,
             "latency_ms": None if self.latency is None else self.latency.to_dict(),
             "throughput_sps": self.throughput_sps,
+            "throughput_batch_size": self.throughput_batch_size,
             "size_bytes": int(self.size_bytes),
             "parameters": int(self.parameters),
             "average_bitwidth": float(self.average_bitwidth),

@@ -180,10 +180,14 @@ def make_session(
 
 _IR_REFUSED = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 _OPSET_REFUSED = re.compile(r"Opset (\d+) is under development.*? is till opset (\d+)", re.S)
+_KERNEL_MISSING = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
+SAFE_OPSET = 21
+"""An opset onnxruntime 1.32 CPU has every QDQ kernel for (it has none at opset 28)."""
 
 
 def _version_refusal(cause: BaseException | None, label: str) -> ModelLoadError | None:
-    """A one-line ModelLoadError when onnxruntime refused the model's IR version or opset."""
+    """A one-line ModelLoadError when onnxruntime refused the model's IR version or opset,
+    or has no kernel for an op at a newer opset than :data:`SAFE_OPSET`."""
     text = str(cause or "")
     version = f"onnxruntime {_ort_version()}"
     if match := _IR_REFUSED.search(text):
@@ -197,6 +201,13 @@ def _version_refusal(cause: BaseException | None, label: str) -> ModelLoadError 
         return ModelLoadError(
             f"{label} uses opset {have} but {version} supports up to opset {top}; "
             "re-export at opset 21, or upgrade onnxruntime"
+        )
+    if (match := _KERNEL_MISSING.search(text)) and int(match.group(2)) > SAFE_OPSET:
+        op, since = match.groups()
+        return ModelLoadError(
+            f"{label} uses {op}({since}), for which {version} has no CPU kernel; convert the "
+            f"model to opset {SAFE_OPSET} first: onnxopt export MODEL.onnx --opset {SAFE_OPSET} "
+            f"-o MODEL-op{SAFE_OPSET}.onnx"
         )
     return None
 

@@ -7,7 +7,8 @@ configs, never touching the base model: what a search trial calls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
@@ -18,6 +19,7 @@ from onnxopt.data.shaping import adapt_inputs, onnx_input_shape
 from onnxopt.errors import ConfigError
 from onnxopt.optimizer.quantization.annotate import Annotation, annotate, needs_calibration
 from onnxopt.optimizer.quantization.calibration import Range, calibrate
+from onnxopt.optimizer.quantization.labels import agree_with, graph_kernels
 from onnxopt.optimizer.quantization.qdq_pass import QuantizationResult, quantize_model
 
 
@@ -38,9 +40,37 @@ class QuantizedCandidate:
         return {**self.result.as_dict(), "disabled": list(self.annotation.disabled),
                 "float_nodes": dict(self.float_nodes)}  # fmt: skip
 
+    def with_kernels(self, kernels: Mapping[str, str | None]) -> QuantizedCandidate:
+        """This candidate with labels and expected kernels made to agree with ``kernels``
+        (node -> the integer kernel onnxruntime really runs it as, None: float), read from
+        the optimized graph (:func:`onnxopt.optimizer.evaluate.optimized_graph`)."""
+        return replace(self, result=_agreeing(self.result, kernels))
 
-def float_nodes(model: onnx.ModelProto, skipped: dict[str, str], disabled: list[str]) -> dict:
-    """Nodes still computing with float parameters, each with the reason it stayed float."""
+
+def _agreeing(result: QuantizationResult, kernels: Mapping[str, str | None]) -> QuantizationResult:
+    op_types = {n.name: n.op_type for n in result.model.graph.node}
+    labels, expected = agree_with(result.labels, result.expected_kernels, kernels, op_types)
+    return replace(result, labels=labels, expected_kernels=expected)
+
+
+def _skipped_reason(node: onnx.NodeProto, reason: str, by_name: frozenset[str]) -> str:
+    text = reason if f"'{node.op_type}'" in reason else f"{node.op_type} not quantized: {reason}"
+    if node.name in by_name:
+        text += f'; its [by_name."{node.name}"] settings have no effect'
+    return text
+
+
+def float_nodes(
+    model: onnx.ModelProto,
+    skipped: Mapping[str, str],
+    disabled: list[str],
+    by_name: frozenset[str] = frozenset(),
+) -> dict[str, str]:
+    """Every node left in float with the reason, the reason starting with its op type.
+
+    These are the nodes the pass skipped (unsupported op type or form), the nodes the config
+    disabled, other nodes computing with float parameters, and control-flow nodes.
+    """
     floats = {t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES}
     out = {}
     for node in model.graph.node:
@@ -51,11 +81,12 @@ def float_nodes(model: onnx.ModelProto, skipped: dict[str, str], disabled: list[
             out[node.name or node.output[0]] = (
                 f"{node.op_type} (control flow): onnxopt does not rewrite inside its subgraphs"
             )
+        elif node.name in skipped:
+            out[node.name] = _skipped_reason(node, skipped[node.name], by_name)
+        elif node.name in disabled:
+            out[node.name] = f"{node.op_type} disabled by the config (enabled = false)"
         elif any(name in floats for name in node.input):
-            out[node.name] = skipped.get(node.name) or (
-                "disabled by the config" if node.name in disabled
-                else f"{node.op_type} is not quantized by onnxopt (only Gemm, MatMul, Conv)"
-            )  # fmt: skip
+            out[node.name] = f"{node.op_type} is not quantized by onnxopt (only Gemm, MatMul, Conv)"
     return out
 
 
@@ -112,7 +143,12 @@ class Quantizer:
         """A quantized copy of the base model for ``config``."""
         annotation = annotate(self.model, config, self.ranges(config))
         result = quantize_model(self.model, annotation.specs, storage=config.storage)
-        return QuantizedCandidate(
-            result, annotation, float_nodes(result.model, dict(result.skipped),
-                                            annotation.disabled),
-        )  # fmt: skip
+        # the pass judges fusion from each node's own data_out; the finished graph also
+        # shows the next layer's input Q that onnxruntime moves up to it
+        result = _agreeing(
+            result, graph_kernels(result.model, result.labels, result.expected_kernels)
+        )
+        floats = float_nodes(
+            result.model, result.skipped, annotation.disabled, frozenset(config.by_name)
+        )
+        return QuantizedCandidate(result, annotation, floats)

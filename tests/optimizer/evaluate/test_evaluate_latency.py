@@ -29,6 +29,7 @@ def test_latency_per_batch_size(gemm_builder, gemm_weights, data):
         assert 0 < stats.median_ms <= stats.p90_ms
         assert stats.mean_ms > 0
     large = result.for_batch(8)
+    assert result.throughput_batch_size == 8
     assert result.throughput_sps == pytest.approx(8 / (large.median_ms / 1000))
     assert set(result.to_dict()) == {"1", "8"}
     with pytest.raises(UsageError, match="batch size 2 was not measured"):

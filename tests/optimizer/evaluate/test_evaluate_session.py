@@ -62,6 +62,21 @@ def test_onnxruntime_refusal_is_one_line_evaluation_error(text, expected):
     assert info.value.exit_code == 1
 
 
+def test_qdq_at_opset_28_is_a_model_load_error_with_the_fix():
+    text = """<ir_version: 11, opset_import: ["" : 28]>
+g (float[N, 4] x) => (float[N, 4] y) {
+  s = Constant<value = float {0.5}>()
+  z = Constant<value = uint8 {0}>()
+  q = QuantizeLinear(x, s, z)
+  y = DequantizeLinear(q, s, z)
+}"""
+    with pytest.raises(ModelLoadError) as info:
+        make_session(_parse(text))
+    message = str(info.value)
+    assert "\n" not in message and "QuantizeLinear(28)" in message
+    assert "--opset 21" in message
+
+
 def test_run_failure_is_evaluation_error():
     model = _parse(
         '<ir_version: 10, opset_import: ["" : 21]>\n'
