@@ -299,6 +299,36 @@ def evaluate_cmd(
         click.echo(evaluation_table(report, title=f"{model} on {dataset.name}/{split}"))
 
 
+@main.command("verify")
+@click.argument("model", type=PathArg)
+@_data_options
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["train", "val", "test", "calibration"]),
+)
+@click.option("--threads", type=int, default=1, show_default=True, help="intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def verify_cmd(model, data_spec, data_format, label_column, split, threads, as_json) -> None:
+    """Check that onnxruntime computes MODEL exactly on this CPU (fixed-point reference).
+
+    Exit 1 when any output value differs from the reference.
+    """
+    from onnxopt.optimizer.evaluate.verify import verify_model
+    from onnxopt.report.tables import verify_summary
+
+    dataset = _load_data(data_spec, data_format, label_column)
+    report = verify_model(model, dataset.split(split).x, threads=threads)
+    if as_json:
+        click.echo(json.dumps({"model": str(model), "data": dataset.name, "split": split,
+                               **report.as_dict()}, indent=2))  # fmt: skip
+    else:
+        click.echo(verify_summary(report, f"{model} on {dataset.name}/{split}"))
+    if not report.is_exact:
+        sys.exit(1)
+
+
 @main.command("quantize")
 @click.argument("model", type=PathArg)
 @click.option(
@@ -326,6 +356,7 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
     from onnxopt.optimizer.quantization.quantizer import Quantizer
     from onnxopt.report.tables import quantization_summary
+    from onnxopt.runtime.cpu import integer_path
 
     config = load_toml(config_path, QuantizationConfig) if config_path else QuantizationConfig()
     base = load_user_model(model, opset=DEFAULT_OPSET).noted()
@@ -349,6 +380,7 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
         },
         "theoretical_size_bytes": parameter_stats(candidate.model).theoretical_size_bytes,
         "fused_kernels": kernel_counts(optimized),
+        "integer_path": integer_path().as_dict(),
     }
     click.echo(json.dumps(report, indent=2) if as_json else quantization_summary(report, output))
 

@@ -11,14 +11,32 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from onnxopt.errors import ConfigError, closest, did_you_mean
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def registered(names: Callable[[], Iterable[str]], what: str) -> AfterValidator:
+    """A validator accepting only the names a registry holds (its keys are the truth).
+
+    Args:
+        names: Returns the valid names (called at validation time).
+        what: What a name names, for the message (``"sampler"``).
+    """
+
+    def check(value: str) -> str:
+        valid = list(names())
+        if value not in valid:
+            raise ValueError(f"unknown {what} {value!r}; {did_you_mean(value, valid)}")
+        return value
+
+    return AfterValidator(check)
 
 
 class StrictModel(BaseModel):

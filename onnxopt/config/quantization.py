@@ -2,6 +2,7 @@
 
 TOML shape (``onnxopt quantize MODEL --config q.toml``)::
 
+    target_cpu = "auto"             # exact on this CPU; or a class: "avx2", "avx512-vnni", "any"...
     storage = "container"           # or "packed": sub-byte weights as INT4/INT2 on disk
     granularity = "per_tensor"      # or "per_channel" (weights)
     [calibration]
@@ -25,12 +26,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from onnxopt.config.base import StrictModel
+from onnxopt.config.base import StrictModel, registered
+from onnxopt.runtime.cpu import target_names
 
 Width = Annotated[int, Field(ge=2, le=16)]
 FracWidth = int | Literal["auto", "NA"]
 OpTypeKey = Literal["gemm", "matmul", "conv", "linear"]
 StorageMode = Literal["container", "packed"]
+TargetCpu = Annotated[str, registered(target_names, "target CPU")]
 WeightGranularity = Literal["per_tensor", "per_channel"]
 OP_TYPES: dict[str, tuple[str, ...]] = {
     "gemm": ("Gemm",),
@@ -69,6 +72,7 @@ class Calibration(StrictModel):
 class QuantizationConfig(StrictModel):
     """The whole quantization config of one model."""
 
+    target_cpu: TargetCpu = "auto"
     storage: StorageMode = "container"
     granularity: WeightGranularity = "per_tensor"
     calibration: Calibration = Calibration()

@@ -70,6 +70,7 @@ from onnxopt.config.quantization import (
     OpTypeKey,
     QuantizationConfig,
     StorageMode,
+    TargetCpu,
     WeightGranularity,
     Width,
 )
@@ -119,6 +120,7 @@ class LayerChoices(StrictModel):
 class SearchQuantization(StrictModel):
     """Quantization choices: fixed keys as in QuantizationConfig, per-layer keys as choices."""
 
+    target_cpu: TargetCpu = "auto"
     storage: StorageMode = "container"
     granularity: WeightGranularity = "per_tensor"
     calibration: Calibration = Calibration()
@@ -137,6 +139,7 @@ class SearchQuantization(StrictModel):
         """The QuantizationConfig for one choice per key (``values[entry][key]``)."""
         layers = {path: LayerQuant(**values.get(path, {})) for path in self.entries()}
         return QuantizationConfig(
+            target_cpu=self.target_cpu,
             storage=self.storage,
             granularity=self.granularity,
             calibration=self.calibration,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from onnxopt.runtime.cpu import CPU_CLASSES
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -55,7 +57,14 @@ def evaluation_table(report: Any, title: str = "") -> str:
     rows["parameters"] = f"{d['parameters']:,}"
     rows["average bit width"] = f"{d['average_bitwidth']:.3g}"
     rows["memory density"] = f"{d['memory_density']:.3g}x (32 / average bit width)"
+    if d.get("integer_path"):
+        rows["CPU integer path"] = _integer_path(d["integer_path"])
     return key_value_table(rows, title)
+
+
+def _integer_path(path: Mapping[str, Any]) -> str:
+    exact = "exact" if path["u8s8_exact"] else "saturates (8-bit weights need u8u8)"
+    return f"{path['class']} ({path['cpu']}; u8s8 {exact})"
 
 
 def _label_lines(labels: list[Mapping[str, Any]]) -> list[str]:
@@ -106,4 +115,35 @@ def quantization_summary(report: Mapping[str, Any], output: Any) -> str:
     lines += [f"  note: {n}" for n in report["notes"]]
     fused = ", ".join(f"{k} x{v}" for k, v in report["fused_kernels"].items())
     lines.append(f"onnxruntime runs: {fused}")
+    if "integer_path" in report:
+        lines.append(
+            f"exact for target CPU {report['target_cpu']}; this CPU: "
+            f"{_integer_path(report['integer_path'])}"
+        )
     return "\n".join(lines + _size_lines(report, output))
+
+
+def verify_summary(report: Any, title: str) -> str:
+    """``onnxopt verify``'s report: CPU, representation, match rate, max |diff|."""
+    d = report.as_dict()
+    path = d["integer_path"]
+    rows: dict[str, Any] = {
+        "CPU integer path": _integer_path(path),
+        "weights stored for": d["target_cpu"] or "(no onnxopt quantization metadata)",
+        "samples": d["samples"],
+        "exact outputs": f"{d['exact']:,} / {d['elements']:,} ({100 * d['match_rate']:.2f}%)",
+        "max |diff|": f"{d['max_abs_diff']:.6g}",
+    }
+    if d["first_mismatch"]:
+        name, sample = d["first_mismatch"]
+        rows["first mismatch"] = f"output {name!r}, sample {sample}"
+    if d["inexact_float_ops"]:
+        rows["float ops that may round differently"] = ", ".join(d["inexact_float_ops"])
+    lines = [key_value_table(rows, title)]
+    stored_for = CPU_CLASSES.get(d["target_cpu"] or "")
+    if not report.is_exact and stored_for and stored_for.u8s8_exact and not path["u8s8_exact"]:
+        lines.append(
+            f"the weights were stored for {d['target_cpu']}; this CPU's u8s8 kernels saturate: "
+            "quantize again with target_cpu = \"auto\" (or \"any\")"
+        )
+    return "\n".join(lines)

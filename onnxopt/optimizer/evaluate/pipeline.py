@@ -18,6 +18,7 @@ from onnxopt.optimizer.evaluate.latency import measure_latency as _measure_laten
 from onnxopt.optimizer.evaluate.report import EvaluationReport
 from onnxopt.optimizer.evaluate.session import ClassifierIO, classifier_io, make_session
 from onnxopt.optimizer.evaluate.size import load_graph, parameter_stats, size_on_disk
+from onnxopt.runtime.cpu import integer_path
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -91,6 +92,7 @@ def evaluate_model(
         output_name=io.output_name,
         parameter_tensors=params.tensors,
         predictions=result.predictions,
+        integer_path=integer_path().as_dict(),
     )
 
 

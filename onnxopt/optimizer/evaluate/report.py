@@ -33,6 +33,7 @@ class EvaluationReport:
         output_name: The class-score output read.
         parameter_tensors: Per-tensor rows behind the parameter metrics.
         predictions: Predicted class per sample.
+        integer_path: This CPU's integer path (:func:`onnxopt.runtime.cpu.integer_path`).
     """
 
     model_path: str
@@ -51,6 +52,7 @@ class EvaluationReport:
     output_name: str
     parameter_tensors: tuple[TensorStat, ...] = field(default=(), repr=False, compare=False)
     predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
+    integer_path: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def throughput_sps(self) -> float | None:
@@ -95,6 +97,7 @@ class EvaluationReport:
             "threads": int(self.threads),
             "input_name": self.input_name,
             "output_name": self.output_name,
+            "integer_path": dict(self.integer_path),
         }
         if tensors:
             data["parameter_tensors"] = [t.to_dict() for t in self.parameter_tensors]

@@ -75,9 +75,11 @@ def constant_fracs(
 class NodeRewriter:
     """Quantizes nodes of one graph, sharing Q/DQ chains and names across nodes."""
 
-    def __init__(self, graph: ir.Graph, storage: Storage) -> None:
+    def __init__(self, graph: ir.Graph, storage: Storage, u8s8_exact: bool = True) -> None:
         self.graph = graph
         self.storage = storage
+        self.u8s8_exact = u8s8_exact
+        self.u8u8_nodes: list[str] = []  # signed weights stored as uint8 (zero point 128)
         self.names = Names(graph)
         self.bit_widths: dict[str, int] = {}
         self.notes: list[str] = []
@@ -141,11 +143,12 @@ class NodeRewriter:
         return aq
 
     def _store_constant(
-        self, node: ir.Node, index: int, ints: np.ndarray, container: Container, fracs, axis
-    ) -> str:
+        self, node: ir.Node, index: int, ints: np.ndarray, container: Container, fracs, axis,
+        signed: bool = True,
+    ) -> str:  # fmt: skip
         prefix = f"{node.name}_{'weight' if index == 1 else 'bias'}"
         nodes, out, stored = constant_dq(
-            self.graph, self.names, ints, container, fracs, axis, prefix
+            self.graph, self.names, ints, container, fracs, axis, prefix, signed=signed
         )
         self.graph.insert_before(node, nodes)
         original = node.inputs[index]
@@ -160,17 +163,21 @@ class NodeRewriter:
         weight = const_array(node.inputs[1], self.graph)
         assert weight is not None  # unsupported_reason() rejects non-constant weights
         signed = spec.signed if spec.signed is not None else True
-        container = resolve_container(spec, Role.WEIGHT, signed, self.storage)
+        container = resolve_container(
+            spec, Role.WEIGHT, signed, self.storage, u8s8_exact=self.u8s8_exact
+        )
         axis = weight_channel_axis(node)
         fracs = constant_fracs(spec, weight, axis, signed, f"{node.name}.weight")
         ch_axis = axis if np.ndim(fracs) else None
         ints, _ = quantize_fixed(weight, spec.width, fracs, signed, axis=ch_axis)
-        name = self._store_constant(node, 1, ints, container, fracs, ch_axis)
+        name = self._store_constant(node, 1, ints, container, fracs, ch_axis, signed)
         self.bit_widths[name] = spec.width
         if container.bits < 8:
             self.notes.append(
                 f"{node.name}: weight packed as {container} on disk, cast to 8 bits at load"
             )
+        elif signed and not container.signed:
+            self.u8u8_nodes.append(node.name or "")
         return fracs, container
 
     def _quantize_bias(self, node: ir.Node, spec: TensorSpec, acc_fracs: np.ndarray) -> None:

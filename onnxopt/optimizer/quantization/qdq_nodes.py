@@ -184,31 +184,40 @@ def constant_dq(
     fracs: int | np.ndarray,
     axis: int | None,
     prefix: str,
+    *,
+    signed: bool = True,
 ) -> tuple[list[ir.Node], ir.Value, ir.Value]:
     """Store integers as a ``container`` initializer behind ``(Cast ->) DequantizeLinear``.
+
+    Every DequantizeLinear gets an explicit zero point (int32 biases included), as
+    onnxruntime's ORT-format "Runtime" optimizations and other QDQ consumers require.
 
     Args:
         graph: Graph that receives the initializers.
         names: Name source for the graph.
         ints: The integer values (already rounded and saturated).
-        container: The storage type (int32 biases get no zero point; INT4/INT2 are
-            packed on disk and cast to 8 bits in the graph).
+        container: The storage type (INT4/INT2 are packed on disk and cast to 8 bits in
+            the graph).
         fracs: One fraction, or one per channel along ``axis``.
         axis: The channel axis for per-channel fractions, else None.
         prefix: Base for the new names.
+        signed: Whether the values are signed: in an unsigned container they are stored
+            as codes around the mid-range zero point (uint8: 128).
 
     Returns:
         The new nodes (not yet inserted), the DQ output, and the integer initializer.
     """
-    stored = add_initializer(
-        graph, names, f"{prefix}_quantized", ints.astype(container.numpy_dtype)
-    )
+    zero_point = container.zero_point(signed)
+    codes_array = (np.asarray(ints, np.int64) + zero_point).astype(container.numpy_dtype)
+    stored = add_initializer(graph, names, f"{prefix}_quantized", codes_array)
     nodes, codes, container = _widen_sub_byte(names, stored, container, prefix)
     scales = _scale_array(fracs)
-    inputs = [codes, add_initializer(graph, names, f"{prefix}_scale", scales)]
-    if container is not Container.INT32:
-        zeros = np.zeros(scales.shape, container.numpy_dtype)
-        inputs.append(add_initializer(graph, names, f"{prefix}_zero_point", zeros))
+    zero_points = np.full(scales.shape, zero_point, container.numpy_dtype)
+    inputs = [
+        codes,
+        add_initializer(graph, names, f"{prefix}_scale", scales),
+        add_initializer(graph, names, f"{prefix}_zero_point", zero_points),
+    ]
     attrs = {} if scales.ndim == 0 else {"axis": axis}
     node = ir.node("DequantizeLinear", inputs, attributes=attrs, name=names(f"{prefix}_DQ"))
     out = _typed_output(node, names(f"{prefix}_dq"), ir.DataType.FLOAT, stored)

@@ -29,8 +29,11 @@ from onnxopt.optimizer.quantization.spec import (
     Storage,
     choose_container,
 )
+from onnxopt.runtime.cpu import AUTO, resolve_target
 
 BIT_WIDTHS_KEY = "onnxopt.bit_widths"
+TARGET_CPU_KEY = "onnxopt.target_cpu"
+"""metadata_props key: the CPU class the weights' representation was chosen for."""
 DEFAULT_OPSET = 21
 
 
@@ -45,6 +48,7 @@ class QuantizationReport:
         bit_widths: Integer weight/bias initializer name -> effective bits (the spec width).
         expected_kernels: Quantized node -> fused onnxruntime op expected (None: float).
         notes: Other facts worth reporting (opset raised, data_out moved past a Relu...).
+        target_cpu: The CPU class the weight representation was chosen for.
     """
 
     quantized: tuple[str, ...]
@@ -53,6 +57,7 @@ class QuantizationReport:
     bit_widths: Mapping[str, int]
     expected_kernels: Mapping[str, str | None]
     notes: tuple[str, ...]
+    target_cpu: str
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form (for ``--json`` output and trial attributes)."""
@@ -63,6 +68,7 @@ class QuantizationReport:
             "bit_widths": dict(self.bit_widths),
             "expected_kernels": dict(self.expected_kernels),
             "notes": list(self.notes),
+            "target_cpu": self.target_cpu,
         }
 
 
@@ -131,15 +137,24 @@ class QDQPass(ir.passes.FunctionalPass):
     Args:
         specs: Node name -> its quantization spec.
         storage: ``container`` (narrow weights in int8) or ``packed`` (INT4/INT2).
+        target_cpu: The CPU class to be exact on (:data:`onnxopt.runtime.cpu.CPU_CLASSES`,
+            or ``"auto"`` for this machine's): where its u8s8 kernels saturate, signed 8-bit
+            weights are stored as uint8 with zero point 128.
     """
 
-    def __init__(self, specs: Mapping[str, NodeQuantSpec], storage: Storage | str = "container"):
+    def __init__(
+        self,
+        specs: Mapping[str, NodeQuantSpec],
+        storage: Storage | str = "container",
+        target_cpu: str = AUTO,
+    ):
         super().__init__()
         bad = [n for n, s in specs.items() if not isinstance(s, NodeQuantSpec)]
         if bad:
             raise ConfigError(f"specs for {bad} are not NodeQuantSpec instances")
         self.specs = dict(specs)
         self.storage = coerce_storage(storage)
+        self.target = resolve_target(target_cpu)
 
     def call(self, model: ir.Model) -> QuantizationPassResult:
         """Quantize a clone of ``model``; RewriteError when its opset is too low."""
@@ -150,7 +165,7 @@ class QDQPass(ir.passes.FunctionalPass):
         model = model.clone()
         graph = model.graph
         nodes = _spec_nodes(graph, self.specs)
-        rewriter = NodeRewriter(graph, self.storage)
+        rewriter = NodeRewriter(graph, self.storage, self.target.u8s8_exact)
         skipped, resolved = {}, []
         for node in nodes:
             reason = unsupported_reason(node, graph)
@@ -161,13 +176,22 @@ class QDQPass(ir.passes.FunctionalPass):
         rewriter.remove_unread_outputs()
         rewriter.remove_replaced_constants()
         _record_bit_widths(model, rewriter.bit_widths)
+        model.metadata_props[TARGET_CPU_KEY] = self.target.name
+        notes = list(rewriter.notes)
+        if rewriter.u8u8_nodes:
+            notes.append(
+                f"8-bit weights of {len(rewriter.u8u8_nodes)} node(s) stored as uint8 with zero "
+                f"point 128 (u8u8 kernels): target CPU {self.target.name}'s u8s8 kernels "
+                "saturate on full-range int8 weights"
+            )
         report = QuantizationReport(
             quantized=tuple(r.name for r in resolved),
             skipped=skipped,
             labels=tuple(label for r in resolved for label in node_labels(r)),
             bit_widths=dict(rewriter.bit_widths),
             expected_kernels={r.name: expected_kernel(r) for r in resolved},
-            notes=tuple(rewriter.notes),
+            notes=tuple(notes),
+            target_cpu=self.target.name,
         )
         return QuantizationPassResult(model, modified=bool(resolved), report=report)
 
@@ -207,6 +231,7 @@ def quantize_model(
     *,
     storage: Storage | str = "container",
     opset: int = DEFAULT_OPSET,
+    target_cpu: str = AUTO,
 ) -> QuantizationResult:
     """Quantize a copy of ``model`` to fixed point with Q/DQ nodes.
 
@@ -218,6 +243,8 @@ def quantize_model(
             weights of <= 4 bits as INT4 (<= 2 bits as INT2, which needs opset 25).
         opset: The minimum default-domain opset of the result; raised (with the onnx
             version converter) when the model or the packed types need more.
+        target_cpu: The CPU class whose kernels must compute the model exactly
+            (``"auto"``: this machine's), see :class:`QDQPass`.
 
     Returns:
         The quantized model (checked with ``onnx.checker`` full check) and the report.
@@ -231,7 +258,7 @@ def quantize_model(
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     proto, notes = _raise_opset(copy, target)
-    result = QDQPass(specs, storage)(ir.from_proto(proto))
+    result = QDQPass(specs, storage, target_cpu)(ir.from_proto(proto))
     assert isinstance(result, QuantizationPassResult)
     # power-of-two scales and the few zero points repeat across layers: store each once
     # (scalars only, so no weight disappears behind the bit-width metadata's names)

@@ -142,7 +142,9 @@ class Quantizer:
     def quantize(self, config: QuantizationConfig) -> QuantizedCandidate:
         """A quantized copy of the base model for ``config``."""
         annotation = annotate(self.model, config, self.ranges(config))
-        result = quantize_model(self.model, annotation.specs, storage=config.storage)
+        result = quantize_model(
+            self.model, annotation.specs, storage=config.storage, target_cpu=config.target_cpu
+        )
         # the pass judges fusion from each node's own data_out; the finished graph also
         # shows the next layer's input Q that onnxruntime moves up to it
         result = _agreeing(

@@ -227,7 +227,9 @@ class NodeQuantSpec:
             )
 
 
-def choose_container(role: Role, width: int, signed: bool, storage: Storage) -> Container:
+def choose_container(
+    role: Role, width: int, signed: bool, storage: Storage, *, u8s8_exact: bool = True
+) -> Container:
     """The default container for a tensor.
 
     Activations use uint8 up to 8 bits (zero point 128 for signed values, which is what
@@ -235,11 +237,16 @@ def choose_container(role: Role, width: int, signed: bool, storage: Storage) -> 
     up to 8 bits (INT4/INT2 when ``storage`` is packed and the width allows), else
     int16/uint16. Biases are int32 at the accumulator scale.
 
+    Signed 8-bit weights go into uint8 (zero point 128) when ``u8s8_exact`` is false: the
+    target CPU's u8 x s8 kernels saturate on full-range int8 weights, its u8 x u8 kernels do
+    not (:mod:`onnxopt.runtime.cpu`). Narrower weights (|code| <= 64) are exact in int8.
+
     Args:
         role: Which kind of tensor.
         width: Its width in bits.
         signed: Its signedness.
         storage: Container or packed storage for narrow weights.
+        u8s8_exact: Whether the target CPU multiplies uint8 by full-range int8 exactly.
 
     Returns:
         The container type.
@@ -251,13 +258,21 @@ def choose_container(role: Role, width: int, signed: bool, storage: Storage) -> 
         return Container.UINT8 if width <= 8 else Container(f"{prefix}16")
     if storage is Storage.PACKED and width <= 4:
         return Container(f"{prefix}{2 if width <= 2 else 4}")
+    if width == 8 and signed and not u8s8_exact:
+        return Container.UINT8
     return Container(f"{prefix}{8 if width <= 8 else 16}")
 
 
-def resolve_container(spec: TensorSpec, role: Role, signed: bool, storage: Storage) -> Container:
-    """The spec's container, or the default one; ConfigError when it cannot hold the value."""
-    container = spec.container or choose_container(role, spec.width, signed, storage)
+def resolve_container(
+    spec: TensorSpec, role: Role, signed: bool, storage: Storage, *, u8s8_exact: bool = True
+) -> Container:
+    """The spec's container, or the default one; ConfigError when it cannot hold the value.
+
+    Signed values in an unsigned container are stored around the mid-range zero point
+    (:meth:`Container.zero_point`).
+    """
+    container = spec.container or choose_container(
+        role, spec.width, signed, storage, u8s8_exact=u8s8_exact
+    )
     _check_fits(container, spec.width, signed)
-    if role is Role.WEIGHT and signed and not container.signed:
-        raise ConfigError(f"weight: signed weights need a signed container, got {container}")
     return container

@@ -102,6 +102,30 @@ def test_signed_activations_use_uint8_with_zero_point_128():
     assert Container.INT8.zero_point(signed=True) == 0
 
 
-def test_resolve_container_rejects_signed_weights_in_unsigned_containers():
-    with pytest.raises(ConfigError, match="signed weights need a signed container"):
-        resolve_container(TensorSpec(4, container="uint8"), Role.WEIGHT, True, Storage.CONTAINER)
+@pytest.mark.parametrize(
+    ("width", "u8s8_exact", "container"),
+    [
+        (8, True, Container.INT8),
+        (8, False, Container.UINT8),  # full-range int8 saturates u8s8 kernels: u8u8 instead
+        (7, False, Container.INT8),  # |code| <= 64 never saturates
+        (4, False, Container.INT8),
+        (12, False, Container.INT16),
+    ],
+)
+def test_eight_bit_weights_go_to_uint8_where_u8s8_saturates(width, u8s8_exact, container):
+    chosen = choose_container(
+        Role.WEIGHT, width, True, Storage.CONTAINER, u8s8_exact=u8s8_exact
+    )
+    assert chosen is container
+    # activations and biases never change with the target
+    assert choose_container(Role.ACTIVATION, 8, True, Storage.CONTAINER, u8s8_exact=u8s8_exact) \
+        is Container.UINT8
+    assert choose_container(Role.BIAS, 16, True, Storage.CONTAINER, u8s8_exact=u8s8_exact) \
+        is Container.INT32
+
+
+def test_signed_weights_fit_unsigned_containers_around_the_zero_point():
+    spec = TensorSpec(4, container="uint8")
+    assert resolve_container(spec, Role.WEIGHT, True, Storage.CONTAINER) is Container.UINT8
+    with pytest.raises(ConfigError, match="cannot hold a 8-bit unsigned"):
+        resolve_container(TensorSpec(8, container="int8"), Role.WEIGHT, False, Storage.CONTAINER)

@@ -1,0 +1,1 @@
+"""The runtime boundary: onnxruntime (and other backends) sessions, and what the CPU runs."""
