@@ -47,6 +47,13 @@ class EvaluationError(OnnxoptError):
     """onnxruntime refused or failed to run a model."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when the message is empty),
+    cut at ``limit`` characters: what a one-line error quotes of a library's exception."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The candidates closest to ``name`` (for 'did you mean' hints)."""
     return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)

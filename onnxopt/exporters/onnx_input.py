@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxopt.errors import ExportError, ModelLoadError
+from onnxopt.errors import ExportError, ModelLoadError, first_line
 from onnxopt.exporters.opsets import check_opset
 from onnxopt.exporters.prepare import prepare_model
-from onnxopt.exporters.user_model import default_opset, prepare_user_model
+from onnxopt.exporters.user_model import prepare_user_model
+from onnxopt.graph import default_opset
 from onnxopt.model_io import load_onnx, save_onnx
 
 
@@ -40,8 +41,9 @@ def _outputs(model: onnx.ModelProto, name: str, x: np.ndarray, source: Path) -> 
         )
         return session.run(None, {name: x})[0]
     except Exception as exc:  # onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{source}: onnxruntime could not run the model ({first})") from None
+        raise ExportError(
+            f"{source}: onnxruntime could not run the model ({first_line(exc)})"
+        ) from None
 
 
 def _samples(model: onnx.ModelProto, source: Path) -> list[np.ndarray]:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import onnx
 
-from onnxopt.errors import ModelLoadError
+from onnxopt.errors import ModelLoadError, first_line
 from onnxopt.exporters.conversion_check import check_conversion
+from onnxopt.graph import default_opset, is_default_domain
 from onnxopt.model_io import load_onnx
 
 LIFT_MIN_ELEMENTS = 16
@@ -47,11 +48,6 @@ class UserModel:
         for note in self.notes:
             print(f"note: {note}", file=sys.stderr)
         return self.model
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    """The model's opset for the default ('') domain (0 when it declares none)."""
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def load_user_model(path: Path, *, opset: int | None = None, lower: bool = False) -> UserModel:
@@ -119,7 +115,7 @@ def _constants_as_weights(model: onnx.ModelProto, source: str) -> tuple[onnx.Mod
         out = ir.serde.serialize_model(ir_model)
     except Exception as exc:  # onnx_ir raises SerdeError, TypeError, ValueError on bad protos
         raise ModelLoadError(
-            f"{source} holds malformed tensors or attributes ({_first_line(exc)}); "
+            f"{source} holds malformed tensors or attributes ({first_line(exc, 200)}); "
             "re-export or re-download the model"
         ) from None
     notes = []
@@ -194,16 +190,13 @@ def convert_opset(
 
 def _converter_reason(exc: Exception, model: onnx.ModelProto) -> str:
     # The converter's messages are C++ assertions with unformatted '%s': name unknown ops.
-    ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    ops = {n.op_type for n in model.graph.node if is_default_domain(n.domain)}
     unknown = sorted(op for op in ops if not onnx.defs.has(op))
     if unknown:
         return f"op {_names(unknown)} is not (or no longer) part of ONNX"
-    return re.sub(r"^.*Assertion `.*` failed: ", "", _first_line(exc))
+    return re.sub(r"^.*Assertion `.*` failed: ", "", first_line(exc, 200))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _names(names: list[str], limit: int = 6) -> str:

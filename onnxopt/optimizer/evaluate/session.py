@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from onnxopt.errors import DataError, EvaluationError, ModelLoadError, UsageError, did_you_mean
+from onnxopt.errors import (
+    DataError,
+    EvaluationError,
+    ModelLoadError,
+    UsageError,
+    did_you_mean,
+    first_line,
+)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -66,9 +73,7 @@ class ClassifierIO:
 
 def ort_error_line(exc: BaseException) -> str:
     """The first line of an onnxruntime error, without the ``[ONNXRuntimeError] : N :`` prefix."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return _ORT_PREFIX.sub("", line).replace(" : ", ": ", 1)
+    return _ORT_PREFIX.sub("", first_line(exc, 10_000)).replace(" : ", ": ", 1)
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxopt.errors import RewriteError
+from onnxopt.errors import RewriteError, first_line
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,9 @@ def calibrate(
                     calibrator.collect_data(_Reader(input_name, [x[start : start + batch_size]]))
                 data = calibrator.compute_data()
         except Exception as exc:  # onnxruntime raises many kinds here
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RewriteError(f"calibration failed in onnxruntime: {first}") from None
+            raise RewriteError(
+                f"calibration failed in onnxruntime: {first_line(exc)}"
+            ) from None
     return {name: _range(td) for name, td in data.items()}
 
 

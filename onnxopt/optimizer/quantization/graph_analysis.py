@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.graph import const_array
+
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
 
 # Ops whose output is non-negative whatever their input.
@@ -23,32 +25,20 @@ _UNSIGNED_TYPES = frozenset(
 _MAX_DEPTH = 64
 
 
-def const_array(value: ir.Value | None, graph: ir.Graph) -> np.ndarray | None:
-    """The value's constant data (initializer or Constant node), None if not constant.
-
-    An initializer that is also a graph input can be overridden at run time, so it does
-    not count as constant.
-    """
-    if value is None or value in graph.inputs:
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
-
-
-def _all_const(value: ir.Value | None, graph: ir.Graph, predicate) -> bool:
-    array = const_array(value, graph)
+def _all_const(value: ir.Value | None, predicate) -> bool:
+    array = const_array(value)
     return array is not None and bool(np.all(predicate(array)))
 
 
-def _dq_is_nonneg(node: ir.Node, graph: ir.Graph) -> bool:
+def _dq_is_nonneg(node: ir.Node) -> bool:
     codes, scale = node.inputs[0], node.inputs[1]
     zero_point = node.inputs[2] if len(node.inputs) > 2 else None
     unsigned = codes is not None and codes.dtype in _UNSIGNED_TYPES
-    zp_zero = zero_point is None or _all_const(zero_point, graph, lambda a: a == 0)
-    return unsigned and zp_zero and _all_const(scale, graph, lambda a: a > 0)
+    zp_zero = zero_point is None or _all_const(zero_point, lambda a: a == 0)
+    return unsigned and zp_zero and _all_const(scale, lambda a: a > 0)
 
 
-def is_nonneg(value: ir.Value | None, graph: ir.Graph, _depth: int = 0) -> bool:
+def is_nonneg(value: ir.Value | None, _depth: int = 0) -> bool:
     """Whether the value is provably non-negative from the ops that produce it.
 
     Graph inputs and anything not recognized count as possibly negative.
@@ -62,15 +52,15 @@ def is_nonneg(value: ir.Value | None, graph: ir.Graph, _depth: int = 0) -> bool:
     if (
         op == "Clip"
         and len(node.inputs) > 1
-        and _all_const(node.inputs[1], graph, lambda a: a >= 0)
+        and _all_const(node.inputs[1], lambda a: a >= 0)
     ):
         return True
     if op == "DequantizeLinear":
-        return _dq_is_nonneg(node, graph)
+        return _dq_is_nonneg(node)
     if op == "Concat":
-        return all(is_nonneg(v, graph, _depth + 1) for v in node.inputs)
+        return all(is_nonneg(v, _depth + 1) for v in node.inputs)
     if op in _SIGN_PRESERVING_OPS:
-        return is_nonneg(node.inputs[0], graph, _depth + 1)
+        return is_nonneg(node.inputs[0], _depth + 1)
     return False
 
 
@@ -94,11 +84,11 @@ def _gemm_reason(node: ir.Node) -> str | None:
     return None
 
 
-def _bias_reason(node: ir.Node, graph: ir.Graph, out_channels: int) -> str | None:
+def _bias_reason(node: ir.Node, out_channels: int) -> str | None:
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     if bias is None:
         return None
-    array = const_array(bias, graph)
+    array = const_array(bias)
     if array is None:
         return "bias input is not a constant"
     if array.size != out_channels or array.shape[-1:] != (out_channels,):
@@ -106,7 +96,7 @@ def _bias_reason(node: ir.Node, graph: ir.Graph, out_channels: int) -> str | Non
     return None
 
 
-def unsupported_reason(node: ir.Node, graph: ir.Graph) -> str | None:
+def unsupported_reason(node: ir.Node) -> str | None:
     """Why the pass cannot quantize ``node``, or None when it can."""
     if node.domain != "" or node.op_type not in SUPPORTED_OPS:
         return f"op type {node.op_type!r} is not quantized (supported: {', '.join(SUPPORTED_OPS)})"
@@ -116,11 +106,11 @@ def unsupported_reason(node: ir.Node, graph: ir.Graph) -> str | None:
     data = node.inputs[0]
     if data is not None and data.dtype not in (None, ir.DataType.FLOAT):
         return f"input {data.name!r} is {data.dtype}, not float32"
-    weight = const_array(node.inputs[1], graph)
+    weight = const_array(node.inputs[1])
     if weight is None:
         return "weight input is not a constant initializer"
     if weight.dtype != np.float32:
         return f"weight is {weight.dtype}, not float32"
     if node.op_type != "Conv" and weight.ndim != 2:
         return f"{node.op_type} weight must be 2-D, got shape {list(weight.shape)}"
-    return _bias_reason(node, graph, weight.shape[weight_channel_axis(node)])
+    return _bias_reason(node, weight.shape[weight_channel_axis(node)])

@@ -10,16 +10,12 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import ConfigError, RewriteError
+from onnxopt.graph import Namer, const_array
 from onnxopt.optimizer.quantization.fixed_point import frac_for_range, quantize_fixed
-from onnxopt.optimizer.quantization.graph_analysis import (
-    const_array,
-    is_nonneg,
-    weight_channel_axis,
-)
+from onnxopt.optimizer.quantization.graph_analysis import is_nonneg, weight_channel_axis
 from onnxopt.optimizer.quantization.labels import ResolvedNode
 from onnxopt.optimizer.quantization.qdq_nodes import (
     ActivationQuant,
-    Names,
     activation_qdq,
     constant_dq,
 )
@@ -80,7 +76,7 @@ class NodeRewriter:
         self.storage = storage
         self.u8s8_exact = u8s8_exact
         self.u8u8_nodes: list[str] = []  # signed weights stored as uint8 (zero point 128)
-        self.names = Names(graph)
+        self.names = Namer(graph)
         self.bit_widths: dict[str, int] = {}
         self.notes: list[str] = []
         self._chains: dict[tuple[ir.Value, ActivationQuant], ir.Value] = {}
@@ -111,7 +107,7 @@ class NodeRewriter:
         )
 
     def _activation_quant(self, spec: TensorSpec, value: ir.Value) -> ActivationQuant:
-        signed = spec.signed if spec.signed is not None else not is_nonneg(value, self.graph)
+        signed = spec.signed if spec.signed is not None else not is_nonneg(value)
         return ActivationQuant.from_spec(spec, signed)
 
     def _quantize_input(self, node: ir.Node, spec: TensorSpec) -> ActivationQuant:
@@ -160,7 +156,7 @@ class NodeRewriter:
     def _quantize_weight(
         self, node: ir.Node, spec: TensorSpec
     ) -> tuple[int | np.ndarray, Container]:
-        weight = const_array(node.inputs[1], self.graph)
+        weight = const_array(node.inputs[1])
         assert weight is not None  # unsupported_reason() rejects non-constant weights
         signed = spec.signed if spec.signed is not None else True
         container = resolve_container(
@@ -181,7 +177,7 @@ class NodeRewriter:
         return fracs, container
 
     def _quantize_bias(self, node: ir.Node, spec: TensorSpec, acc_fracs: np.ndarray) -> None:
-        bias = const_array(node.inputs[2], self.graph)
+        bias = const_array(node.inputs[2])
         assert bias is not None  # unsupported_reason() rejects non-constant biases
         bias = bias.reshape(-1).astype(np.float64)
         signed = spec.signed if spec.signed is not None else True

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxopt.graph import Namer
 from onnxopt.optimizer.quantization.fixed_point import int_range, scale_of
 from onnxopt.optimizer.quantization.spec import (
     Container,
@@ -64,27 +65,7 @@ class ActivationQuant:
         return self.needs_clip and self.container is Container.UINT8
 
 
-class Names:
-    """Hands out value and node names unused in a graph."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self._used: set[str] = {v.name for v in graph.inputs if v.name}
-        self._used |= set(graph.initializers)
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            self._used |= {v.name for v in node.outputs if v.name}
-            if node.name:
-                self._used.add(node.name)
-
-    def __call__(self, base: str) -> str:
-        """A fresh name starting with ``base``."""
-        name, i = base, 1
-        while name in self._used:
-            name, i = f"{base}_{i}", i + 1
-        self._used.add(name)
-        return name
-
-
-def add_initializer(graph: ir.Graph, names: Names, base: str, array: np.ndarray) -> ir.Value:
+def add_initializer(graph: ir.Graph, names: Namer, base: str, array: np.ndarray) -> ir.Value:
     """Register ``array`` as a new initializer named after ``base``."""
     tensor = ir.tensor(array, name=names(base))
     # No type/shape on the value: the tensor carries them, and ir would write value_info.
@@ -106,7 +87,7 @@ def _typed_output(node: ir.Node, name: str, dtype: ir.DataType, like: ir.Value) 
     return out
 
 
-def _float_clip(graph: ir.Graph, names: Names, value: ir.Value, aq: ActivationQuant, prefix: str):
+def _float_clip(graph: ir.Graph, names: Namer, value: ir.Value, aq: ActivationQuant, prefix: str):
     lo, hi = int_range(aq.width, aq.signed)
     bounds = [np.array(b * scale_of(aq.frac), np.float32) for b in (lo, hi)]
     inits = [
@@ -118,7 +99,7 @@ def _float_clip(graph: ir.Graph, names: Names, value: ir.Value, aq: ActivationQu
 
 
 def activation_qdq(
-    graph: ir.Graph, names: Names, value: ir.Value, aq: ActivationQuant, prefix: str
+    graph: ir.Graph, names: Namer, value: ir.Value, aq: ActivationQuant, prefix: str
 ) -> tuple[list[ir.Node], ir.Value]:
     """Build ``Q -> (Clip) -> DQ`` (or ``Clip -> Q -> DQ`` for 16-bit) fed by ``value``.
 
@@ -159,7 +140,7 @@ def activation_qdq(
 
 
 def _widen_sub_byte(
-    names: Names, stored: ir.Value, container: Container, prefix: str
+    names: Namer, stored: ir.Value, container: Container, prefix: str
 ) -> tuple[list[ir.Node], ir.Value, Container]:
     """``Cast`` a packed INT4/INT2 initializer to its 8-bit container.
 
@@ -178,7 +159,7 @@ def _widen_sub_byte(
 
 def constant_dq(
     graph: ir.Graph,
-    names: Names,
+    names: Namer,
     ints: np.ndarray,
     container: Container,
     fracs: int | np.ndarray,
@@ -232,7 +213,7 @@ def fake_quant_model(aq: ActivationQuant, *, opset: int = 21) -> onnx.ModelProto
     """
     x = ir.val("x", ir.DataType.FLOAT, ["n"])
     graph = ir.Graph([x], [], nodes=[], opset_imports={"": opset}, name="fake_quant")
-    nodes, out = activation_qdq(graph, Names(graph), x, aq, "x")
+    nodes, out = activation_qdq(graph, Namer(graph), x, aq, "x")
     graph.extend(nodes)
     out.name = "y"
     graph.outputs.append(out)

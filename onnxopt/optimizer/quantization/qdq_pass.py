@@ -19,6 +19,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import DeduplicateInitializersPass
 
 from onnxopt.errors import ConfigError, RewriteError, did_you_mean
+from onnxopt.graph import default_opset
 from onnxopt.model_io import CHECK_ERRORS, check_full
 from onnxopt.optimizer.quantization.graph_analysis import unsupported_reason
 from onnxopt.optimizer.quantization.labels import HonestLabel, expected_kernel, node_labels
@@ -159,7 +160,7 @@ class QDQPass(ir.passes.FunctionalPass):
     def call(self, model: ir.Model) -> QuantizationPassResult:
         """Quantize a clone of ``model``; RewriteError when its opset is too low."""
         needed = required_opset(self.specs, self.storage)
-        have = model.opset_imports.get("", 1)
+        have = default_opset(model, missing=1)
         if have < needed:
             raise RewriteError(f"the specs need opset >= {needed}, the model has {have}")
         model = model.clone()
@@ -168,7 +169,7 @@ class QDQPass(ir.passes.FunctionalPass):
         rewriter = NodeRewriter(graph, self.storage, self.target.u8s8_exact)
         skipped, resolved = {}, []
         for node in nodes:
-            reason = unsupported_reason(node, graph)
+            reason = unsupported_reason(node)
             if reason is not None:
                 skipped[node.name] = reason
                 continue
@@ -202,7 +203,7 @@ def _record_bit_widths(model: ir.Model, bit_widths: Mapping[str, int]) -> None:
 
 
 def _raise_opset(proto: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, list[str]]:
-    have = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    have = default_opset(proto, missing=1)
     if have >= target:
         return proto, []
     try:
@@ -268,5 +269,5 @@ def quantize_model(
         f.name: getattr(result.report, f.name) for f in dataclasses.fields(QuantizationReport)
     }
     fields["notes"] = (*notes, *fields["notes"])
-    opset_used = next(o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx"))
+    opset_used = default_opset(quantized)
     return QuantizationResult(**fields, model=quantized, opset=opset_used)

@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from onnxopt.errors import UsageError
+from onnxopt.errors import UsageError, first_line
 
 STUDY_NAME = "onnxopt-search"
 JOURNAL_FILE = "study.journal"
@@ -67,8 +67,7 @@ def open_storage(spec: str) -> BaseStorage:
             f"cannot open {redact(spec)}: {exc}; install the database driver"
         ) from None
     except Exception as exc:  # sqlalchemy raises OperationalError, ArgumentError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot open storage {redact(spec)}: {first}") from None
+        raise UsageError(f"cannot open storage {redact(spec)}: {first_line(exc)}") from None
 
 
 def _rdb_storage(url: str) -> optuna.storages.RDBStorage:

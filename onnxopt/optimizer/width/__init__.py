@@ -72,13 +72,13 @@ from onnxopt.config.width import (
     Refit,
     WidthConfig,
 )
+from onnxopt.optimizer.width.analysis import analyze_channels
 from onnxopt.optimizer.width.groups import (
     ChannelAnalysis,
     ChannelGroup,
     Edit,
     EditKind,
     WeightNode,
-    analyze_channels,
 )
 from onnxopt.optimizer.width.rewrite import ChannelMap, WidthScalingPass
 from onnxopt.optimizer.width.scaler import (

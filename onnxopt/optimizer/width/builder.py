@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import numpy as np
 import onnx_ir as ir
 
+from onnxopt.graph import default_opset
 from onnxopt.optimizer.width.groups import (
     ChannelAnalysis,
     ChannelGroup,
@@ -31,31 +31,6 @@ class _Space:
     notes: list[str] = field(default_factory=list)
 
 
-def const_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's constant contents (initializer or Constant node), else None.
-
-    An initializer that is also a graph input can be overridden at run time: not a constant.
-    """
-    if value is None or value.is_graph_input():
-        return None
-    try:
-        tensor = ir.convenience.get_const_tensor(value)
-    except ValueError:
-        return None
-    return None if tensor is None else tensor.numpy()
-
-
-def attr_value(node: ir.Node, name: str, default):
-    """The value of a node's attribute, or ``default`` when it is not set."""
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.value
-
-
-def rank_of(value: ir.Value | None) -> int | None:
-    """The value's rank from shape inference, or None."""
-    return None if value is None or value.shape is None else len(value.shape)
-
-
 class Builder:
     """Spaces, the tensors assigned to them, and the weight nodes met on the way."""
 
@@ -71,8 +46,7 @@ class Builder:
         self.input_space: dict[int, int] = {}
         self.output_space: dict[int, int] = {}
         self.refusals: dict[int, tuple[str, int | None]] = {}
-        imports = graph.opset_imports
-        self.opset = int(imports.get("", imports.get("ai.onnx", 1)))
+        self.opset = default_opset(graph, missing=1)
         """The default-domain opset (op semantics such as Softmax's axis depend on it)."""
 
     # --- spaces -----------------------------------------------------------------------

@@ -14,7 +14,8 @@ from types import MappingProxyType
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.optimizer.width.builder import Builder, attr_value, const_array, rank_of
+from onnxopt.graph import attr_value, const_array, rank_of
+from onnxopt.optimizer.width.builder import Builder
 from onnxopt.optimizer.width.groups import Edit, EditKind
 from onnxopt.optimizer.width.weight_ops import conv, gemm, matmul
 

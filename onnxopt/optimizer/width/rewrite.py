@@ -9,7 +9,6 @@ the original did (Net2Net), and a shrunk one is the plain truncation that a refi
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from onnxopt.errors import RewriteError
-from onnxopt.optimizer.width.builder import const_array
+from onnxopt.graph import Namer, const_array
 from onnxopt.optimizer.width.groups import ChannelAnalysis, Edit, EditKind
 
 
@@ -122,23 +121,6 @@ def _update_shapes(graph: ir.Graph, tensors, width: int) -> None:
         value.shape = ir.Shape(dims)
 
 
-class Namer:
-    """Fresh value names for a graph (new initializers must not collide)."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self.used = {v.name for node in graph for v in (*node.inputs, *node.outputs) if v}
-        self.used |= set(graph.initializers) | {v.name for v in graph.inputs}
-
-    def fresh(self, base: str) -> str:
-        """``base`` with the first free ``_scaled<N>`` suffix."""
-        for n in itertools.count():
-            name = f"{base}_scaled{n or ''}"
-            if name not in self.used:
-                self.used.add(name)
-                return name
-        raise AssertionError("unreachable")
-
-
 def set_const_input(
     graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, names: Namer
 ) -> None:
@@ -155,7 +137,7 @@ def set_const_input(
         old.shape = ir.Shape(array.shape)
         return
     base = old.name if old is not None and old.name else f"{node.name or node.op_type}_in{index}"
-    name = names.fresh(base)
+    name = names(f"{base}_scaled")
     value = ir.Value(
         name=name,
         shape=ir.Shape(array.shape),

@@ -23,17 +23,13 @@ import onnx_ir as ir
 from onnxopt.config.width import Importance, Refit, WidthConfig
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import ConfigError, UsageError
+from onnxopt.graph import Namer, const_array
 from onnxopt.optimizer.width.activations import Calibration, model_feeds, run_values
-from onnxopt.optimizer.width.builder import const_array
-from onnxopt.optimizer.width.groups import (
-    ChannelAnalysis,
-    ChannelGroup,
-    WeightNode,
-    analyze_channels,
-)
+from onnxopt.optimizer.width.analysis import analyze_channels
+from onnxopt.optimizer.width.groups import ChannelAnalysis, ChannelGroup, WeightNode
 from onnxopt.optimizer.width.plan import channel_map, choose, importance, new_width, resolve
 from onnxopt.optimizer.width.refit import fit_consumer
-from onnxopt.optimizer.width.rewrite import ChannelMap, Namer, WidthScalingPass
+from onnxopt.optimizer.width.rewrite import ChannelMap, WidthScalingPass
 from onnxopt.optimizer.width.validate import validate_scaled
 from onnxopt.optimizer.width.writeback import write_fit
 

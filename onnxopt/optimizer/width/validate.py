@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import onnx
 
-from onnxopt.errors import ModelLoadError, RewriteError
+from onnxopt.errors import ModelLoadError, RewriteError, first_line
 from onnxopt.model_io import CHECK_ERRORS, check_full
 
 
@@ -39,17 +39,14 @@ def validate_scaled(
             check_full(base)
         except CHECK_ERRORS as base_exc:
             raise ModelLoadError(
-                f"the model does not validate even before width scaling ({_first_line(base_exc)}); "
+                f"the model does not validate even before width scaling ({first_line(base_exc)}); "
                 "re-export it or run `onnxopt export MODEL.onnx -o fixed.onnx` first"
             ) from None
         what = ", ".join(scaled) or "no group"
         raise RewriteError(
             f"width scaling ({what}) gave a model that does not validate "
-            f"({_first_line(exc)}); leave these groups unscaled and report the model"
+            f"({first_line(exc)}); leave these groups unscaled and report the model"
         ) from exc
     return model
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

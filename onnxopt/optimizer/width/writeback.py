@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.optimizer.width.builder import const_array
+from onnxopt.graph import Namer, const_array
 from onnxopt.optimizer.width.groups import WeightNode
 from onnxopt.optimizer.width.refit import Fit, weights_from_fit
-from onnxopt.optimizer.width.rewrite import Namer, set_const_input
+from onnxopt.optimizer.width.rewrite import set_const_input
 
 
 def write_fit(

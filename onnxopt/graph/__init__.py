@@ -1,0 +1,30 @@
+"""The onnx_ir helpers every stage shares: constants, attributes, ranks, opsets, fresh names.
+
+Graph code works on :mod:`onnx_ir`; protobuf ``ModelProto`` appears only at the file boundary
+(:mod:`onnxopt.model_io`) and the runtime boundary (:mod:`onnxopt.runtime`), converted with
+:func:`to_ir` and :func:`to_proto`.
+"""
+
+from onnxopt.graph.core import (
+    DEFAULT_DOMAINS,
+    Namer,
+    attr_value,
+    const_array,
+    default_opset,
+    is_default_domain,
+    rank_of,
+    to_ir,
+    to_proto,
+)
+
+__all__ = [
+    "DEFAULT_DOMAINS",
+    "Namer",
+    "attr_value",
+    "const_array",
+    "default_opset",
+    "is_default_domain",
+    "rank_of",
+    "to_ir",
+    "to_proto",
+]
