@@ -240,8 +240,15 @@ def export_cmd(ctx, model, recipe, weights, factory, input_shape, opset, output)
     )
 
 
+def _ort_model_path(_ctx, _param, value: Path) -> Path:
+    """onnxruntime opens a model by its UTF-8 name: other names are refused before any work."""
+    from onnxopt.model_io import require_utf8_name
+
+    return require_utf8_name(value)
+
+
 @main.command("evaluate")
-@click.argument("model", type=PathArg)
+@click.argument("model", type=PathArg, callback=_ort_model_path)
 @_data_options
 @click.option(
     "--split",

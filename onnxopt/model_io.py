@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,28 @@ def load_onnx(
     if external_data:
         _load_external_data(model, path)
     return model
+
+
+def require_utf8_name(path: Path) -> Path:
+    """``path``, if its name is valid UTF-8: onnxruntime opens model files by UTF-8 name only.
+
+    Linux file names are bytes; Python hands undecodable ones over with surrogate escapes,
+    which onnxruntime's ``InferenceSession`` refuses with an unrelated-looking TypeError.
+
+    Raises:
+        ModelLoadError: Naming the file (undecodable bytes as ``\\xff``) and a name to use.
+    """
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = raw.decode("utf-8", "backslashreplace")
+        name = os.fsencode(Path(path).name).decode("utf-8", "replace").replace("\ufffd", "_")
+        raise ModelLoadError(
+            f"{shown}: the file name is not valid UTF-8 and onnxruntime opens model files by "
+            f"UTF-8 name only; rename it (e.g. to {name!r})"
+        ) from None
+    return Path(path)
 
 
 def _check_file(path: Path) -> None:
