@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from onnxopt.atomic import atomic_path
+from onnxopt.config import bounds
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import ModelLoadError, UsageError
 from onnxopt.models.recipes import Recipe, get_recipe
@@ -68,13 +69,13 @@ def train(
 
     recipe = get_recipe(recipe_name)
     epochs = epochs if epochs is not None else recipe.epochs
-    if epochs < 1 or batch_size < 1:
-        raise UsageError("epochs and batch size must be at least 1")
+    _check_arguments(epochs, batch_size, learning_rate, seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     shape = input_shape_for(recipe, dataset)
     module = recipe.build(dataset.num_features, dataset.num_classes)
-    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate or recipe.learning_rate)
+    lr = recipe.learning_rate if learning_rate is None else learning_rate
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     x_train, y_train = _tensor(dataset.train.x, shape), torch.from_numpy(dataset.train.y)
     x_val = _tensor(dataset.val.x, shape)
@@ -102,6 +103,21 @@ def train(
     module.load_state_dict(best_state)
     module.eval()
     return TrainedModel(recipe_name, module, shape, dataset.num_classes, best_acc, epochs, seed)
+
+
+def _check_arguments(epochs: int, batch_size: int, learning_rate: float | None, seed: int) -> None:
+    """The bounds of :mod:`onnxopt.config.bounds`, for callers that bypass the CLI's."""
+    for what, value, low, high in (
+        ("epochs", epochs, 1, bounds.MAX_EPOCHS),
+        ("batch size", batch_size, 1, bounds.MAX_BATCH_SIZE),
+        ("seed", seed, 0, bounds.MAX_SEED),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise UsageError(f"{what} must be an integer in {low}..{high:,}, got {value!r}")
+    if learning_rate is not None and not 0 < learning_rate <= bounds.MAX_LEARNING_RATE:
+        raise UsageError(
+            f"learning rate must be in (0, {bounds.MAX_LEARNING_RATE:g}], got {learning_rate!r}"
+        )
 
 
 def save_weights(trained: TrainedModel, path: Path) -> None:
