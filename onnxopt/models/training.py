@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from torch import nn
 
 from onnxopt.atomic import atomic_path
 from onnxopt.config import bounds
-from onnxopt.data.dataset import Dataset
+from onnxopt.data.dataset import MAX_CLASSES, Dataset
 from onnxopt.errors import ModelLoadError, UsageError
 from onnxopt.models.recipes import Recipe, get_recipe
 
@@ -179,8 +180,8 @@ def load_weights(path: Path | str, recipe_name: str | None = None) -> TrainedMod
     if not name:
         raise ModelLoadError(f"{path} does not say which recipe it belongs to; pass --recipe")
     recipe = get_recipe(name)
-    shape = tuple(int(d) for d in payload["input_shape"])
-    module = recipe.build(int(np.prod(shape)), int(payload["num_classes"]))
+    shape, num_classes = _shape_and_classes(payload, path)
+    module = recipe.build(int(np.prod(shape)), num_classes)
     try:
         module.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
@@ -192,11 +193,39 @@ def load_weights(path: Path | str, recipe_name: str | None = None) -> TrainedMod
         name,
         module,
         shape,
-        int(payload["num_classes"]),
+        num_classes,
         float(payload.get("val_accuracy", float("nan"))),
         0,
         int(payload.get("seed", 0)),
     )
+
+
+MAX_FEATURES = 65_536
+"""Features per sample a recipe is built for from a weights file (digits 64, JSC 16): the file
+is data, and its layers are allocated from these numbers before the weights are checked."""
+
+
+def _shape_and_classes(payload: dict, path: Path) -> tuple[tuple[int, ...], int]:
+    """The input shape and class count a weights file names, checked before building on them."""
+    shape, classes = payload.get("input_shape"), payload.get("num_classes")
+    fix = "pass a file written by 'onnxopt train'"
+    ints = isinstance(shape, list | tuple) and all(_is_int(d) and d > 0 for d in shape)
+    if not ints or not shape:
+        raise ModelLoadError(f"{path}: input_shape {shape!r:.60} is not a list of sizes; {fix}")
+    if math.prod(shape) > MAX_FEATURES:
+        raise ModelLoadError(
+            f"{path}: input_shape {list(shape)} means {math.prod(shape):,} features, more than "
+            f"the {MAX_FEATURES:,} a recipe takes; {fix}"
+        )
+    if not (_is_int(classes) and 1 <= classes <= MAX_CLASSES):
+        raise ModelLoadError(
+            f"{path}: num_classes {classes!r:.60} is not a class count in 1..{MAX_CLASSES:,}; {fix}"
+        )
+    return tuple(int(d) for d in shape), int(classes)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_state_dict(path: Path | str) -> dict:
