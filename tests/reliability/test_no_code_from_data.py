@@ -90,6 +90,19 @@ def test_cli_train_h5_object_column(tmp_path: Path, cli) -> None:
     assert_one_line(outcome, "'j_evil'", "unpickles nothing")
 
 
+def test_cli_search_h5_object_column(tmp_path: Path, cli) -> None:
+    path, marker = evil_h5(tmp_path)
+    onnx.save_model(gemm_model(16, 5), str(tmp_path / "m.onnx"))
+    (tmp_path / "s.toml").write_text(
+        f'[model]\nonnx = "m.onnx"\n[data]\ndataset = "{path.name}"\n'
+        "[search.quantization.by_type.linear]\nweight_width = [4, 8]\n"
+        "[search.strategy]\nn_trials = 2\n"
+    )
+    outcome = cli("search", "s.toml", "--run-dir", "run", "--no-progress")
+    assert not marker.exists()
+    assert_one_line(outcome, "'j_evil'", "unpickles nothing")
+
+
 def _set_attr(path: Path, node: str, name: str, value: bytes) -> None:
     with h5py.File(path, "r+") as handle:
         handle[node].attrs[name] = np.bytes_(value)
