@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from onnxopt import __version__
+from onnxopt.config import bounds
 from onnxopt.errors import OnnxoptError, UsageError
 
 PathArg = click.Path(path_type=Path)
@@ -142,10 +143,23 @@ def _load_data(data_spec: str, data_format: str | None, label_column: str):
 @main.command("train")
 @click.argument("recipe")
 @_train_data_options
-@click.option("--epochs", type=int, default=None, help="Epochs (the recipe's default if unset).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", "learning_rate", type=float, default=None, help="Adam learning rate.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, bounds.MAX_EPOCHS),
+    default=None,
+    help="Epochs (the recipe's default if unset).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(1, bounds.MAX_BATCH_SIZE), default=64, show_default=True
+)
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=click.FloatRange(0, bounds.MAX_LEARNING_RATE, min_open=True),
+    default=None,
+    help="Adam learning rate.",
+)
+@click.option("--seed", type=click.IntRange(0, bounds.MAX_SEED), default=0, show_default=True)
 @click.option("-o", "--output", type=PathArg, required=True, help="Weights file to write (.pt).")
 def train_cmd(
     recipe, data_spec, data_format, label_column, epochs, batch_size, learning_rate, seed, output
@@ -240,8 +254,15 @@ def export_cmd(ctx, model, recipe, weights, factory, input_shape, opset, output)
     )
 
 
+def _ort_model_path(_ctx, _param, value: Path) -> Path:
+    """onnxruntime opens a model by its UTF-8 name: other names are refused before any work."""
+    from onnxopt.model_io import require_utf8_name
+
+    return require_utf8_name(value)
+
+
 @main.command("evaluate")
-@click.argument("model", type=PathArg)
+@click.argument("model", type=PathArg, callback=_ort_model_path)
 @_data_options
 @click.option(
     "--split",
@@ -249,11 +270,17 @@ def export_cmd(ctx, model, recipe, weights, factory, input_shape, opset, output)
     show_default=True,
     type=click.Choice(["train", "val", "test", "calibration"]),
 )
-@click.option("--threads", type=int, default=1, show_default=True, help="intra-op threads.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, bounds.MAX_THREADS),
+    default=1,
+    show_default=True,
+    help="intra-op threads.",
+)
 @click.option(
     "--batch-size",
     "batch_sizes",
-    type=int,
+    type=click.IntRange(1, bounds.MAX_BATCH_SIZE),
     multiple=True,
     default=(1, 256),
     show_default=True,

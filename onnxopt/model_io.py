@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,25 +14,56 @@ from onnxopt.errors import ModelLoadError
 _LFS_MAGIC = b"version https://git-lfs.github.com/spec"
 
 
-def load_onnx(path: Path, *, external_data: bool = True) -> onnx.ModelProto:
+def load_onnx(
+    path: Path, *, external_data: bool = True, notes: list[str] | None = None
+) -> onnx.ModelProto:
     """Load an ONNX model, or raise one clear :class:`ModelLoadError`.
 
     Besides the parse itself, the model must declare an IR version and opsets the installed
     onnx and onnxruntime read, and its main graph must be complete (every value a node or
-    output uses is defined): a file cut at a protobuf field boundary still parses.
+    output uses is defined): a file cut at a protobuf field boundary still parses. Sparse
+    tensors (sparse initializers, ``Constant`` nodes with a ``sparse_value``) are stored
+    dense, so every rewrite and metric sees them as ordinary weights.
 
     Args:
         path: the ``.onnx`` file.
         external_data: also read tensors stored beside the model (confined to its folder).
+        notes: when given, a line for the user is appended per change made (densified
+            sparse tensors).
     """
     path = Path(path)
     _check_file(path)
     model = _parse(path)
     check_versions(model, str(path))
     check_complete(model, str(path))
+    changed = densify_sparse_tensors(model, str(path))
+    if notes is not None:
+        notes.extend(changed)
     if external_data:
         _load_external_data(model, path)
     return model
+
+
+def require_utf8_name(path: Path) -> Path:
+    """``path``, if its name is valid UTF-8: onnxruntime opens model files by UTF-8 name only.
+
+    Linux file names are bytes; Python hands undecodable ones over with surrogate escapes,
+    which onnxruntime's ``InferenceSession`` refuses with an unrelated-looking TypeError.
+
+    Raises:
+        ModelLoadError: Naming the file (undecodable bytes as ``\\xff``) and a name to use.
+    """
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = raw.decode("utf-8", "backslashreplace")
+        name = os.fsencode(Path(path).name).decode("utf-8", "replace").replace("\ufffd", "_")
+        raise ModelLoadError(
+            f"{shown}: the file name is not valid UTF-8 and onnxruntime opens model files by "
+            f"UTF-8 name only; rename it (e.g. to {name!r})"
+        ) from None
+    return Path(path)
 
 
 def _check_file(path: Path) -> None:
@@ -121,7 +153,7 @@ def check_complete(model: onnx.ModelProto, source: str) -> None:
     """
     graph = model.graph
     defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    defined |= {t.name for t in graph.sparse_initializer}
+    defined |= {t.values.name for t in graph.sparse_initializer}  # named by its values
     defined |= {out for node in graph.node for out in node.output}
     for node in graph.node:
         missing = next((name for name in node.input if name and name not in defined), None)
@@ -137,6 +169,112 @@ def check_complete(model: onnx.ModelProto, source: str) -> None:
                 f"{source} is incomplete: graph output {output.name!r} is computed by no node "
                 "(truncated or corrupt?); re-export or re-download the model"
             )
+
+
+MAX_DENSE_BYTES = 2**31 - 2**20
+"""Largest sparse tensor densified (protobuf's 2 GB limit on an in-memory model)."""
+
+
+def densify_sparse_tensors(model: onnx.ModelProto, source: str) -> list[str]:
+    """Store every sparse tensor of ``model`` dense, in place; a note per kind changed.
+
+    Sparse initializers become initializers and ``Constant`` nodes' ``sparse_value`` becomes
+    ``value``, in the main graph and every subgraph: onnxruntime reads both forms alike, and
+    the rewrites and size metrics then see them as ordinary weights.
+
+    Raises:
+        ModelLoadError: A sparse tensor stored in an external file, with indices that do not
+            fit its shape, of a non-numeric type, or over :data:`MAX_DENSE_BYTES` dense.
+    """
+    initializers, constants = [], []
+    for graph in _graphs(model.graph):
+        for tensor in graph.sparse_initializer:
+            graph.initializer.append(_dense(tensor, source))
+            initializers.append(tensor.values.name)
+        del graph.sparse_initializer[:]
+        for node in graph.node:
+            for i, attr in enumerate(node.attribute):
+                if attr.name == "sparse_value" and node.op_type == "Constant":
+                    dense = _dense(attr.sparse_tensor, source)
+                    node.attribute[i].CopyFrom(onnx.helper.make_attribute("value", dense))
+                    constants.append(node.name or node.output[0])
+    notes = []
+    if initializers:
+        names = ", ".join(repr(n) for n in initializers[:6])
+        notes.append(f"{source}: {len(initializers)} sparse initializer(s) ({names}) stored dense")
+    if constants:
+        names = ", ".join(repr(n) for n in constants[:6])
+        notes.append(f"{source}: {len(constants)} sparse Constant node(s) ({names}) stored dense")
+    return notes
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                yield from _graphs(sub)
+
+
+def _dense(sparse: onnx.SparseTensorProto, source: str) -> onnx.TensorProto:
+    import numpy as np
+    from onnx import numpy_helper
+
+    name = sparse.values.name
+    what = f"{source}: sparse tensor {name!r}"
+    fix = "re-export the model with dense weights"
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in (sparse.values, sparse.indices)):
+        raise ModelLoadError(f"{what} keeps its values in an external file; {fix}")
+    dims = [int(d) for d in sparse.dims]
+    size = int(np.prod(dims, dtype=object)) if dims else 1
+    try:
+        values, indices = (
+            numpy_helper.to_array(sparse.values),
+            numpy_helper.to_array(sparse.indices),
+        )
+    except Exception as exc:  # onnx raises TypeError/ValueError on malformed tensors
+        raise ModelLoadError(f"{what} is malformed ({_first_line(exc)}); {fix}") from None
+    dense_bytes = size * values.dtype.itemsize
+    if min(dims, default=0) < 0 or dense_bytes > MAX_DENSE_BYTES:
+        raise ModelLoadError(
+            f"{what} of shape {dims} would take {_size(dense_bytes)} dense (limit "
+            f"{_size(MAX_DENSE_BYTES)}); {fix}"
+        )
+    flat = _linear_indices(indices, dims, size, len(values.reshape(-1)))
+    if flat is None or values.dtype.kind not in "biuf":
+        raise ModelLoadError(
+            f"{what} has indices that do not fit its shape {dims} and {values.size} values "
+            f"(or a non-numeric type); {fix}"
+        )
+    dense = np.zeros(size, dtype=values.dtype)
+    dense[flat] = values.reshape(-1)
+    return numpy_helper.from_array(dense.reshape(dims), name)
+
+
+def _linear_indices(indices, dims: list[int], size: int, nnz: int):
+    """Linear positions of a sparse tensor's values, or None when its indices are malformed.
+
+    ONNX allows ``[NNZ]`` linear indices or ``[NNZ, rank]`` coordinates.
+    """
+    import numpy as np
+
+    if indices.dtype.kind not in "iu":
+        return None
+    if indices.ndim == 2 and indices.shape == (nnz, len(dims)) and len(dims) > 0:
+        if nnz and ((indices < 0).any() or (indices >= np.array(dims)).any()):
+            return None
+        return np.ravel_multi_index(tuple(indices.T), dims) if nnz else indices[:, 0]
+    if indices.ndim == 1 and len(indices) == nnz:
+        inside = not nnz or (indices.min() >= 0 and indices.max() < size)
+        return indices if inside else None
+    return None
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:,} bytes"
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:

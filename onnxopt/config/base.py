@@ -40,9 +40,15 @@ def registered(names: Callable[[], Iterable[str]], what: str) -> AfterValidator:
 
 
 class StrictModel(BaseModel):
-    """Base of every config model: frozen, unknown keys forbidden."""
+    """Base of every config model: frozen, unknown keys forbidden, floats finite.
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    Numbers are declared ``StrictInt`` / ``StrictFloat`` / ``StrictBool`` with the bounds of
+    :mod:`onnxopt.config.bounds`: ``"20"``, ``true`` and ``20.0`` are not integers.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False
+    )
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -85,7 +91,9 @@ def _check_keys(data: Any, model: type[BaseModel], path: str) -> None:
                 _check_keys(value, sub, where)
 
 
-_SCALAR_TAGS = frozenset({"int", "float", "str", "bool", "none"})
+_SCALAR_TAGS = frozenset(
+    {"int", "float", "str", "bool", "none", "constrained-int", "constrained-float"}
+)
 
 
 def _where(loc: tuple, prefix: str) -> tuple[str, str]:

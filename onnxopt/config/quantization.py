@@ -24,13 +24,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool, StrictFloat, StrictInt
 
 from onnxopt.config.base import StrictModel, registered
 from onnxopt.runtime.cpu import target_names
 
-Width = Annotated[int, Field(ge=2, le=16)]
-FracWidth = int | Literal["auto", "NA"]
+MAX_FRAC = 32
+"""Fraction bits: scales from 2**32 down to 2**-32 (the quantizer's ``FRAC_LIMIT``)."""
+
+Width = Annotated[StrictInt, Field(ge=2, le=16)]
+FracWidth = Annotated[StrictInt, Field(ge=-MAX_FRAC, le=MAX_FRAC)] | Literal["auto", "NA"]
 OpTypeKey = Literal["gemm", "matmul", "conv", "linear"]
 StorageMode = Literal["container", "packed"]
 TargetCpu = Annotated[str, registered(target_names, "target CPU")]
@@ -46,7 +49,7 @@ OP_TYPES: dict[str, tuple[str, ...]] = {
 class LayerQuant(StrictModel):
     """How one layer (Gemm/MatMul/Conv) is quantized; every key optional in an overlay."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     data_in_width: Width = 8
     data_in_frac_width: FracWidth = "auto"
     weight_width: Width = 8
@@ -65,8 +68,8 @@ class Calibration(StrictModel):
     """How activation ranges are observed for ``"auto"`` fractions."""
 
     method: Literal["minmax", "percentile"] = "minmax"
-    percentile: float = Field(99.999, gt=0, le=100)
-    num_samples: int = Field(256, ge=1, le=100_000)
+    percentile: StrictFloat = Field(99.999, gt=0, le=100)
+    num_samples: StrictInt = Field(256, ge=1, le=100_000)
 
 
 class QuantizationConfig(StrictModel):

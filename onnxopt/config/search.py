@@ -57,11 +57,21 @@ starts from) and ``[search.search_space.seed.linear.config]`` with lists such as
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
+from onnxopt.config import bounds
 from onnxopt.config.base import StrictModel
 from onnxopt.config.quantization import (
     Calibration,
@@ -95,7 +105,7 @@ def _choices(item: Any) -> Any:
 class LayerChoices(StrictModel):
     """LayerQuant keys, each one value (fixed) or a list of choices for the search."""
 
-    enabled: _choices(bool) | None = None
+    enabled: _choices(StrictBool) | None = None
     data_in_width: _choices(Width) | None = None
     data_in_frac_width: _choices(FracWidth) | None = None
     weight_width: _choices(Width) | None = None
@@ -153,11 +163,11 @@ class Strategy(StrictModel):
     """How the study samples: sampler, budget and seed."""
 
     sampler: str = "tpe"
-    n_trials: int = Field(20, ge=1, le=1_000_000)
-    timeout: float | None = Field(None, gt=0)
-    seed: int = 0
-    sum_scaled_metrics: bool = False
-    workers: int = Field(1, ge=1, le=64)
+    n_trials: StrictInt = Field(20, ge=1, le=bounds.MAX_TRIALS)
+    timeout: StrictFloat | None = Field(None, gt=0, le=bounds.MAX_TIMEOUT_S)
+    seed: StrictInt = Field(0, ge=0, le=bounds.MAX_SEED)
+    sum_scaled_metrics: StrictBool = False
+    workers: StrictInt = Field(1, ge=1, le=bounds.MAX_WORKERS)
     enqueue: tuple[dict[str, float | int | str], ...] = ()
     """Points to evaluate first (parameter name -> value, as stored in the study)."""
 
@@ -168,30 +178,44 @@ class Strategy(StrictModel):
             raise ValueError(f"unknown sampler {value!r}; {did_you_mean(value, SAMPLERS)}")
         return value
 
+    @model_validator(mode="after")
+    def _worker_seeds(self) -> Strategy:
+        top = self.seed + self.workers - 1  # worker i samples with seed + i
+        if top > bounds.MAX_SEED:
+            raise ValueError(
+                f"seed {self.seed} with {self.workers} workers gives worker {self.workers - 1} "
+                f"seed {top}, above {bounds.MAX_SEED} (2**32 - 1, numpy's largest seed); "
+                f"use a seed <= {bounds.MAX_SEED - self.workers + 1}"
+            )
+        return self
+
 
 class Metric(StrictModel):
     """One objective: its direction (default by metric) and the scale of its scaled value."""
 
     direction: Literal["maximize", "minimize"] | None = None
-    scale: float = Field(1.0, gt=0)
+    scale: StrictFloat = Field(1.0, gt=0, le=bounds.MAX_SCALE)
 
 
 class Constraints(StrictModel):
     """Feasibility limits; infeasible trials never win."""
 
-    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
-    max_latency_ms: float | None = Field(None, gt=0)
-    max_size_bytes: int | None = Field(None, gt=0)
+    max_accuracy_drop: StrictFloat | None = Field(None, ge=0, le=1)
+    max_latency_ms: StrictFloat | None = Field(None, gt=0, le=bounds.MAX_LATENCY_MS)
+    max_size_bytes: StrictInt | None = Field(None, gt=0, le=bounds.MAX_SIZE_BYTES)
+
+
+BatchSize = Annotated[StrictInt, Field(ge=1, le=bounds.MAX_BATCH_SIZE)]
 
 
 class Evaluation(StrictModel):
     """How each trial is measured (a short latency budget keeps trials cheap)."""
 
-    batch_sizes: tuple[int, ...] = (1, 256)
-    threads: int = Field(1, ge=1)
-    warmup: int = Field(2, ge=0)
-    repeats: int = Field(5, ge=1)
-    min_time_s: float = Field(0.005, ge=0)
+    batch_sizes: tuple[BatchSize, ...] = Field((1, 256), min_length=1)
+    threads: StrictInt = Field(1, ge=1, le=bounds.MAX_THREADS)
+    warmup: StrictInt = Field(2, ge=0, le=bounds.MAX_WARMUP)
+    repeats: StrictInt = Field(5, ge=1, le=bounds.MAX_REPEATS)
+    min_time_s: StrictFloat = Field(0.005, ge=0, le=bounds.MAX_MIN_TIME_S)
 
 
 class Search(StrictModel):
@@ -226,6 +250,13 @@ class Search(StrictModel):
         return given or ("maximize" if metric in MAXIMIZED else "minimize")
 
 
+MAX_SAMPLE = bounds.MAX_INPUT_ELEMENTS
+InputShape = Annotated[
+    tuple[Annotated[StrictInt, Field(ge=1, le=MAX_SAMPLE)], ...],
+    Field(min_length=1, max_length=bounds.MAX_INPUT_RANK),
+]
+
+
 class ModelSource(StrictModel):
     """Where the base model comes from: a recipe trained on the fly, an ONNX file, or a torch
     factory ``package.module:function`` with its weights (a state dict)."""
@@ -234,11 +265,11 @@ class ModelSource(StrictModel):
     onnx: Path | None = None
     factory: str | None = None
     weights: Path | None = None
-    input_shape: tuple[int, ...] | None = None
+    input_shape: InputShape | None = None
     output: str | None = None
     """The class-score output's name, when the model has several outputs."""
-    seed: int = 0
-    epochs: int | None = Field(None, ge=1)
+    seed: StrictInt = Field(0, ge=0, le=bounds.MAX_SEED)
+    epochs: StrictInt | None = Field(None, ge=1, le=bounds.MAX_EPOCHS)
 
     @model_validator(mode="after")
     def _one(self) -> ModelSource:
@@ -249,8 +280,11 @@ class ModelSource(StrictModel):
             raise ValueError("model.factory needs model.input_shape (per sample, e.g. [64])")
         if self.factory is None and (self.weights is not None or self.input_shape is not None):
             raise ValueError("model.weights and model.input_shape go with model.factory only")
-        if self.input_shape is not None and any(d <= 0 for d in self.input_shape):
-            raise ValueError(f"model.input_shape {list(self.input_shape)} must be positive")
+        if self.input_shape is not None and math.prod(self.input_shape) > MAX_SAMPLE:
+            raise ValueError(
+                f"model.input_shape {list(self.input_shape)} has "
+                f"{math.prod(self.input_shape):,} elements per sample, above {MAX_SAMPLE:,}"
+            )
         return self
 
 
@@ -286,13 +320,14 @@ def load_search_config(
     path: Path, *, n_trials: int | None = None, workers: int | None = None
 ) -> SearchConfig:
     """Load a search TOML file (paths relative to it), optionally overriding the strategy's
-    ``n_trials`` and ``workers`` (command-line options)."""
-    from onnxopt.config.base import load_toml
+    ``n_trials`` and ``workers`` (command-line options), which are validated like the file."""
+    from onnxopt.config.base import load_toml, validate
 
     config = load_toml(path, SearchConfig).resolve_paths(Path(path).parent)
     update = {k: v for k, v in (("n_trials", n_trials), ("workers", workers)) if v is not None}
     if update:
-        strategy = config.search.strategy.model_copy(update=update)
-        search = config.search.model_copy(update={"strategy": strategy})
-        config = config.model_copy(update={"search": search})
+        data = config.model_dump(exclude_unset=True)
+        data.setdefault("search", {}).setdefault("strategy", {}).update(update)
+        options = " and ".join(f"--{k.replace('_', '-')} {v}" for k, v in update.items())
+        config = validate(SearchConfig, data, source=f"{path} with {options}")
     return config

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, StrictFloat, field_validator
 
 from onnxopt.config.base import StrictModel
 
@@ -78,7 +78,8 @@ def _as_tuple(value: object) -> object:
     return value
 
 
-Multipliers = Annotated[tuple[float, ...], BeforeValidator(_as_tuple)]
+Multipliers = Annotated[tuple[StrictFloat, ...], BeforeValidator(_as_tuple)]
+"""Bounded by :data:`MIN_MULTIPLIER` and :data:`MAX_MULTIPLIER` in ``LayerWidth``'s validator."""
 
 
 class LayerWidth(StrictModel):
@@ -120,7 +121,7 @@ class WidthConfig(StrictModel):
     layers: dict[str, LayerWidth] = Field(default_factory=dict)
     importance: Importance = Importance.ACTIVATION
     refit: Refit = Refit.RIDGE
-    ridge: float = Field(1e-3, ge=0.0, le=10.0)
+    ridge: StrictFloat = Field(1e-3, ge=0.0, le=10.0)
 
     def needs_calibration(self) -> bool:
         """True when scaling with this config may read calibration activations.

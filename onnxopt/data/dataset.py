@@ -9,6 +9,11 @@ import numpy as np
 
 from onnxopt.errors import DataError
 
+MAX_CLASSES = 65_536
+"""Labels are class indices below this. The class count is the largest label + 1, and counts,
+one-hot targets and score columns are allocated per class: a stray 2**40 must be refused,
+not allocated (8 TiB). 65,536 is three times ImageNet-21k's 21,841 classes."""
+
 
 @dataclass(frozen=True)
 class Split:
@@ -107,6 +112,11 @@ def calibration_subset(train: Split, size: int, seed: int) -> Split:
 
 def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate and normalise features/labels: float32 features, int64 labels 0..K-1, finite."""
+    if np.iscomplexobj(x):
+        raise DataError(
+            f"{where}: features are complex ({np.asarray(x).dtype}); onnxopt feeds real numbers: "
+            "store the real and imaginary parts as separate features"
+        )
     try:
         x = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as exc:
@@ -120,14 +130,19 @@ def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, 
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{where}: labels must be one integer per sample, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-            y = y.astype(np.int64)
-        else:
-            raise DataError(
-                f"{where}: labels must be integers 0..K-1, got dtype {y.dtype} with non-integer "
-                "values; store one class index per sample"
-            )
+    if len(x) != len(y):
+        raise DataError(f"{where}: {len(x)} samples but {len(y)} labels; give one label per sample")
+    integral = np.issubdtype(y.dtype, np.integer)
+    if not integral and not (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)):
+        raise DataError(
+            f"{where}: labels must be integers 0..K-1, got dtype {y.dtype} with non-integer "
+            "values; store one class index per sample"
+        )
+    if len(y) and y.max() >= MAX_CLASSES:  # before anything allocates one slot per class
+        raise DataError(
+            f"{where}: label {int(y.max()):,} is not a class index: labels must be 0..K-1 "
+            f"with fewer than {MAX_CLASSES:,} classes; map the labels to 0..K-1"
+        )
     y = y.astype(np.int64)
     if len(y) and y.min() < 0:
         raise DataError(

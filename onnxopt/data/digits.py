@@ -46,7 +46,7 @@ def load_digits() -> Dataset:
     pixels, target = digits_arrays()
     x = (pixels / 16.0).astype(np.float32)
     y = target.astype(np.int64)
-    with np.load(SPLIT_FILE) as idx:
+    with np.load(SPLIT_FILE, allow_pickle=False) as idx:
         train, val, test = (Split(x[idx[k]], y[idx[k]]) for k in ("train", "val", "test"))
     return Dataset(
         name="digits",

@@ -8,8 +8,9 @@ Two on-disk formats of the same data are read:
   ``j_<feature>`` (:data:`H5_FEATURES`, matched case-insensitively, so ``j_zlogZ`` and
   ``j_zlogz`` both work) and one-hot labels ``j_g, j_q, j_w, j_z, j_t``. Other ``j_*``
   columns (``j_pt``, ``j_eta``, ``j_index``, ...) are ignored. The table may be a pandas
-  ``to_hdf`` frame (PyTables, fixed or table format), an h5py compound dataset (the
-  original files, as read by MASE) or an h5py group of one 1-D dataset per column.
+  ``to_hdf`` frame (PyTables, fixed or table format; read with h5py, never unpickled: see
+  :mod:`onnxopt.data.h5_pandas`), an h5py compound dataset (the original files, as read by
+  MASE) or an h5py group of one 1-D dataset per column.
 
 Labels: g=0, q=1, w=2, z=3, t=4 in both formats (the order of the h5 one-hot columns).
 Note the hls4ml tutorial's ``LabelEncoder`` on the OpenML table gives alphabetical
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onnxopt.data.dataset import Dataset, Split, calibration_subset, check_arrays
+from onnxopt.data.h5_pandas import is_pandas_frame, read_pandas_frame
 from onnxopt.data.user_files import MIN_SAMPLES, numeric_matrix, read_table, require_file, shown
 from onnxopt.errors import DataError
 
@@ -138,8 +140,8 @@ def _require_columns(columns: Sequence[str], wanted: Sequence[str], path: Path, 
 
 
 def _read_h5_table(path: Path, key: str) -> pd.DataFrame:
+    """The table as a frame, read with h5py only: pandas' reader unpickles (see h5_pandas)."""
     import h5py
-    import pandas as pd
 
     try:
         with h5py.File(path, "r") as handle:
@@ -149,16 +151,20 @@ def _read_h5_table(path: Path, key: str) -> pd.DataFrame:
                     f"expected {_H5_WHAT}"
                 )
             node = handle[key]
-            if not (isinstance(node, h5py.Group) and "pandas_type" in node.attrs):
-                return _h5py_frame(path, key, node)
+            if is_pandas_frame(node):  # written by pandas' to_hdf (PyTables)
+                return read_pandas_frame(node, f"{path} [{key}]")
+            return _h5py_frame(path, key, node)
     except OSError as exc:
+        if "plugin" in str(exc) or "filter" in str(exc):  # HDF5 looked for a filter plugin
+            raise DataError(
+                f"{path}: compressed with a filter h5py does not have (blosc or bzip2?); "
+                "write it again uncompressed or with complib='zlib'"
+            ) from None
         raise DataError(
             f"{path}: cannot read as HDF5 ({_first_line(exc)}); check the file"
         ) from None
-    try:  # written by pandas (PyTables)
-        return pd.read_hdf(path, key=key)
-    except (OSError, ValueError, TypeError, ImportError) as exc:
-        raise DataError(f"{path}: cannot read pandas table '{key}' ({_first_line(exc)})") from None
+    except (ValueError, TypeError, KeyError) as exc:  # h5py on a malformed layout
+        raise DataError(f"{path}: cannot read table '{key}' ({_first_line(exc)})") from None
 
 
 def _h5py_frame(path: Path, key: str, node: object) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Fit dataset features to a model input: reshape flat features and cast to the input dtype."""
+"""Fit dataset features to a model input: reshape flat features, cast to the input dtype, and
+check that a batch of them fits in memory."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from onnxopt.errors import DataError
+from onnxopt.errors import DataError, UsageError
+
+MAX_BATCH_BYTES = 1 << 30
+"""Largest input batch built for a measurement: 1 GiB (65,536 JSC or digits rows are 4 and
+16 MiB; 65,536 RGB 224 x 224 images would be 37 GiB)."""
 
 
 def adapt_inputs(
@@ -85,3 +90,37 @@ def onnx_input_shape(model) -> list[int | str | None]:
     """The first graph input's shape of an ``onnx.ModelProto`` (symbolic dims as names)."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
+def check_batch_bytes(sample: np.ndarray, batch_size: int, *, available: int | None = None) -> int:
+    """Refuse a batch of ``batch_size`` rows shaped like ``sample`` that would not fit.
+
+    Batch sizes are bounded at load (:data:`onnxopt.config.bounds.MAX_BATCH_SIZE`), but what a
+    batch costs depends on the data. The input batch alone must fit in :data:`MAX_BATCH_BYTES`
+    and in half the memory available now (onnxruntime needs room for activations too).
+
+    Args:
+        sample: Model-ready rows (``(N, ...)``); only their shape and dtype matter.
+        batch_size: Rows in the batch about to be built.
+        available: Free memory in bytes (default: psutil's available memory).
+
+    Returns:
+        The batch's size in bytes.
+
+    Raises:
+        UsageError: Naming the batch size, its bytes and the largest batch size that fits.
+    """
+    row = int(np.prod(sample.shape[1:], dtype=np.int64)) * sample.dtype.itemsize
+    need = row * int(batch_size)
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    limit = min(MAX_BATCH_BYTES, available // 2)
+    if need > limit:
+        raise UsageError(
+            f"batch size {batch_size:,} of samples shaped {list(sample.shape[1:])} "
+            f"({sample.dtype}) needs {need / 2**30:.1f} GiB for its input alone, over the "
+            f"{limit / 2**30:.1f} GiB a batch may take here; use a batch size <= {limit // row:,}"
+        )
+    return need

@@ -61,7 +61,9 @@ def read_table(path: Path) -> pd.DataFrame:
     require_file(path)
     parquet = path.suffix.lower() in (".parquet", ".pq")
     try:
-        return pd.read_parquet(path) if parquet else pd.read_csv(path)
+        # pyarrow >= 14.0.1 unpickles no extension types (CVE-2023-47248); pandas' metadata
+        # in the file is JSON. Both tested with hostile files in tests/reliability.
+        return pd.read_parquet(path, engine="pyarrow") if parquet else pd.read_csv(path)
     except (OSError, ValueError) as exc:
         kind = "parquet" if parquet else "CSV"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -78,6 +80,12 @@ def numeric_matrix(frame: pd.DataFrame, columns: Sequence[str], where: str) -> n
         raise DataError(
             f"{where}: feature columns {shown(text)} are not numeric; "
             "convert them to numbers or drop them"
+        )
+    complex_ = [c for c in columns if frame[c].dtype.kind == "c"]
+    if complex_:
+        raise DataError(
+            f"{where}: feature columns {shown(complex_)} are complex; onnxopt feeds real "
+            "numbers: store the real and imaginary parts as separate real columns"
         )
     values = frame[columns].to_numpy()  # the file's own dtype (float32 stays float32)
     if values.dtype.kind not in "iuf":
@@ -176,7 +184,10 @@ def _wrap(
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    require_file(path)
+    if require_file(path).stat().st_size == 0:
+        raise DataError(
+            f"{path}: is empty (0 bytes); save the data with np.savez(path, x=features, y=labels)"
+        )
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -186,7 +197,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             )
         with archive:
             return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: cut short
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
             f"{path}: cannot read as .npz ({first}); save numeric arrays with np.savez"

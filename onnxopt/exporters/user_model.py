@@ -62,7 +62,10 @@ def load_user_model(path: Path, *, opset: int | None = None, lower: bool = False
     Raises:
         ModelLoadError: The file cannot be read, or the model cannot be prepared.
     """
-    return prepare_user_model(load_onnx(path), str(path), opset=opset, lower=lower)
+    notes: list[str] = []
+    model = load_onnx(path, notes=notes)  # notes: sparse tensors made dense
+    prepared = prepare_user_model(model, str(path), opset=opset, lower=lower)
+    return UserModel(prepared.model, (*notes, *prepared.notes))
 
 
 def prepare_user_model(

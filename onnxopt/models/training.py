@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,8 @@ import torch
 from torch import nn
 
 from onnxopt.atomic import atomic_path
-from onnxopt.data.dataset import Dataset
+from onnxopt.config import bounds
+from onnxopt.data.dataset import MAX_CLASSES, Dataset
 from onnxopt.errors import ModelLoadError, UsageError
 from onnxopt.models.recipes import Recipe, get_recipe
 
@@ -68,13 +70,13 @@ def train(
 
     recipe = get_recipe(recipe_name)
     epochs = epochs if epochs is not None else recipe.epochs
-    if epochs < 1 or batch_size < 1:
-        raise UsageError("epochs and batch size must be at least 1")
+    _check_arguments(epochs, batch_size, learning_rate, seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     shape = input_shape_for(recipe, dataset)
     module = recipe.build(dataset.num_features, dataset.num_classes)
-    optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate or recipe.learning_rate)
+    lr = recipe.learning_rate if learning_rate is None else learning_rate
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     x_train, y_train = _tensor(dataset.train.x, shape), torch.from_numpy(dataset.train.y)
     x_val = _tensor(dataset.val.x, shape)
@@ -102,6 +104,21 @@ def train(
     module.load_state_dict(best_state)
     module.eval()
     return TrainedModel(recipe_name, module, shape, dataset.num_classes, best_acc, epochs, seed)
+
+
+def _check_arguments(epochs: int, batch_size: int, learning_rate: float | None, seed: int) -> None:
+    """The bounds of :mod:`onnxopt.config.bounds`, for callers that bypass the CLI's."""
+    for what, value, low, high in (
+        ("epochs", epochs, 1, bounds.MAX_EPOCHS),
+        ("batch size", batch_size, 1, bounds.MAX_BATCH_SIZE),
+        ("seed", seed, 0, bounds.MAX_SEED),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise UsageError(f"{what} must be an integer in {low}..{high:,}, got {value!r}")
+    if learning_rate is not None and not 0 < learning_rate <= bounds.MAX_LEARNING_RATE:
+        raise UsageError(
+            f"learning rate must be in (0, {bounds.MAX_LEARNING_RATE:g}], got {learning_rate!r}"
+        )
 
 
 def save_weights(trained: TrainedModel, path: Path) -> None:
@@ -163,8 +180,8 @@ def load_weights(path: Path | str, recipe_name: str | None = None) -> TrainedMod
     if not name:
         raise ModelLoadError(f"{path} does not say which recipe it belongs to; pass --recipe")
     recipe = get_recipe(name)
-    shape = tuple(int(d) for d in payload["input_shape"])
-    module = recipe.build(int(np.prod(shape)), int(payload["num_classes"]))
+    shape, num_classes = _shape_and_classes(payload, path)
+    module = recipe.build(int(np.prod(shape)), num_classes)
     try:
         module.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
@@ -176,11 +193,39 @@ def load_weights(path: Path | str, recipe_name: str | None = None) -> TrainedMod
         name,
         module,
         shape,
-        int(payload["num_classes"]),
+        num_classes,
         float(payload.get("val_accuracy", float("nan"))),
         0,
         int(payload.get("seed", 0)),
     )
+
+
+MAX_FEATURES = 65_536
+"""Features per sample a recipe is built for from a weights file (digits 64, JSC 16): the file
+is data, and its layers are allocated from these numbers before the weights are checked."""
+
+
+def _shape_and_classes(payload: dict, path: Path) -> tuple[tuple[int, ...], int]:
+    """The input shape and class count a weights file names, checked before building on them."""
+    shape, classes = payload.get("input_shape"), payload.get("num_classes")
+    fix = "pass a file written by 'onnxopt train'"
+    ints = isinstance(shape, list | tuple) and all(_is_int(d) and d > 0 for d in shape)
+    if not ints or not shape:
+        raise ModelLoadError(f"{path}: input_shape {shape!r:.60} is not a list of sizes; {fix}")
+    if math.prod(shape) > MAX_FEATURES:
+        raise ModelLoadError(
+            f"{path}: input_shape {list(shape)} means {math.prod(shape):,} features, more than "
+            f"the {MAX_FEATURES:,} a recipe takes; {fix}"
+        )
+    if not (_is_int(classes) and 1 <= classes <= MAX_CLASSES):
+        raise ModelLoadError(
+            f"{path}: num_classes {classes!r:.60} is not a class count in 1..{MAX_CLASSES:,}; {fix}"
+        )
+    return tuple(int(d) for d in shape), int(classes)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_state_dict(path: Path | str) -> dict:
