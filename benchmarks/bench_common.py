@@ -12,14 +12,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxopt.optimizer.evaluate import make_session, measure_latency
+from onnxopt.optimizer.evaluate import measure_latency
+from onnxopt.runtime import get_backend
 
 BATCH_SIZES = (1, 256)
 
 
 def interleaved_latency(paths: dict[str, Path], sample: np.ndarray, rounds: int) -> dict:
     """Median over rounds of each model's per-round median latency (ms) per batch size."""
-    sessions = {label: make_session(path, threads=1) for label, path in paths.items()}
+    backend = get_backend()
+    sessions = {label: backend.load(path, threads=1) for label, path in paths.items()}
     labels = list(sessions)
     per_round: dict[str, dict[int, list[float]]] = {
         label: {b: [] for b in BATCH_SIZES} for label in labels

@@ -34,10 +34,11 @@ from onnxopt.data.shaping import adapt_inputs, onnx_input_shape
 from onnxopt.exporters.torch_onnx import export_module
 from onnxopt.model_io import load_onnx, save_onnx
 from onnxopt.models.training import train
-from onnxopt.optimizer.evaluate import evaluate_model, fused_kernels
+from onnxopt.optimizer.evaluate import evaluate_model
 from onnxopt.optimizer.evaluate.latency import make_batch
-from onnxopt.optimizer.evaluate.session import session_options
 from onnxopt.optimizer.quantization.quantizer import Quantizer
+from onnxopt.runtime.kernels import kernel_facts
+from onnxopt.runtime.ort import session_options
 
 RECIPES = ("digits-wide", "digits-cnn")
 CONFIGS = {
@@ -86,7 +87,7 @@ def static_metrics(paths: dict[str, Path], dataset) -> dict[str, dict]:
             "accuracy": float(report.accuracy),
             "size_bytes": int(report.size_bytes),
             "average_bitwidth": float(report.average_bitwidth),
-            "kernels": fused_kernels(load_onnx(path)),
+            "kernels": dict(kernel_facts(load_onnx(path)).counts),
         }
     return out
 

@@ -17,7 +17,7 @@ import click
 
 from onnxopt import __version__
 from onnxopt.config import bounds
-from onnxopt.errors import OnnxoptError, UsageError
+from onnxopt.errors import OnnxoptError, UsageError, first_line
 
 PathArg = click.Path(path_type=Path)
 
@@ -74,6 +74,17 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug in onnxopt (or a library): one line, exit 1
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(
+                f"error: internal error ({type(exc).__name__}: {first_line(exc)}); this is a "
+                "bug in onnxopt: run again with --debug for the traceback and report it",
+                err=True,
+            )
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,6 +143,12 @@ def _rewrite_output_options(output_help: str):
         return click.option("-o", "--output", type=PathArg, required=True, help=output_help)(f)
 
     return decorate
+
+
+def _print_notes(notes) -> None:
+    """What onnxopt changed in a user's model to work with it: one ``note:`` line each."""
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
 
 
 def _load_data(data_spec: str, data_format: str | None, label_column: str):
@@ -371,44 +388,14 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     """Quantize MODEL to fixed point with QDQ nodes that onnxruntime runs fused."""
     from onnxopt.config import load_toml
     from onnxopt.config.quantization import QuantizationConfig
-    from onnxopt.exporters.user_model import load_user_model
-    from onnxopt.model_io import save_onnx
-    from onnxopt.optimizer.evaluate import (
-        kernel_counts,
-        optimized_graph,
-        parameter_stats,
-        size_on_disk,
-    )
-    from onnxopt.optimizer.quantization.labels import kernels_in
-    from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
-    from onnxopt.optimizer.quantization.quantizer import Quantizer
+    from onnxopt.optimizer.quantization.quantize_file import quantize_file
     from onnxopt.report.tables import quantization_summary
-    from onnxopt.runtime.cpu import integer_path
 
     config = load_toml(config_path, QuantizationConfig) if config_path else QuantizationConfig()
-    base = load_user_model(model, opset=DEFAULT_OPSET).noted()
     dataset = _load_data(data_spec, data_format, label_column)
-    quantizer = Quantizer(base, dataset.calibration.x)
-    candidate = quantizer.quantize(config)
-    # onnxruntime loads and optimizes the model before anything is written: a model it
-    # cannot run (no QDQ kernels at opset 28) leaves no file behind. Labels and expected
-    # kernels are checked against the kernels that really run.
-    optimized = optimized_graph(candidate.model)
-    candidate = candidate.with_kernels(kernels_in(optimized, candidate.result.quantized))
-    other = "packed" if config.storage == "container" else "container"
-    alt = quantizer.quantize(config.model_copy(update={"storage": other}))
-    save_onnx(candidate.model, output)
-    report = {
-        **candidate.as_dict(),
-        "size_bytes": {
-            "original": size_on_disk(model),
-            config.storage: size_on_disk(output),
-            other: alt.model.ByteSize(),
-        },
-        "theoretical_size_bytes": parameter_stats(candidate.model).theoretical_size_bytes,
-        "fused_kernels": kernel_counts(optimized),
-        "integer_path": integer_path().as_dict(),
-    }
+    done = quantize_file(model, output, config, dataset.calibration.x)
+    _print_notes(done.notes)
+    report = done.report()
     click.echo(json.dumps(report, indent=2) if as_json else quantization_summary(report, output))
 
 
@@ -431,7 +418,9 @@ def scale_cmd(model, config_path, data_spec, data_format, label_column, output, 
     from onnxopt.optimizer.width import WidthConfig, refit_inputs, scale_width
 
     config = load_toml(config_path, WidthConfig)
-    base = load_user_model(model).noted()
+    prepared = load_user_model(model)
+    _print_notes(prepared.notes)
+    base = prepared.model
     calibration = None
     if config.needs_calibration():
         calibration = refit_inputs(_load_data(data_spec, data_format, label_column))
@@ -501,6 +490,7 @@ def search_cmd(
         result = run_search(
             config, run_dir=run_dir, storage=storage, study_name=study_name, resume=resume,
             reclaim=reclaim, progress=not no_progress,
+            notify=lambda note: _print_notes([note]),
         )  # fmt: skip
     if not no_export:
         export_best(result)

@@ -47,6 +47,11 @@ class EvaluationError(OnnxoptError):
     """onnxruntime refused or failed to run a model."""
 
 
+class CandidateError(OnnxoptError):
+    """A search candidate that could not be built or measured; its trial fails with this
+    reason and the search goes on (only onnxopt and runtime errors become one)."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type name when the message is empty),
     cut at ``limit`` characters: what a one-line error quotes of a library's exception."""

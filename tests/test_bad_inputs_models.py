@@ -201,7 +201,7 @@ def test_onnxruntime_version_refusal_in_memory_is_one_line(change, message):
     # a model built in memory never passes load_onnx's check: onnxruntime's own refusal is
     # recognized and turned into the same kind of line
     from onnxopt.errors import ModelLoadError
-    from onnxopt.optimizer.evaluate import make_session
+    from onnxopt.runtime.ort import make_session
 
     model = mlp()
     change(model)

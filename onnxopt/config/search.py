@@ -71,8 +71,9 @@ from pydantic import (
     model_validator,
 )
 
+from onnxopt import metrics as registry
 from onnxopt.config import bounds
-from onnxopt.config.base import StrictModel
+from onnxopt.config.base import StrictModel, registered
 from onnxopt.config.quantization import (
     Calibration,
     FracWidth,
@@ -86,10 +87,7 @@ from onnxopt.config.quantization import (
 )
 from onnxopt.config.width import WidthConfig
 from onnxopt.errors import did_you_mean
-
-SAMPLERS = ("brute-force", "random", "tpe", "nsgaii", "nsgaiii", "qmc", "gp", "cmaes")
-METRICS = ("accuracy", "loss", "latency", "size", "average_bitwidth", "memory_density")
-MAXIMIZED = frozenset({"accuracy", "memory_density"})
+from onnxopt.samplers import SAMPLERS
 
 
 def _as_list(value: object) -> object:
@@ -162,7 +160,7 @@ class SearchQuantization(StrictModel):
 class Strategy(StrictModel):
     """How the study samples: sampler, budget and seed."""
 
-    sampler: str = "tpe"
+    sampler: Annotated[str, registered(lambda: SAMPLERS, "sampler")] = "tpe"
     n_trials: StrictInt = Field(20, ge=1, le=bounds.MAX_TRIALS)
     timeout: StrictFloat | None = Field(None, gt=0, le=bounds.MAX_TIMEOUT_S)
     seed: StrictInt = Field(0, ge=0, le=bounds.MAX_SEED)
@@ -171,12 +169,6 @@ class Strategy(StrictModel):
     enqueue: tuple[dict[str, float | int | str], ...] = ()
     """Points to evaluate first (parameter name -> value, as stored in the study)."""
 
-    @field_validator("sampler")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise ValueError(f"unknown sampler {value!r}; {did_you_mean(value, SAMPLERS)}")
-        return value
 
     @model_validator(mode="after")
     def _worker_seeds(self) -> Strategy:
@@ -208,6 +200,12 @@ class Constraints(StrictModel):
 BatchSize = Annotated[StrictInt, Field(ge=1, le=bounds.MAX_BATCH_SIZE)]
 
 
+def _runtime_names() -> tuple[str, ...]:
+    from onnxopt.runtime import BACKENDS
+
+    return tuple(BACKENDS)
+
+
 class Evaluation(StrictModel):
     """How each trial is measured (a short latency budget keeps trials cheap)."""
 
@@ -216,6 +214,8 @@ class Evaluation(StrictModel):
     warmup: StrictInt = Field(2, ge=0, le=bounds.MAX_WARMUP)
     repeats: StrictInt = Field(5, ge=1, le=bounds.MAX_REPEATS)
     min_time_s: StrictFloat = Field(0.005, ge=0, le=bounds.MAX_MIN_TIME_S)
+    runtime: Annotated[str, registered(_runtime_names, "runtime")] = "onnxruntime"
+    """The backend every candidate is measured on (:data:`onnxopt.runtime.BACKENDS`)."""
 
 
 class Search(StrictModel):
@@ -234,20 +234,27 @@ class Search(StrictModel):
         if not value:
             raise ValueError("give at least one metric")
         for name in value:
-            if name not in METRICS:
-                raise ValueError(f"unknown metric {name!r}; {did_you_mean(name, METRICS)}")
+            if not registry.known(name):
+                hint = did_you_mean(name, [*registry.metric_names(), "latency_b256"])
+                raise ValueError(f"unknown metric {name!r}; {hint}")
         return value
 
     @model_validator(mode="after")
     def _something(self) -> Search:
         if self.quantization is None and self.width is None:
             raise ValueError("give [search.quantization] and/or [search.width] choices")
+        measured = {registry.latency_name(b) for b in self.evaluation.batch_sizes}
+        for name in self.metrics:
+            if name.startswith("latency_b") and name not in measured:
+                raise ValueError(
+                    f"metric {name!r} needs batch size {name[9:]} in evaluation.batch_sizes "
+                    f"(measured: {list(self.evaluation.batch_sizes)})"
+                )
         return self
 
     def direction(self, metric: str) -> str:
-        """The metric's direction: as configured, else maximize accuracy/density, minimize rest."""
-        given = self.metrics[metric].direction
-        return given or ("maximize" if metric in MAXIMIZED else "minimize")
+        """The metric's direction: as configured, else the registry's."""
+        return self.metrics[metric].direction or registry.direction(metric)
 
 
 MAX_SAMPLE = bounds.MAX_INPUT_ELEMENTS

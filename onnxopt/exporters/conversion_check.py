@@ -13,6 +13,7 @@ import onnx
 
 from onnxopt.errors import ModelLoadError
 from onnxopt.exporters.diagnostics import shorten
+from onnxopt.runtime.ort import make_session, native_error, quiet_run_options
 
 RTOL = 1e-4
 ATOL = 1e-5
@@ -90,16 +91,9 @@ def _difference(want: np.ndarray, have: np.ndarray) -> float | None:
 
 
 def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # a failure is reported as ours, not also logged by ORT
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feed)
+    return make_session(model).run(None, feed, quiet_run_options())
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).replace("[ONNXRuntimeError] : ", "")
+    text = str(native_error(exc)).replace("[ONNXRuntimeError] : ", "")
     return shorten(text or type(exc).__name__, 200)

@@ -18,6 +18,7 @@ from onnxopt.exporters.prepare import prepare_model
 from onnxopt.exporters.user_model import prepare_user_model
 from onnxopt.graph import default_opset
 from onnxopt.model_io import load_onnx, save_onnx
+from onnxopt.runtime.ort import make_session, native_error, ort_errors, quiet_run_options
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,13 @@ class OnnxPrepareResult:
 
 
 def _outputs(model: onnx.ModelProto, name: str, x: np.ndarray, source: Path) -> np.ndarray:
-    import onnxruntime as ort
-
     try:
-        session = ort.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-        return session.run(None, {name: x})[0]
-    except Exception as exc:  # onnxruntime raises its own exception types
+        session = make_session(model, error=ExportError)
+        with ort_errors("run the model", ExportError):
+            return session.run(None, {name: x}, quiet_run_options())[0]
+    except ExportError as exc:
         raise ExportError(
-            f"{source}: onnxruntime could not run the model ({first_line(exc)})"
+            f"{source}: onnxruntime could not run the model ({first_line(native_error(exc))})"
         ) from None
 
 

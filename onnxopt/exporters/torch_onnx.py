@@ -23,6 +23,7 @@ from onnxopt.exporters.diagnostics import quiet, root_cause, shorten
 from onnxopt.exporters.opsets import DEFAULT_OPSET, check_opset
 from onnxopt.exporters.prepare import prepare_model
 from onnxopt.model_io import save_onnx
+from onnxopt.runtime.ort import make_session, native_error, quiet_run_options
 
 __all__ = ["ATOL", "DEFAULT_OPSET", "RTOL", "ExportResult", "check_parity", "export_module"]
 
@@ -112,6 +113,7 @@ def _run_torch(module: nn.Module, x: np.ndarray, what: str) -> np.ndarray:
 
 
 def _ort_reason(exc: BaseException) -> str:
+    """onnxruntime's message without its error-code prefix and C++ assertion text."""
     text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc))
     text = re.sub(r"Status Message: \S+:\d+ .*? was false\. ", "", text)  # C++ assertion
     return shorten(text)
@@ -163,31 +165,25 @@ def check_parity(
 
 
 def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # failures are reported as ours, not also logged by ORT
     try:
-        return ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:
+        return make_session(model, error=ExportError)
+    except ExportError as exc:
         raise ExportError(
-            f"onnxruntime cannot load the exported model ({_ort_reason(exc)})"
+            f"onnxruntime cannot load the exported model ({_ort_reason(native_error(exc))})"
         ) from None
 
 
 def _run_onnx(session, x: np.ndarray, input_shape, export_batch: int | None) -> np.ndarray:
     name = session.get_inputs()[0].name
     try:
-        return session.run(None, {name: x})[0]
+        return session.run(None, {name: x}, quiet_run_options())[0]
     except Exception as exc:  # onnxruntime raises its own exception types
         reason = _ort_reason(exc)
     batch = x.shape[0]
     if export_batch is not None and export_batch != batch:
         probe = np.zeros((export_batch, *input_shape), dtype=np.float32)
         try:
-            session.run(None, {name: probe})
+            session.run(None, {name: probe}, quiet_run_options())
         except Exception:  # fails at the traced batch size too: not a batch-size problem
             pass
         else:

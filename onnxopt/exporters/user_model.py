@@ -41,14 +41,6 @@ class UserModel:
     model: onnx.ModelProto
     notes: tuple[str, ...] = ()
 
-    def noted(self) -> onnx.ModelProto:
-        """The model, after printing each note as a ``note:`` line on stderr."""
-        import sys
-
-        for note in self.notes:
-            print(f"note: {note}", file=sys.stderr)
-        return self.model
-
 
 def load_user_model(path: Path, *, opset: int | None = None, lower: bool = False) -> UserModel:
     """Load an ONNX file (see :func:`onnxopt.model_io.load_onnx`) and prepare it.

@@ -13,6 +13,7 @@ from onnxopt.graph.core import (
     default_opset,
     is_default_domain,
     rank_of,
+    run_pass,
     to_ir,
     to_proto,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "default_opset",
     "is_default_domain",
     "rank_of",
+    "run_pass",
     "to_ir",
     "to_proto",
 ]

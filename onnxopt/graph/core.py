@@ -80,3 +80,16 @@ def to_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
 def to_proto(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto:
     """A ``ModelProto`` (an ir model is serialized; a proto is returned as is)."""
     return model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
+
+
+def run_pass(pass_: ir.passes.PassBase, model: ir.Model) -> ir.passes.PassResult:
+    """Run an onnx_ir pass; a precondition or postcondition that failed with one of our
+    errors raises that error (the one line the user sees), not onnx_ir's wrapper."""
+    from onnxopt.errors import OnnxoptError
+
+    try:
+        return pass_(model)
+    except (ir.passes.PreconditionError, ir.passes.PostconditionError) as exc:
+        if isinstance(exc.__cause__, OnnxoptError):
+            raise exc.__cause__ from None
+        raise

@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Callable
 
 from onnxopt.errors import UsageError
-from onnxopt.optimizer.search.study import STUDY_NAME, load_study, resolve_source
+from onnxopt.optimizer.search.study import STUDY_NAME, load_study, open_storage, resolve_source
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -60,13 +60,13 @@ def serve_dashboard(
 
     spec = resolve_source(source)
     name = study_name or STUDY_NAME
-    study = load_study(spec, name)
+    load_study(spec, name)  # one clear line when there is no such study
+    storage = open_storage(spec)  # the dashboard's own storage object: journal lock, driver
+    study_id = storage.get_study_id_from_name(name)  # the id in the dashboard's URLs
     warning = exposure_warning(host, port)
     if warning:
         echo(warning)
     shown = f"[{host}]" if ":" in host else host
-    # the study's own storage object (journal lock, DB driver) and id (the dashboard's URLs)
-    storage, study_id = study._storage, study._study_id
     echo(f"optuna-dashboard for study {name!r}: http://{shown}:{port}/dashboard/studies/{study_id}")
     try:
         run_server(storage, host=host, port=port)

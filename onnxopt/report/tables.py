@@ -53,10 +53,14 @@ def evaluation_table(report: Any, title: str = "") -> str:
             f"{d['throughput_sps']:,.0f} samples/s ({d['threads']} thread(s))"
         )
     rows["size on disk"] = f"{d['size_bytes']:,} bytes"
-    rows["theoretical size"] = f"{d['theoretical_size_bytes']:,.0f} bytes (sum of bits / 8)"
-    rows["parameters"] = f"{d['parameters']:,}"
-    rows["average bit width"] = f"{d['average_bitwidth']:.3g}"
-    rows["memory density"] = f"{d['memory_density']:.3g}x (32 / average bit width)"
+    if d["parameters"] is None:
+        rows["parameters"] = "(an ORT-format file holds no ONNX graph: evaluate the .onnx)"
+    else:
+        rows["theoretical size"] = f"{d['theoretical_size_bytes']:,.0f} bytes (sum of bits / 8)"
+        rows["parameters"] = f"{d['parameters']:,}"
+        rows["average bit width"] = f"{d['average_bitwidth']:.3g}"
+        rows["memory density"] = f"{d['memory_density']:.3g}x (32 / average bit width)"
+    rows["runtime"] = d.get("runtime", "onnxruntime")
     if d.get("integer_path"):
         rows["CPU integer path"] = _integer_path(d["integer_path"])
     return key_value_table(rows, title)

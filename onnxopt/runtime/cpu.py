@@ -178,15 +178,11 @@ def _probe_model():
 
 def probe_u8s8_exact() -> bool:
     """Whether onnxruntime's fused u8s8 kernel computes the probe exactly on this CPU."""
-    import onnxruntime as ort
+    from onnxopt.runtime.ort import make_session
 
     model, w = _probe_model()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
     a = np.full((1, _PROBE_K), 255, np.uint8)
-    got = session.run(None, {"a": a})[0]
+    got = make_session(model).run(None, {"a": a})[0]
     exact = a.astype(np.int64) @ w.astype(np.int64)
     return bool(np.array_equal(got.astype(np.int64), exact))
 

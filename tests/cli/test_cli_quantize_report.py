@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.cli import main
-from onnxopt.optimizer.evaluate import INTEGER_KERNELS, parameter_stats
+from onnxopt.optimizer.evaluate import parameter_stats
+from onnxopt.runtime.kernels import INTEGER_KERNELS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "optimizer" / "quantization"))
 from qdq_helpers import cnn_model  # noqa: E402

@@ -24,6 +24,7 @@ from onnxopt.optimizer.search.study import (
     WORKER,
     load_study,
     mark_interrupted,
+    open_storage,
     this_worker,
 )
 
@@ -97,7 +98,7 @@ def test_status_counts_running_and_interrupted_trials(run_dir, tmp_path):
     running = study.ask()
     running.set_user_attr(WORKER, this_worker())
     killed = study.ask()
-    mark_interrupted(study, killed._trial_id, {})
+    mark_interrupted(study, open_storage(str(copy / JOURNAL_FILE)), killed.number, {})
     status = json.loads(CliRunner().invoke(main, ["status", str(copy), "--json"]).output)
     assert status["counts"]["running"] == 1 and status["counts"]["interrupted"] == 1
     assert status["finished"] == N_TRIALS and not status["done"]

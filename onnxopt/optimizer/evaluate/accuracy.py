@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from onnxopt.errors import DataError, EvaluationError, UsageError
-from onnxopt.optimizer.evaluate.session import ClassifierIO, ort_errors, quiet_run_options
-
-if TYPE_CHECKING:
-    import onnxruntime as ort
+from onnxopt.metrics import METRICS, MetricInputs
+from onnxopt.runtime.base import Session
+from onnxopt.runtime.io import ClassifierIO
 
 OutputKind = Literal["logits", "probabilities"]
 
@@ -33,6 +32,7 @@ class AccuracyResult:
         num_classes: Number of class scores the model outputs.
         output_kind: Whether the output was read as logits or as probabilities.
         predictions: Predicted class per sample (int64).
+        log_probabilities: ``(N, C)`` log-probabilities behind the loss.
     """
 
     accuracy: float
@@ -41,10 +41,11 @@ class AccuracyResult:
     num_classes: int
     output_kind: OutputKind
     predictions: np.ndarray = field(repr=False, compare=False)
+    log_probabilities: np.ndarray = field(repr=False, compare=False, default=None)
 
 
 def predict_scores(
-    session: ort.InferenceSession, io: ClassifierIO, x: np.ndarray, *, batch_size: int = 256
+    session: Session, io: ClassifierIO, x: np.ndarray, *, batch_size: int = 256
 ) -> np.ndarray:
     """Class scores ``(N, C)`` for model-ready inputs ``x``, computed in batches.
 
@@ -61,22 +62,16 @@ def predict_scores(
     if len(x) == 0:
         raise DataError("the split has no samples; evaluate on a non-empty split")
     step = io.fixed_batch or batch_size
-    options = quiet_run_options()
-    chunks = []
-    with ort_errors("run the model"):
-        for start in range(0, len(x), step):
-            chunks.append(_run_batch(session, io, x[start : start + step], options))
+    chunks = [_run_batch(session, io, x[start : start + step]) for start in range(0, len(x), step)]
     return np.concatenate(chunks)
 
 
-def _run_batch(
-    session: ort.InferenceSession, io: ClassifierIO, batch: np.ndarray, options: ort.RunOptions
-) -> np.ndarray:
+def _run_batch(session: Session, io: ClassifierIO, batch: np.ndarray) -> np.ndarray:
     rows = len(batch)
     if io.fixed_batch and rows < io.fixed_batch:
         pad = np.repeat(batch[-1:], io.fixed_batch - rows, axis=0)
         batch = np.concatenate([batch, pad])
-    out = np.asarray(session.run([io.output_name], {io.input_name: batch}, options)[0])
+    out = np.asarray(session.run({io.input_name: batch}, [io.output_name])[0])
     if out.ndim == 0 or out.shape[0] != len(batch):
         raise EvaluationError(
             f"output {io.output_name!r} has shape {list(out.shape)} for a batch of "
@@ -130,15 +125,22 @@ def classification_metrics(
     if bad:
         raise EvaluationError(f"output {output!r} has NaN or Inf scores for {bad} of {n} samples")
     logp, kind = log_probabilities(scores)
-    predictions = scores.argmax(axis=1).astype(np.int64)
+    inputs = MetricInputs(scores=scores, labels=labels, log_probabilities=logp)
     return AccuracyResult(
-        accuracy=float((predictions == labels).mean()),
-        loss=float(-logp[np.arange(n), labels].mean()),
+        accuracy=_formula("accuracy")(inputs),
+        loss=_formula("loss")(inputs),
         n_samples=n,
         num_classes=classes,
         output_kind=kind,
-        predictions=predictions,
+        predictions=scores.argmax(axis=1).astype(np.int64),
+        log_probabilities=logp,
     )
+
+
+def _formula(name: str):
+    compute = METRICS[name].compute
+    assert compute is not None
+    return compute
 
 
 def _check_labels(labels: np.ndarray, n: int, classes: int, output: str) -> np.ndarray:
@@ -161,7 +163,7 @@ def _check_labels(labels: np.ndarray, n: int, classes: int, output: str) -> np.n
 
 
 def evaluate_accuracy(
-    session: ort.InferenceSession,
+    session: Session,
     io: ClassifierIO,
     x: np.ndarray,
     labels: np.ndarray,

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from onnxopt.data.shaping import check_batch_bytes
 from onnxopt.errors import EvaluationError, UsageError
-from onnxopt.optimizer.evaluate.session import ort_errors, quiet_run_options
-
-if TYPE_CHECKING:
-    import onnxruntime as ort
+from onnxopt.runtime.base import Session
 
 SMALL_BATCH = 16
 """Batches up to this size get the longer budget: their runs are short and noisy."""
@@ -146,11 +142,12 @@ def make_batch(sample: np.ndarray, batch_size: int) -> np.ndarray:
     """``batch_size`` rows taken cyclically from ``sample`` (contiguous)."""
     if len(sample) == 0:
         raise UsageError("latency needs at least one sample row")
+    check_batch_bytes(sample, batch_size)
     return np.ascontiguousarray(sample[np.arange(batch_size) % len(sample)])
 
 
 def measure_latency(
-    session: ort.InferenceSession,
+    session: Session,
     sample: np.ndarray,
     *,
     batch_sizes: Sequence[int] = (1, 256),
@@ -179,7 +176,6 @@ def measure_latency(
     """
     sizes = _check_batch_sizes(batch_sizes)
     name = input_name or _only_input(session)
-    options = quiet_run_options()
     stats = []
     for size in sizes:
         base = default_budget(size)
@@ -188,8 +184,8 @@ def measure_latency(
             repeats=base.repeats if repeats is None else repeats,
             min_time_s=base.min_time_s if min_time_s is None else min_time_s,
         )
-        run = functools.partial(session.run, None, {name: make_batch(sample, size)}, options)
-        with ort_errors(f"run the model at batch size {size}"):
+        run = session.runner({name: make_batch(sample, size)})
+        with session.errors(f"run the model at batch size {size}"):
             stats.append(summarize(size, time_runs(run, budget)))
     return LatencyResult(tuple(stats))
 
@@ -205,8 +201,8 @@ def _check_batch_sizes(batch_sizes: Sequence[int]) -> tuple[int, ...]:
     return sizes
 
 
-def _only_input(session: ort.InferenceSession) -> str:
-    inputs = session.get_inputs()
+def _only_input(session: Session) -> str:
+    inputs = session.inputs
     if len(inputs) != 1:
         names = ", ".join(repr(i.name) for i in inputs)
         raise EvaluationError(

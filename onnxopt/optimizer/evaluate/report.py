@@ -24,7 +24,8 @@ class EvaluationReport:
         output_kind: "logits" or "probabilities", how the output was read.
         latency: Latency per batch size, or None when not measured.
         size_bytes: Model file plus its external data, in bytes.
-        parameters: Parameter elements (see :func:`parameter_stats`).
+        parameters: Parameter elements (see :func:`parameter_stats`); None for an ORT-format
+            file (it holds no ONNX graph to read them from), as the three below.
         average_bitwidth: Effective bits per parameter, weighted by element count.
         memory_density: 32 / average_bitwidth.
         theoretical_size_bytes: Sum of parameter bits / 8.
@@ -34,6 +35,7 @@ class EvaluationReport:
         parameter_tensors: Per-tensor rows behind the parameter metrics.
         predictions: Predicted class per sample.
         integer_path: This CPU's integer path (:func:`onnxopt.runtime.cpu.integer_path`).
+        runtime: The backend that ran the model.
     """
 
     model_path: str
@@ -43,16 +45,17 @@ class EvaluationReport:
     output_kind: str
     latency: LatencyResult | None
     size_bytes: int
-    parameters: int
-    average_bitwidth: float
-    memory_density: float
-    theoretical_size_bytes: float
+    parameters: int | None
+    average_bitwidth: float | None
+    memory_density: float | None
+    theoretical_size_bytes: float | None
     threads: int
     input_name: str
     output_name: str
     parameter_tensors: tuple[TensorStat, ...] = field(default=(), repr=False, compare=False)
     predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
     integer_path: dict[str, Any] = field(default_factory=dict, compare=False)
+    runtime: str = "onnxruntime"
 
     @property
     def throughput_sps(self) -> float | None:
@@ -90,14 +93,15 @@ class EvaluationReport:
             "throughput_sps": self.throughput_sps,
             "throughput_batch_size": self.throughput_batch_size,
             "size_bytes": int(self.size_bytes),
-            "parameters": int(self.parameters),
-            "average_bitwidth": float(self.average_bitwidth),
-            "memory_density": float(self.memory_density),
-            "theoretical_size_bytes": float(self.theoretical_size_bytes),
+            "parameters": self.parameters,
+            "average_bitwidth": self.average_bitwidth,
+            "memory_density": self.memory_density,
+            "theoretical_size_bytes": self.theoretical_size_bytes,
             "threads": int(self.threads),
             "input_name": self.input_name,
             "output_name": self.output_name,
             "integer_path": dict(self.integer_path),
+            "runtime": self.runtime,
         }
         if tensors:
             data["parameter_tensors"] = [t.to_dict() for t in self.parameter_tensors]

@@ -23,9 +23,7 @@ from onnx import TensorProto
 
 from onnxopt.errors import ModelLoadError
 from onnxopt.model_io import load_onnx
-
-BIT_WIDTHS_KEY = "onnxopt.bit_widths"
-"""metadata_props key holding a JSON object {tensor_name: effective_bits}."""
+from onnxopt.optimizer.quantization.metadata import BIT_WIDTHS_KEY, metadata_value
 
 _BITS_BY_TYPE_NAME = {
     "FLOAT": 32, "FLOAT16": 16, "BFLOAT16": 16, "DOUBLE": 64,
@@ -185,7 +183,7 @@ def bit_width_overrides(model: onnx.ModelProto) -> dict[str, int]:
     Raises:
         ModelLoadError: When the entry is not a JSON object of positive integers.
     """
-    raw = next((p.value for p in model.metadata_props if p.key == BIT_WIDTHS_KEY), None)
+    raw = metadata_value(model, BIT_WIDTHS_KEY)
     if raw is None:
         return {}
     try:

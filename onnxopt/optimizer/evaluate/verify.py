@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from onnxopt.errors import EvaluationError, UsageError
+from onnxopt.optimizer.quantization.metadata import TARGET_CPU_KEY, metadata_value
 
 # float ops whose numpy and onnxruntime results may round differently
 INEXACT_FLOAT_OPS = frozenset(
@@ -145,28 +146,20 @@ def compare(
     return elements, exact, worst, first
 
 
-def _target_of(model: onnx.ModelProto) -> str | None:
-    from onnxopt.optimizer.quantization.qdq_pass import TARGET_CPU_KEY
-
-    return next((p.value for p in model.metadata_props if p.key == TARGET_CPU_KEY), None)
-
-
-def verify_model(path, x: np.ndarray, *, threads: int = 1, batch_size: int = 256) -> VerifyReport:
-    """Run the model file in onnxruntime (all optimizations) and in the fixed-point reference
-    on features ``x`` (fitted to the model input), and compare every output value.
+def verify_model(
+    path, x: np.ndarray, *, threads: int = 1, batch_size: int = 256, runtime: str = "onnxruntime"
+) -> VerifyReport:
+    """Run the model file on a runtime (every optimization on) and in the fixed-point
+    reference on features ``x`` (fitted to the model input), and compare every output value.
 
     Raises:
         ModelLoadError, DataError, EvaluationError: As :func:`evaluate_model`.
     """
     from onnxopt.data.shaping import adapt_inputs
     from onnxopt.model_io import load_onnx
-    from onnxopt.optimizer.evaluate.session import (
-        classifier_io,
-        make_session,
-        ort_errors,
-        quiet_run_options,
-    )
+    from onnxopt.runtime import get_backend
     from onnxopt.runtime.cpu import integer_path
+    from onnxopt.runtime.io import classifier_io
 
     model = load_onnx(path)
     if not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
@@ -174,20 +167,18 @@ def verify_model(path, x: np.ndarray, *, threads: int = 1, batch_size: int = 256
             f"{Path(path).name} has no quantized tensors (no DequantizeLinear); verify compares "
             "a fixed-point model with its reference: quantize it first (onnxopt quantize)"
         )
-    session = make_session(path, threads=threads, optimization="all")
-    io = classifier_io(session, output_name=session.get_outputs()[0].name)
+    session = get_backend(runtime).load(path, threads=threads)
+    io = classifier_io(session, output_name=session.outputs[0].name)
     feeds_x = adapt_inputs(x, io.input_shape, dtype=io.input_dtype, input_name=io.input_name)
-    names = [o.name for o in session.get_outputs()]
+    names = [o.name for o in session.outputs]
     step = io.fixed_batch or batch_size
-    totals = [0, 0, 0.0, None]
-    options = quiet_run_options()
+    totals: list = [0, 0, 0.0, None]
     for start in range(0, len(feeds_x), step):
         batch = feeds_x[start : start + step]
         if io.fixed_batch and len(batch) < io.fixed_batch:
             break  # a fixed-batch model runs only full batches
         feeds = {io.input_name: batch}
-        with ort_errors("run the model"):
-            got = session.run(names, feeds, options)
+        got = session.run(feeds, names)
         elements, exact, worst, first = compare(got, reference_outputs(model, feeds, names), names)
         totals[0] += elements
         totals[1] += exact
@@ -203,6 +194,6 @@ def verify_model(path, x: np.ndarray, *, threads: int = 1, batch_size: int = 256
         first_mismatch=totals[3],
         samples=len(feeds_x),
         integer_path=integer_path().as_dict(),
-        target_cpu=_target_of(model),
+        target_cpu=metadata_value(model, TARGET_CPU_KEY),
         inexact_float_ops=tuple(ops),
     )

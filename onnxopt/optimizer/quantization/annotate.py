@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import onnx
+import onnx_ir as ir
 
 from onnxopt.config.quantization import LayerQuant, QuantizationConfig
 from onnxopt.errors import ConfigError, did_you_mean
@@ -32,37 +32,35 @@ class Annotation:
     disabled: list[str] = field(default_factory=list)
 
 
-def needs_calibration(model: onnx.ModelProto, config: QuantizationConfig) -> bool:
+def needs_calibration(graph: ir.Graph, config: QuantizationConfig) -> bool:
     """Whether any activation the pass will quantize asks for an ``"auto"`` fraction."""
-    layers = _layers(model, config)
+    layers = _layers(graph, config)
     enabled = {name for name, (_, layer) in layers.items() if layer.enabled}
     for name in enabled:
         node, layer = layers[name]
         if layer.data_in_frac_width == "auto":
             return True
         if layer.data_out_frac_width == "auto" and (
-            layer.data_out_width is not None or _needs_output_q(model, node, enabled)
+            layer.data_out_width is not None or _needs_output_q(node, enabled)
         ):
             return True
     return False
 
 
-def _layers(model: onnx.ModelProto, config: QuantizationConfig) -> dict:
+def _layers(graph: ir.Graph, config: QuantizationConfig) -> dict[str, tuple[ir.Node, LayerQuant]]:
     """``{name: (node, merged layer config)}`` for the quantizable and by-name nodes."""
     return {
         node.name: (node, config.for_node(node.name, node.op_type))
-        for node in model.graph.node
-        if node.op_type in QUANTIZABLE or node.name in config.by_name
+        for node in graph
+        if node.name is not None and (node.op_type in QUANTIZABLE or node.name in config.by_name)
     }
 
 
-def _check_names(model: onnx.ModelProto, config: QuantizationConfig) -> None:
-    names = {n.name for n in model.graph.node}
+def _check_names(graph: ir.Graph, config: QuantizationConfig) -> None:
+    names = {n.name for n in graph}
     for name in config.by_name:
         if name not in names:
-            hint = did_you_mean(
-                name, [n.name for n in model.graph.node if n.op_type in QUANTIZABLE]
-            )
+            hint = did_you_mean(name, [n.name for n in graph if n.op_type in QUANTIZABLE])
             raise ConfigError(f"by_name.{name}: no node {name!r} in the model; {hint}")
 
 
@@ -86,15 +84,16 @@ def _activation(tensor: str, width: int, frac, ranges: Mapping[str, Range], wher
     return TensorSpec(width=width, frac=value, signed=signed)
 
 
-def _output_tensor(model: onnx.ModelProto, node: onnx.NodeProto) -> str:
-    """The tensor the pass quantizes for data_out: the Relu's output when a lone Relu follows."""
-    users = [n for n in model.graph.node if node.output[0] in n.input]
+def _output_value(node: ir.Node) -> ir.Value:
+    """The value the pass quantizes for data_out: the Relu's output when a lone Relu follows."""
+    out = node.outputs[0]
+    users = out.consumers()
     if len(users) == 1 and users[0].op_type == "Relu":
-        return users[0].output[0]
-    return node.output[0]
+        return users[0].outputs[0]
+    return out
 
 
-def _needs_output_q(model: onnx.ModelProto, node: onnx.NodeProto, quantized: set[str]) -> bool:
+def _needs_output_q(node: ir.Node, quantized: set[str]) -> bool:
     """Whether a Conv's output reaches no quantized input, so nothing requantizes it.
 
     onnxruntime fuses Conv into QLinearConv only with a QuantizeLinear on its output (after a
@@ -104,12 +103,11 @@ def _needs_output_q(model: onnx.ModelProto, node: onnx.NodeProto, quantized: set
     """
     if node.op_type != "Conv":
         return False
-    tensor = _output_tensor(model, node)
-    for user in (n for n in model.graph.node if tensor in n.input):
+    for user in _output_value(node).consumers():
         if user.name in quantized:
             continue
         if user.op_type == "MaxPool" and all(
-            n.name in quantized for n in model.graph.node if user.output[0] in n.input
+            n.name in quantized for n in user.outputs[0].consumers()
         ):
             continue
         return True
@@ -117,7 +115,7 @@ def _needs_output_q(model: onnx.ModelProto, node: onnx.NodeProto, quantized: set
 
 
 def _node_spec(
-    model, node, layer: LayerQuant, ranges, granularity: str, output_q: bool
+    node: ir.Node, layer: LayerQuant, ranges, granularity: str, output_q: bool
 ) -> NodeQuantSpec:
     where = f"node {node.name!r}"
     data_out = None
@@ -126,27 +124,28 @@ def _node_spec(
         # anyway, and a narrower one would cost accuracy nobody asked for.
         width = layer.data_out_width or AUTO_OUTPUT_WIDTH
         frac = layer.data_out_frac_width
-        data_out = _activation(_output_tensor(model, node), width, frac, ranges, where)
-    has_bias = len(node.input) > 2 and bool(node.input[2])
+        data_out = _activation(_output_value(node).name or "", width, frac, ranges, where)
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    data_in = node.inputs[0]
     return NodeQuantSpec(
         weight=TensorSpec(width=layer.weight_width, granularity=granularity,
                           frac=_weight_frac(layer.weight_frac_width, layer.weight_width)),
         bias=TensorSpec(width=layer.bias_width,
                         frac=_weight_frac(layer.bias_frac_width, layer.bias_width))
         if has_bias else None,
-        data_in=_activation(node.input[0], layer.data_in_width, layer.data_in_frac_width,
-                            ranges, where),
+        data_in=_activation(data_in.name if data_in is not None else "", layer.data_in_width,
+                            layer.data_in_frac_width, ranges, where),
         data_out=data_out,
     )  # fmt: skip
 
 
 def annotate(
-    model: onnx.ModelProto, config: QuantizationConfig, ranges: Mapping[str, Range]
+    graph: ir.Graph, config: QuantizationConfig, ranges: Mapping[str, Range]
 ) -> Annotation:
-    """Specs for every enabled Gemm/MatMul/Conv node of ``model``.
+    """Specs for every enabled Gemm/MatMul/Conv node of ``graph``.
 
     Args:
-        model: the float model (BatchNorm already folded).
+        graph: the float model's graph (BatchNorm already folded).
         config: the quantization config.
         ranges: calibrated activation ranges by tensor name (may be empty when no
             activation uses ``"auto"``).
@@ -155,12 +154,11 @@ def annotate(
         ConfigError: a by-name entry names no node (closest names listed), or ``"auto"``
             lacks calibration data.
     """
-    _check_names(model, config)
-    layers = _layers(model, config)
+    _check_names(graph, config)
+    layers = _layers(graph, config)
     enabled = {name for name, (_, layer) in layers.items() if layer.enabled}
     specs = {
-        name: _node_spec(model, node, layer, ranges, config.granularity,
-                         _needs_output_q(model, node, enabled))
+        name: _node_spec(node, layer, ranges, config.granularity, _needs_output_q(node, enabled))
         for name, (node, layer) in layers.items() if name in enabled
     }  # fmt: skip
     return Annotation(specs, [name for name in layers if name not in enabled])

@@ -2,8 +2,8 @@
 
 For every Gemm / MatMul (constant weight) / Conv named in the specs the pass inserts
 ``Q -> (Clip) -> DQ`` on the activation input, replaces the float weight by an integer
-initializer behind a DequantizeLinear (scale ``2**-f``, zero point 0, per channel when
-asked), the bias by an int32 initializer at the accumulator scale ``2**-(f_in + f_w)``,
+initializer behind a DequantizeLinear (scale ``2**-f``, an explicit zero point, per channel
+when asked), the bias by an int32 initializer at the accumulator scale ``2**-(f_in + f_w)``,
 and optionally quantizes the output. Other named nodes are reported as skipped.
 """
 
@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import DeduplicateInitializersPass
 
-from onnxopt.errors import ConfigError, RewriteError, did_you_mean
-from onnxopt.graph import default_opset
+from onnxopt.errors import ConfigError, RewriteError, did_you_mean, first_line
+from onnxopt.graph import default_opset, run_pass
 from onnxopt.model_io import CHECK_ERRORS, check_full
+from onnxopt.optimizer.quantization.float_nodes import float_nodes
 from onnxopt.optimizer.quantization.graph_analysis import unsupported_reason
-from onnxopt.optimizer.quantization.labels import HonestLabel, expected_kernel, node_labels
+from onnxopt.optimizer.quantization.labels import HonestLabel, node_labels
+from onnxopt.optimizer.quantization.metadata import BIT_WIDTHS_KEY, TARGET_CPU_KEY
 from onnxopt.optimizer.quantization.node_rewriter import NodeRewriter
 from onnxopt.optimizer.quantization.spec import (
     NodeQuantSpec,
@@ -32,9 +34,6 @@ from onnxopt.optimizer.quantization.spec import (
 )
 from onnxopt.runtime.cpu import AUTO, resolve_target
 
-BIT_WIDTHS_KEY = "onnxopt.bit_widths"
-TARGET_CPU_KEY = "onnxopt.target_cpu"
-"""metadata_props key: the CPU class the weights' representation was chosen for."""
 DEFAULT_OPSET = 21
 
 
@@ -45,20 +44,22 @@ class QuantizationReport:
     Attributes:
         quantized: Names of the quantized nodes, in graph order.
         skipped: Node name -> why it was not quantized (unsupported op or form).
-        labels: Honest labels: widths that buy no storage or speed in onnxruntime.
+        labels: Honest labels: widths that buy no storage or speed in onnxruntime, and
+            why a node may not fuse (checked against onnxruntime's optimized graph by
+            :meth:`~onnxopt.optimizer.quantization.quantizer.Quantizer.quantize`).
         bit_widths: Integer weight/bias initializer name -> effective bits (the spec width).
-        expected_kernels: Quantized node -> fused onnxruntime op expected (None: float).
         notes: Other facts worth reporting (opset raised, data_out moved past a Relu...).
         target_cpu: The CPU class the weight representation was chosen for.
+        float_nodes: Every node left in float, with the reason.
     """
 
     quantized: tuple[str, ...]
     skipped: Mapping[str, str]
     labels: tuple[HonestLabel, ...]
     bit_widths: Mapping[str, int]
-    expected_kernels: Mapping[str, str | None]
     notes: tuple[str, ...]
     target_cpu: str
+    float_nodes: Mapping[str, str]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form (for ``--json`` output and trial attributes)."""
@@ -67,9 +68,9 @@ class QuantizationReport:
             "skipped": dict(self.skipped),
             "labels": [dataclasses.asdict(label) for label in self.labels],
             "bit_widths": dict(self.bit_widths),
-            "expected_kernels": dict(self.expected_kernels),
             "notes": list(self.notes),
             "target_cpu": self.target_cpu,
+            "float_nodes": dict(self.float_nodes),
         }
 
 
@@ -130,10 +131,11 @@ def _spec_nodes(graph: ir.Graph, specs: Mapping[str, NodeQuantSpec]) -> list[ir.
     return [node for node in graph if node.name in specs]
 
 
-class QDQPass(ir.passes.FunctionalPass):
-    """Functional pass inserting fixed-point Q/DQ for the nodes named in ``specs``.
+class QDQPass(ir.passes.InPlacePass):
+    """In-place pass inserting fixed-point Q/DQ for the nodes named in ``specs``.
 
-    The input model is never mutated: :meth:`call` works on a clone.
+    It edits the model it is given: callers that keep a pristine base pass an explicit
+    ``model.clone()`` (:class:`~onnxopt.optimizer.quantization.quantizer.Quantizer` does).
 
     Args:
         specs: Node name -> its quantization spec.
@@ -157,23 +159,24 @@ class QDQPass(ir.passes.FunctionalPass):
         self.storage = coerce_storage(storage)
         self.target = resolve_target(target_cpu)
 
-    def call(self, model: ir.Model) -> QuantizationPassResult:
-        """Quantize a clone of ``model``; RewriteError when its opset is too low."""
+    def requires(self, model: ir.Model) -> None:
+        """The model's opset must have Q/DQ for every container the specs imply."""
         needed = required_opset(self.specs, self.storage)
         have = default_opset(model, missing=1)
         if have < needed:
             raise RewriteError(f"the specs need opset >= {needed}, the model has {have}")
-        model = model.clone()
+
+    def call(self, model: ir.Model) -> QuantizationPassResult:
+        """Quantize ``model`` in place."""
         graph = model.graph
-        nodes = _spec_nodes(graph, self.specs)
         rewriter = NodeRewriter(graph, self.storage, self.target.u8s8_exact)
         skipped, resolved = {}, []
-        for node in nodes:
+        for node in _spec_nodes(graph, self.specs):
             reason = unsupported_reason(node)
             if reason is not None:
-                skipped[node.name] = reason
+                skipped[node.name or ""] = reason
                 continue
-            resolved.append(rewriter.rewrite(node, self.specs[node.name]))
+            resolved.append(rewriter.rewrite(node, self.specs[node.name or ""]))
         rewriter.remove_unread_outputs()
         rewriter.remove_replaced_constants()
         _record_bit_widths(model, rewriter.bit_widths)
@@ -190,9 +193,9 @@ class QDQPass(ir.passes.FunctionalPass):
             skipped=skipped,
             labels=tuple(label for r in resolved for label in node_labels(r)),
             bit_widths=dict(rewriter.bit_widths),
-            expected_kernels={r.name: expected_kernel(r) for r in resolved},
             notes=tuple(notes),
             target_cpu=self.target.name,
+            float_nodes={},
         )
         return QuantizationPassResult(model, modified=bool(resolved), report=report)
 
@@ -202,7 +205,8 @@ def _record_bit_widths(model: ir.Model, bit_widths: Mapping[str, int]) -> None:
     model.metadata_props[BIT_WIDTHS_KEY] = json.dumps(merged, sort_keys=True)
 
 
-def _raise_opset(proto: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, list[str]]:
+def raise_opset(proto: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, list[str]]:
+    """``proto`` converted to opset ``target`` when it is older (a new proto), and the note."""
     have = default_opset(proto, missing=1)
     if have >= target:
         return proto, []
@@ -210,12 +214,31 @@ def _raise_opset(proto: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, 
         converted = onnx.version_converter.convert_version(proto, target)
     except Exception as exc:  # the converter raises bare RuntimeErrors
         raise RewriteError(
-            f"cannot convert the model from opset {have} to {target}: {exc}"
+            f"cannot convert the model from opset {have} to {target}: {first_line(exc)}"
         ) from exc
     return converted, [f"opset raised from {have} to {target} for the quantized types"]
 
 
-def _finish(proto: onnx.ModelProto) -> onnx.ModelProto:
+def finish(
+    result: QuantizationPassResult,
+    notes: Sequence[str] = (),
+    *,
+    disabled: frozenset[str] = frozenset(),
+    by_name: frozenset[str] = frozenset(),
+) -> QuantizationResult:
+    """The pass's model as a checked ``ModelProto`` with its report.
+
+    Power-of-two scales and the few zero points repeat across layers and are stored once
+    (scalars only, so no weight disappears behind the bit-width metadata's names); the
+    model passes ``onnx.checker``'s full check with strict shape inference.
+
+    Raises:
+        RewriteError: When the quantized model does not validate.
+    """
+    report = result.report
+    floats = float_nodes(result.model.graph, report.skipped, disabled, by_name)
+    DeduplicateInitializersPass(size_limit=1)(result.model)
+    proto = ir.to_proto(result.model)
     del proto.graph.value_info[:]  # intermediate shapes: onnxruntime infers them again
     min_ir = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     proto.ir_version = max(proto.ir_version, min_ir)
@@ -223,7 +246,10 @@ def _finish(proto: onnx.ModelProto) -> onnx.ModelProto:
         check_full(proto)
     except CHECK_ERRORS as exc:
         raise RewriteError(f"the quantized model does not validate: {exc}") from exc
-    return proto
+    fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(QuantizationReport)}
+    fields["notes"] = (*notes, *fields["notes"])
+    fields["float_nodes"] = floats
+    return QuantizationResult(**fields, model=proto, opset=default_opset(proto))
 
 
 def quantize_model(
@@ -255,19 +281,8 @@ def quantize_model(
         RewriteError: The rewrite or the opset conversion failed.
     """
     storage = coerce_storage(storage)
-    target = max(opset, required_opset(specs, storage))
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    proto, notes = _raise_opset(copy, target)
-    result = QDQPass(specs, storage, target_cpu)(ir.from_proto(proto))
+    raised, notes = raise_opset(model, max(opset, required_opset(specs, storage)))
+    # from_proto builds a new model: the caller's proto is never touched
+    result = run_pass(QDQPass(specs, storage, target_cpu), ir.from_proto(raised))
     assert isinstance(result, QuantizationPassResult)
-    # power-of-two scales and the few zero points repeat across layers: store each once
-    # (scalars only, so no weight disappears behind the bit-width metadata's names)
-    DeduplicateInitializersPass(size_limit=1)(result.model)
-    quantized = _finish(ir.to_proto(result.model))
-    fields = {
-        f.name: getattr(result.report, f.name) for f in dataclasses.fields(QuantizationReport)
-    }
-    fields["notes"] = (*notes, *fields["notes"])
-    opset_used = default_opset(quantized)
-    return QuantizationResult(**fields, model=quantized, opset=opset_used)
+    return finish(result, notes)

@@ -63,20 +63,24 @@ def load_data(config: SearchConfig) -> Dataset:
     return load_dataset(d.dataset, data_format=d.format, label_column=d.label_column)
 
 
-def load_base(config: SearchConfig, dataset: Dataset, run_dir: Path) -> onnx.ModelProto:
-    """The float base model: the ONNX file, or the recipe trained and exported into run_dir."""
+def load_base(
+    config: SearchConfig, dataset: Dataset, run_dir: Path
+) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    """The float base model (the ONNX file prepared, or the recipe trained and exported into
+    run_dir) and what preparing a user's file changed, one note each."""
     if config.model.onnx is not None:
         from onnxopt.exporters.user_model import load_user_model
         from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
 
-        return load_user_model(config.model.onnx, opset=DEFAULT_OPSET).noted()
+        prepared = load_user_model(config.model.onnx, opset=DEFAULT_OPSET)
+        return prepared.model, prepared.notes
     path = Path(run_dir) / BASE_FILE
     if not path.is_file():
         if config.model.factory is not None:
             _export_factory(config, path)
         else:
             _train_and_export(config, dataset, path)
-    return load_onnx(path)
+    return load_onnx(path), ()
 
 
 def _export_factory(config: SearchConfig, path: Path) -> None:

@@ -1,89 +1,140 @@
-"""Export chosen trials: rebuild from params, write ONNX, ORT format and the config as JSON.
+"""Export chosen trials: rebuild from params, write the files that ship, measure those files.
 
-Candidates are rebuilt from the trial's params on the pristine base (never read back from
-a cache), checked against the stored model hash, and scored on the TEST split.
+Candidates are rebuilt from the trial's params on the pristine base (never read back from a
+cache) and checked against the stored model hash. Each trial gets ``trial_<n>.onnx``, its
+ORT-format twin ``trial_<n>.ort`` with the operator config of a reduced build, and
+``trial_<n>.json``. The figures reported are those of the written files, read back from disk
+and run on the test split: accuracy, loss, size on disk and latency of the ``.onnx`` *and*
+of the ``.ort``, which must compute the same outputs.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from optuna.trial import FrozenTrial
 
-from onnxopt.atomic import atomic_path, write_text
+from onnxopt.atomic import write_text
 from onnxopt.model_io import save_onnx
-from onnxopt.optimizer.evaluate.session import ort_errors, session_options
+from onnxopt.optimizer.evaluate.measure import LatencyPlan, Measurement, Measurer
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
-from onnxopt.optimizer.search.measure import Evaluator
 from onnxopt.optimizer.search.space import SearchSpace
+from onnxopt.runtime.ort_format import save_ort_format
 
 
 @dataclass(frozen=True)
 class ExportedTrial:
-    """Files written for one trial and its test-split scores."""
+    """Files written for one trial and what they measure on the test split.
+
+    Attributes:
+        number: The trial number.
+        onnx_path: The ONNX file.
+        ort_path: The ORT-format file (None when not written).
+        operators_path: The reduced-build operator/type config of the ``.ort``.
+        config_path: The trial's JSON (params, config, every figure).
+        artifacts: Per file kind (``onnx``, ``ort``) its test-split metrics.
+        hash_matches: Whether the rebuilt ONNX file is the model the trial measured.
+        ort_matches_onnx: Whether the ``.ort`` gives exactly the ``.onnx``'s outputs.
+    """
 
     number: int
     onnx_path: Path
     ort_path: Path | None
+    operators_path: Path | None
     config_path: Path
-    test_accuracy: float
-    test_loss: float
-    size_bytes: int
-    hash_matches: bool
+    artifacts: dict[str, dict[str, float]] = field(default_factory=dict)
+    hash_matches: bool = False
+    ort_matches_onnx: bool | None = None
 
-    def as_dict(self) -> dict:
+    @property
+    def test_accuracy(self) -> float:
+        return self.artifacts["onnx"]["accuracy"]
+
+    @property
+    def test_loss(self) -> float:
+        return self.artifacts["onnx"]["loss"]
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.artifacts["onnx"]["size"])
+
+    def as_dict(self) -> dict[str, Any]:
         """Plain JSON."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items()}
-
-
-def save_ort(onnx_path: Path, ort_path: Path) -> Path:
-    """Convert an ONNX file to ORT format (what ``convert_onnx_models_to_ort`` does, basic
-    optimizations for portability), written atomically."""
-    import onnxruntime as ort
-
-    options = session_options(1, "basic")
-    options.add_session_config_entry("session.save_model_format", "ORT")
-    with atomic_path(ort_path) as tmp:
-        options.optimized_model_filepath = str(tmp)
-        with ort_errors(f"convert {onnx_path.name} to ORT format"):
-            ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    return ort_path
+        return {
+            "number": self.number,
+            "onnx_path": str(self.onnx_path),
+            "ort_path": None if self.ort_path is None else str(self.ort_path),
+            "operators_path": None if self.operators_path is None else str(self.operators_path),
+            "config_path": str(self.config_path),
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "size_bytes": self.size_bytes,
+            "artifacts": self.artifacts,
+            "hash_matches": self.hash_matches,
+            "ort_matches_onnx": self.ort_matches_onnx,
+        }
 
 
 def export_trial(
     trial: FrozenTrial,
     space: SearchSpace,
     builder: CandidateBuilder,
-    test: Evaluator,
+    test: Measurer,
     folder: Path,
     *,
+    latency: LatencyPlan | None = None,
     ort_format: bool = True,
 ) -> ExportedTrial:
-    """Rebuild one trial's candidate and write ``trial_<n>.onnx``, ``.ort`` and ``.json``."""
+    """Rebuild one trial's candidate, write its files and measure them on the test split.
+
+    Args:
+        trial: A finished trial.
+        space: The search space (decodes the trial's params).
+        builder: Builds the candidate from the pristine base.
+        test: A measurer on the test split.
+        folder: Where the files go.
+        latency: How to time the files (None: no latency).
+        ort_format: Also write the ``.ort`` and its operator config.
+    """
     candidate = builder.build(space, space.decode(trial.params))
     stem = Path(folder) / f"trial_{trial.number:04d}"
     onnx_path = save_onnx(candidate.model, stem.with_suffix(".onnx"))
-    data = onnx_path.read_bytes()
-    ort_path = save_ort(onnx_path, stem.with_suffix(".ort")) if ort_format else None
-    scores = test.measure(candidate.model, latency=False).metrics
+    measured = {"onnx": test.measure(onnx_path, latency=latency)}
+    ort_path = operators = None
+    if ort_format:
+        artifacts = save_ort_format(onnx_path, stem.with_suffix(".ort"))
+        ort_path, operators = artifacts.model, artifacts.operators
+        measured["ort"] = test.measure(ort_path, latency=latency)
+    figures = {kind: dict(m.metrics) for kind, m in measured.items()}
+    same = _same_outputs(measured["onnx"], measured["ort"]) if "ort" in measured else None
     info = {
         "trial": trial.number,
         "params": dict(trial.params),
         **candidate.config_dict(),
         "validation_metrics": trial.user_attrs.get("metrics", {}),
-        "test_accuracy": scores["accuracy"],
-        "test_loss": scores["loss"],
+        "test_metrics": figures,
+        "ort_matches_onnx": same,
+        # kept for readers of earlier reports
+        "test_accuracy": figures["onnx"]["accuracy"],
+        "test_loss": figures["onnx"]["loss"],
     }
     config_path = write_text(stem.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return ExportedTrial(
         number=trial.number,
         onnx_path=onnx_path,
         ort_path=ort_path,
+        operators_path=operators,
         config_path=config_path,
-        test_accuracy=scores["accuracy"],
-        test_loss=scores["loss"],
-        size_bytes=len(data),
-        hash_matches=model_hash(data) == trial.user_attrs.get("model_sha256"),
+        artifacts=figures,
+        hash_matches=model_hash(onnx_path.read_bytes()) == trial.user_attrs.get("model_sha256"),
+        ort_matches_onnx=same,
     )
+
+
+def _same_outputs(a: Measurement, b: Measurement) -> bool:
+    """Whether two measurements saw bit-identical outputs (log-probabilities of the scores)."""
+    return bool(np.array_equal(a.accuracy.log_probabilities, b.accuracy.log_probabilities))

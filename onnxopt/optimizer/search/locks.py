@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 from optuna.storages import BaseStorage
-from optuna.storages.journal._file import BaseJournalFileLock  # the interface, not exported
+from optuna.storages.journal import JournalFileOpenLock
 
 LATENCY_LOCK = "latency.lock"
 
@@ -85,11 +85,16 @@ def trial_slot_lock(spec: str, storage: BaseStorage, study_name: str):
     return contextlib.nullcontext()
 
 
-class FlockJournalLock(BaseJournalFileLock):
+class FlockJournalLock(JournalFileOpenLock):
     """Optuna's journal file lock as an ``flock``: a worker killed while it holds the lock
-    releases it at once (Optuna's default symlink lock would block the others for 30 s)."""
+    releases it at once (Optuna's default symlink lock would block the others for 30 s).
+
+    It subclasses the public ``JournalFileOpenLock`` for its interface (``acquire`` and
+    ``release``, which the journal backend calls) and replaces both.
+    """
 
     def __init__(self, journal: Path) -> None:
+        super().__init__(f"{journal}.lock")
         self._lock = FileLock(Path(f"{journal}.lock"))
 
     def acquire(self) -> bool:

@@ -1,8 +1,10 @@
 """The trial function: suggest a point, build its candidate, measure it, store plain JSON.
 
-Failure policy: a candidate that cannot be built, that onnxruntime refuses, whose metrics are
-not finite, or whose evaluation raises anything else raises :class:`CandidateFailed`; the
+Failure policy: a candidate that onnxopt cannot build, that the runtime refuses or fails to
+run, or whose metrics are not finite (every such failure is an
+:class:`~onnxopt.errors.OnnxoptError`) raises :class:`~onnxopt.errors.CandidateError`; the
 study records a FAIL trial with the reason in the ``fail_reason`` user attr and goes on.
+Any other exception is a bug in onnxopt: it propagates and stops the search.
 """
 
 from __future__ import annotations
@@ -15,15 +17,12 @@ import onnx
 import optuna
 
 from onnxopt.config.search import Search
+from onnxopt.errors import CandidateError, OnnxoptError
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
 from onnxopt.optimizer.search.measure import Evaluator
 from onnxopt.optimizer.search.space import Choice, SearchSpace
 
 MAX_CACHED_CANDIDATES = 16
-
-
-class CandidateFailed(Exception):
-    """A candidate failed to build or run; the reason is in the trial's ``fail_reason``."""
 
 
 def objective_names(search: Search) -> list[str]:
@@ -44,7 +43,8 @@ def scaled_metrics(search: Search, metrics: dict[str, float]) -> dict[str, float
 
 
 def objective_values(search: Search, metrics: dict[str, float]) -> list[float]:
-    """Objective values; a metric not measured (latency of an infeasible trial) is the worst."""
+    """Objective values; a metric not measured (latency of an infeasible trial) is the worst
+    value of its direction, and a scaled sum missing any metric is the worst sum (-inf)."""
     scaled = scaled_metrics(search, metrics)
     worst = {"maximize": -math.inf, "minimize": math.inf}
     if search.strategy.sum_scaled_metrics:
@@ -80,17 +80,18 @@ class Objective:
         """Build and measure the point; store plain-JSON results in the trial.
 
         Raises:
-            CandidateFailed: When the candidate cannot be built or measured (any exception:
-                one bad candidate never stops the search); the reason is in ``fail_reason``.
+            CandidateError: When onnxopt or the runtime cannot build or measure the
+                candidate; the reason is in ``fail_reason``.
         """
         try:
             built = self._build(trial, choice)
             trial.set_user_attr("config", built.config)
             trial.set_user_attr("model_sha256", built.sha256)
             measured = self.evaluator.measure(built.model, data=built.data)
-        except Exception as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            raise CandidateFailed(str(exc)) from exc
+        except OnnxoptError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason)
+            raise CandidateError(reason) from exc
         trial.set_user_attr("metrics", measured.metrics)
         trial.set_user_attr("constraints", measured.constraints)
         for name, value in measured.constraints.items():

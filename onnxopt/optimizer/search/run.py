@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from onnxopt.config.search import SearchConfig
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import UsageError
+from onnxopt.optimizer.evaluate.measure import Measurer
 from onnxopt.optimizer.search.base import load_base, load_data, prepare_run_dir
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
 from onnxopt.optimizer.search.export import ExportedTrial, export_trial
@@ -30,7 +32,6 @@ from onnxopt.optimizer.search.objective import (
 )
 from onnxopt.optimizer.search.parallel import spawn_workers, stop_workers, wait_workers
 from onnxopt.optimizer.search.pareto import best_trials, is_feasible
-from onnxopt.optimizer.search.samplers import make_sampler
 from onnxopt.optimizer.search.space import SearchSpace
 from onnxopt.optimizer.search.study import (
     STUDY_NAME,
@@ -44,6 +45,11 @@ from onnxopt.optimizer.search.study import (
     study_exists,
 )
 from onnxopt.optimizer.search.worker import TrialLoop
+from onnxopt.samplers import make_sampler
+
+
+def _quiet(_: str) -> None:
+    """Discards notes (library callers that do not print)."""
 
 
 @dataclass
@@ -58,13 +64,23 @@ class SearchContext:
     evaluator: Evaluator
 
     @classmethod
-    def prepare(cls, config: SearchConfig, run_dir: Path) -> SearchContext:
-        """Load data and base model and build the space (config errors surface here)."""
+    def prepare(
+        cls, config: SearchConfig, run_dir: Path, notify: Callable[[str], None] = _quiet
+    ) -> SearchContext:
+        """Load data and base model and build the space (config errors surface here).
+
+        Args:
+            config: The search config.
+            run_dir: The run directory.
+            notify: Receives one line per change made to the user's model.
+        """
         source = config.model.onnx
         model_bytes = source.stat().st_size if source is not None and source.is_file() else 0
         run_dir = prepare_run_dir(run_dir, model_bytes)
         dataset = load_data(config)
-        base = load_base(config, dataset, run_dir)
+        base, notes = load_base(config, dataset, run_dir)
+        for note in notes:
+            notify(note)
         builder = CandidateBuilder(base, dataset, config.search.width)
         space = SearchSpace.build(config.search, builder.width_space())
         space.check_points(config.search.strategy.enqueue)
@@ -75,12 +91,12 @@ class SearchContext:
         )  # fmt: skip
         return cls(config, run_dir, dataset, builder, space, evaluator)
 
-    def test_evaluator(self) -> Evaluator:
-        """An evaluator on the test split (for exported models only)."""
-        s = self.config.search
-        return Evaluator(
-            self.dataset.test, self.dataset.num_classes, s.evaluation, s.constraints,
-            output_name=self.config.model.output,
+    def test_measurer(self) -> Measurer:
+        """A measurer on the test split, with the trials' runtime (exported files only)."""
+        ev = self.config.search.evaluation
+        return Measurer(
+            self.dataset.test, num_classes=self.dataset.num_classes,
+            output_name=self.config.model.output, runtime=ev.runtime, threads=ev.threads,
         )  # fmt: skip
 
     def base_sha256(self) -> str:
@@ -132,7 +148,6 @@ def _open(ctx: SearchContext, spec: str, name: str, *, join: bool, seed_offset: 
             study.set_user_attr("baseline", baseline or ctx.baseline())  # last: marks it done
         else:
             _check_same_search(study, ctx)
-    ctx.evaluator.baseline_accuracy = study.user_attrs["baseline"]["accuracy"]
     return study, storage
 
 
@@ -159,10 +174,12 @@ def _limit(ctx: SearchContext) -> int:
 
 
 def _loop(ctx: SearchContext, study, storage, spec: str, name: str, callbacks=()) -> int:
-    ctx.evaluator.latency_lock = FileLock(ctx.run_dir / LATENCY_LOCK)
-    objective = Objective(ctx.space, ctx.builder, ctx.evaluator)
+    evaluator = ctx.evaluator.for_trials(
+        study.user_attrs["baseline"]["accuracy"], FileLock(ctx.run_dir / LATENCY_LOCK)
+    )
+    objective = Objective(ctx.space, ctx.builder, evaluator)
     loop = TrialLoop(
-        study, objective, _limit(ctx), slot_lock=trial_slot_lock(spec, storage, name),
+        study, storage, objective, _limit(ctx), slot_lock=trial_slot_lock(spec, storage, name),
         timeout=ctx.config.search.strategy.timeout, callbacks=callbacks,
     )  # fmt: skip
     if ctx.config.search.strategy.workers == 1:
@@ -183,6 +200,7 @@ def run_search(
     resume: bool = False,
     reclaim: bool = False,
     progress: bool = True,
+    notify: Callable[[str], None] = _quiet,
 ) -> SearchResult:
     """Run (or resume, or join) the search of ``config`` until n_trials have finished.
 
@@ -198,18 +216,19 @@ def run_search(
         reclaim: Also re-run trials left RUNNING by workers on other hosts (only when no
             other worker is running).
         progress: Show a progress bar with the best values so far.
+        notify: Receives one line per change made to the user's model.
 
     Raises:
         ConfigError, UsageError: Before any trial runs, for a config or storage problem.
         OnnxoptError: When a worker process fails.
     """
     start = time.perf_counter()
-    ctx = SearchContext.prepare(config, run_dir)
+    ctx = SearchContext.prepare(config, run_dir, notify)
     spec = storage_spec(run_dir, storage)
     name = study_name or STUDY_NAME
     study, store = _open(ctx, spec, name, join=resume or study_name is not None)
     with trial_slot_lock(spec, store, name):  # no live worker is between ask and its tag
-        recovered = recover_interrupted(study, foreign=reclaim)
+        recovered = recover_interrupted(study, store, foreign=reclaim)
     children = spawn_workers(config.search.strategy.workers - 1, ctx.run_dir, spec, name)
     try:
         total = max(_limit(ctx) - counted_trials(study), 0)
@@ -247,10 +266,11 @@ def run_worker(run_dir: Path, storage: str, study_name: str, index: int) -> int:
 def export_best(result: SearchResult, *, ort_format: bool = True) -> list[ExportedTrial]:
     """Rebuild and write every best trial into ``run_dir/pareto``."""
     ctx = result.context
-    test = ctx.test_evaluator()
+    test = ctx.test_measurer()
     folder = ctx.run_dir / "pareto"
+    plan = ctx.evaluator.plan
     result.exported = [
-        export_trial(t, ctx.space, ctx.builder, test, folder, ort_format=ort_format)
+        export_trial(t, ctx.space, ctx.builder, test, folder, latency=plan, ort_format=ort_format)
         for t in result.best
     ]
     return result.exported

@@ -122,4 +122,7 @@ def select_and_export(
     trial = select_trial(study.get_trials(), rule, study.user_attrs["baseline"]["accuracy"])
     ctx = SearchContext.prepare(config, Path(run_dir))
     folder = Path(out_dir) if out_dir else Path(run_dir) / "selected"
-    return trial, export_trial(trial, ctx.space, ctx.builder, ctx.test_evaluator(), folder)
+    exported = export_trial(
+        trial, ctx.space, ctx.builder, ctx.test_measurer(), folder, latency=ctx.evaluator.plan
+    )
+    return trial, exported

@@ -18,8 +18,7 @@ import optuna
 from onnxopt.config.quantization import QuantizationConfig
 from onnxopt.config.search import Search
 from onnxopt.errors import ConfigError, did_you_mean
-
-ORDINAL_SAMPLERS = frozenset({"cmaes", "gp"})
+from onnxopt.samplers import SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class SearchSpace:
             values[f"w.{group}"] = tuple(float(c) for c in choices)
         dims = tuple(Dimension(n, c) for n, c in values.items() if len(c) > 1)
         fixed = {n: c[0] for n, c in values.items() if len(c) == 1}
-        ordinal = search.strategy.sampler in ORDINAL_SAMPLERS
+        ordinal = SAMPLERS[search.strategy.sampler].ordinal
         space = cls(search, dims, fixed, ordinal)
         space.check_sampler()
         return space
@@ -80,19 +79,22 @@ class SearchSpace:
         Raises:
             ConfigError: With the dimension that does not fit.
         """
-        sampler = self.search.strategy.sampler
+        spec = SAMPLERS[self.search.strategy.sampler]
         if not self.dimensions:
             raise ConfigError("the search space has no open choice; give a list somewhere")
-        if not self.ordinal:
-            return
-        for dim in self.dimensions:
-            if not dim.numeric:
-                raise ConfigError(
-                    f"sampler {sampler!r} needs numeric choices, but {dim.name} has "
-                    f"{list(dim.choices)}; use tpe, random or brute-force for this space"
-                )
-        if sampler == "cmaes" and len(self.dimensions) < 2:
-            raise ConfigError("sampler 'cmaes' needs at least two open choices; use tpe")
+        if self.ordinal:
+            others = ", ".join(n for n, s in SAMPLERS.items() if not s.ordinal)
+            for dim in self.dimensions:
+                if not dim.numeric:
+                    raise ConfigError(
+                        f"sampler {spec.name!r} needs numeric choices, but {dim.name} has "
+                        f"{list(dim.choices)}; use one of {others} for this space"
+                    )
+        if len(self.dimensions) < spec.min_dimensions:
+            raise ConfigError(
+                f"sampler {spec.name!r} needs at least {spec.min_dimensions} open choices; "
+                "use tpe"
+            )
 
     @property
     def size(self) -> int:

@@ -198,11 +198,14 @@ def is_interrupted(trial: FrozenTrial) -> bool:
     return bool(trial.user_attrs.get(INTERRUPTED))
 
 
-def recover_interrupted(study: optuna.Study, *, foreign: bool = False) -> int:
+def recover_interrupted(
+    study: optuna.Study, storage: BaseStorage, *, foreign: bool = False
+) -> int:
     """Fail RUNNING trials whose worker is dead and enqueue their params again.
 
     Args:
         study: The study.
+        storage: The storage object the study was opened on.
         foreign: Also recover RUNNING trials of other hosts (``--resume`` when the user
             knows no other worker runs).
 
@@ -216,14 +219,21 @@ def recover_interrupted(study: optuna.Study, *, foreign: bool = False) -> int:
         alive = worker_alive(worker) if worker else False
         if alive or (alive is None and not foreign):
             continue
-        if mark_interrupted(study, trial._trial_id, trial.params):
+        if mark_interrupted(study, storage, trial.number, trial.params):
             count += 1
     return count
 
 
-def mark_interrupted(study: optuna.Study, trial_id: int, params: dict) -> bool:
-    """Fail one unfinished trial as interrupted and queue its params for another run."""
-    storage = study._storage  # the public API cannot fail another process's trial
+def mark_interrupted(
+    study: optuna.Study, storage: BaseStorage, number: int, params: dict
+) -> bool:
+    """Fail one unfinished trial as interrupted and queue its params for another run.
+
+    Another process's trial cannot be told through ``Study.tell`` with attributes, so this
+    goes through the storage's public API on the storage object the study was opened on.
+    """
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
     try:
         storage.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED)
         storage.set_trial_user_attr(trial_id, INTERRUPTED, True)

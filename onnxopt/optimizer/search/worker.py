@@ -6,9 +6,14 @@ the lock, builds and measures the candidate and tells the result. Counting and a
 one lock keeps the total at exactly ``n_trials`` however many workers run; sampling under it
 keeps brute force from giving two workers the same point.
 
-Failure policy: a bad candidate is a FAIL trial with its reason and the loop goes on;
-Ctrl-C (or any error outside the candidate) fails the running trial as interrupted, queues
-its params again for a resumed run, and re-raises.
+Failure policy: a candidate that onnxopt or the runtime cannot build or run
+(:class:`~onnxopt.errors.CandidateError`) is a FAIL trial with its reason and the loop goes
+on; Ctrl-C, SIGTERM or any other exception (a bug in onnxopt is one) fails the running
+trial as interrupted, queues its params again for a resumed run, and re-raises: the search
+stops.
+
+Only public Optuna API is used: ``ask``/``tell``, the storage's trial methods, and a
+brute-force sampler that leaves stopping to this loop (:mod:`.samplers`).
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from onnxopt.optimizer.search.objective import CandidateFailed, Objective
+from onnxopt.errors import CandidateError
+from onnxopt.optimizer.search.objective import Objective
 from onnxopt.optimizer.search.study import WORKER, counted_trials, mark_interrupted, this_worker
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -31,6 +38,7 @@ class TrialLoop:
 
     Args:
         study: The shared study.
+        storage: The storage object the study was opened on.
         objective: Suggests and evaluates a trial.
         limit: Trials the study should hold in the end (``n_trials``, or fewer when brute
             force has fewer points).
@@ -42,6 +50,7 @@ class TrialLoop:
     def __init__(
         self,
         study: optuna.Study,
+        storage: BaseStorage,
         objective: Objective,
         limit: int,
         slot_lock=None,
@@ -49,6 +58,7 @@ class TrialLoop:
         callbacks: Sequence[Callback] = (),
     ) -> None:
         self.study = study
+        self.storage = storage
         self.objective = objective
         self.limit = limit
         self.slot_lock = slot_lock if slot_lock is not None else contextlib.nullcontext()
@@ -63,22 +73,13 @@ class TrialLoop:
             How many trials this worker finished.
         """
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        # BruteForceSampler calls study.stop() once the grid is exhausted; Optuna allows that
-        # only inside its optimize loop, which this loop stands in for.
-        self.study._thread_local.in_optimize_loop = True
-        self.study._stop_flag = False
         done = 0
-        try:
-            while not self.study._stop_flag:
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                started = self._start()
-                if started is None:
-                    break
-                self._finish(*started)
-                done += 1
-        finally:
-            self.study._thread_local.in_optimize_loop = False
+        while deadline is None or time.monotonic() < deadline:
+            started = self._start()
+            if started is None:
+                break
+            self._finish(*started)
+            done += 1
         return done
 
     def _start(self):
@@ -90,17 +91,18 @@ class TrialLoop:
             try:
                 choice = self.objective.suggest(trial)
             except BaseException:
-                mark_interrupted(self.study, trial._trial_id, {})
+                mark_interrupted(self.study, self.storage, trial.number, {})
                 raise
         return trial, choice
 
     def _finish(self, trial: optuna.Trial, choice) -> None:
         try:
             values = self.objective.evaluate(trial, choice)
-        except CandidateFailed:
+        except CandidateError:
             frozen = self.study.tell(trial, state=TrialState.FAIL)
         except BaseException:
-            mark_interrupted(self.study, trial._trial_id, trial.params)
+            # Ctrl-C, SIGTERM, a lost server, or a bug in onnxopt: the point runs again later
+            mark_interrupted(self.study, self.storage, trial.number, trial.params)
             raise
         else:
             frozen = self.study.tell(trial, values)

@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import DataError, RewriteError
+from onnxopt.runtime.ort import make_session, ort_errors, quiet_run_options
 
 BATCH = 512
 """Samples per onnxruntime run: bounds the memory of the activations being read."""
@@ -64,23 +65,19 @@ def run_values(
     Raises:
         RewriteError: When onnxruntime refuses the model or a name is not a value.
     """
-    import onnxruntime as ort
-
-    session = _session(model, names, ort)
+    session = _session(model, names)
     n = len(next(iter(feeds.values())))
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for start in range(0, n, BATCH):
         batch = {k: v[start : start + BATCH] for k, v in feeds.items()}
-        try:
-            outs = session.run(list(names), batch)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise RewriteError(f"onnxruntime failed on the scaled model: {exc}") from None
+        with ort_errors("run the scaled model", RewriteError):
+            outs = session.run(list(names), batch, quiet_run_options())
         for name, out in zip(names, outs, strict=True):
             chunks[name].append(out)
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
-def _session(model: ir.Model, names: Sequence[str], ort):
+def _session(model: ir.Model, names: Sequence[str]):
     values = {v.name: v for node in model.graph for v in node.outputs if v is not None}
     values.update({v.name: v for v in model.graph.inputs})
     unknown = [n for n in names if n not in values]
@@ -94,11 +91,4 @@ def _session(model: ir.Model, names: Sequence[str], ort):
     finally:
         for _ in extra:
             outputs.pop()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(
-            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:
-        raise RewriteError(f"onnxruntime cannot load the scaled model: {exc}") from None
+    return make_session(proto, error=RewriteError)

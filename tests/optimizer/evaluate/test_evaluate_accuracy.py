@@ -13,12 +13,14 @@ from sklearn.metrics import accuracy_score, log_loss
 from onnxopt.errors import DataError, EvaluationError
 from onnxopt.optimizer.evaluate import (
     classification_metrics,
-    classifier_io,
     evaluate_accuracy,
     log_probabilities,
     looks_like_probabilities,
-    make_session,
 )
+from onnxopt.runtime.io import classifier_io
+from onnxopt.runtime.ort import OrtBackend
+
+load_session = OrtBackend().load
 
 
 def _labels_mostly_right(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -28,7 +30,7 @@ def _labels_mostly_right(logits: np.ndarray, rng: np.random.Generator) -> np.nda
 
 
 def _evaluate(model, x, y, **kwargs):
-    session = make_session(model)
+    session = load_session(model)
     return evaluate_accuracy(session, classifier_io(session), x, y, **kwargs)
 
 

@@ -8,13 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score
 
+from onnxopt.data.shaping import adapt_inputs
 from onnxopt.errors import DataError
 from onnxopt.optimizer.evaluate import (
-    adapt_inputs,
-    classifier_io,
     evaluate_accuracy,
-    make_session,
 )
+from onnxopt.runtime.io import classifier_io
+from onnxopt.runtime.ort import OrtBackend
+
+load_session = OrtBackend().load
 
 
 def test_flat_digits_feed_an_image_input(cnn_builder, reference, rng):
@@ -23,7 +25,7 @@ def test_flat_digits_feed_an_image_input(cnn_builder, reference, rng):
     bias = rng.normal(size=10).astype(np.float32)
     x = rng.random((40, 64), dtype=np.float32)
     y = rng.integers(0, 10, size=40)
-    session = make_session(cnn_builder(weight, bias))
+    session = load_session(cnn_builder(weight, bias))
     io = classifier_io(session)
     assert io.input_shape == ("N", 1, 8, 8)
     fitted = adapt_inputs(x, io.input_shape, dtype=io.input_dtype, input_name=io.input_name)

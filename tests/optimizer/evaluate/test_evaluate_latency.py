@@ -11,15 +11,17 @@ from onnxopt.errors import EvaluationError, UsageError
 from onnxopt.optimizer.evaluate import (
     LatencyBudget,
     default_budget,
-    make_session,
     measure_latency,
 )
 from onnxopt.optimizer.evaluate.latency import make_batch, summarize, time_runs
+from onnxopt.runtime.ort import OrtBackend
+
+load_session = OrtBackend().load
 
 
 def test_latency_per_batch_size(gemm_builder, gemm_weights, data):
     x, _ = data
-    session = make_session(gemm_builder(*gemm_weights))
+    session = load_session(gemm_builder(*gemm_weights))
     result = measure_latency(
         session, x[:3], batch_sizes=(1, 8), warmup=1, repeats=5, min_time_s=0.0
     )
@@ -38,7 +40,7 @@ def test_latency_per_batch_size(gemm_builder, gemm_weights, data):
 
 def test_min_time_extends_the_run_count(gemm_builder, gemm_weights, data):
     x, _ = data
-    session = make_session(gemm_builder(*gemm_weights))
+    session = load_session(gemm_builder(*gemm_weights))
     start = time.perf_counter()
     result = measure_latency(session, x, batch_sizes=(1,), warmup=0, repeats=1, min_time_s=0.05)
     assert time.perf_counter() - start >= 0.05
@@ -73,7 +75,7 @@ def test_batches_cycle_through_the_sample():
 
 def test_bad_arguments(gemm_builder, gemm_weights, data):
     x, _ = data
-    session = make_session(gemm_builder(*gemm_weights))
+    session = load_session(gemm_builder(*gemm_weights))
     with pytest.raises(UsageError, match="positive integers"):
         measure_latency(session, x, batch_sizes=(0,))
     with pytest.raises(UsageError, match="distinct"):
@@ -84,6 +86,6 @@ def test_bad_arguments(gemm_builder, gemm_weights, data):
 
 def test_fixed_batch_model_cannot_run_other_sizes(gemm_builder, gemm_weights, data):
     x, _ = data
-    session = make_session(gemm_builder(*gemm_weights, batch=1))
+    session = load_session(gemm_builder(*gemm_weights, batch=1))
     with pytest.raises(EvaluationError, match="at batch size 4: INVALID_ARGUMENT"):
         measure_latency(session, x, batch_sizes=(4,), warmup=0, repeats=1, min_time_s=0)

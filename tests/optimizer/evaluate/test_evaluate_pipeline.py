@@ -15,7 +15,8 @@ from sklearn.metrics import accuracy_score, log_loss
 
 from onnxopt.data.dataset import Split
 from onnxopt.errors import DataError, UsageError
-from onnxopt.optimizer.evaluate import BIT_WIDTHS_KEY, evaluate_model
+from onnxopt.optimizer.evaluate import evaluate_model
+from onnxopt.optimizer.quantization.metadata import BIT_WIDTHS_KEY
 
 
 def test_report_matches_independent_numbers(tmp_path, gemm_builder, gemm_weights, data, reference):
@@ -109,7 +110,7 @@ def test_package_imports_neither_torch_nor_onnxruntime():
         "import sys\n"
         "import onnxopt.optimizer.evaluate\n"
         "assert 'onnxruntime' not in sys.modules\n"
-        "from onnxopt.optimizer.evaluate import make_session\n"
+        "from onnxopt.runtime.ort import make_session\n"
         "from onnx import parser\n"
         'make_session(parser.parse_model(\'<ir_version: 10, opset_import: ["" : 21]>'
         " g (float[N] x) => (float[N] y) { y = Relu(x) }'))\n"

@@ -8,7 +8,11 @@ import pytest
 from onnx import TensorProto, helper, parser
 
 from onnxopt.errors import DataError, EvaluationError, ModelLoadError, UsageError
-from onnxopt.optimizer.evaluate import classifier_io, make_session, predict_scores
+from onnxopt.optimizer.evaluate import predict_scores
+from onnxopt.runtime.io import classifier_io
+from onnxopt.runtime.ort import OrtBackend, make_session
+
+load_session = OrtBackend().load
 
 
 def _parse(text: str) -> onnx.ModelProto:
@@ -83,7 +87,7 @@ def test_run_failure_is_evaluation_error():
         "g (float[N, 4] x) => (float[N, 9] y) {\n"
         "  s = Constant<value = int64[2] {3, 3}>()\n  y = Reshape(x, s)\n}"
     )
-    session = make_session(model)
+    session = load_session(model)
     io = classifier_io(session)
     with pytest.raises(EvaluationError, match="could not run the model: FAIL: .*Reshape") as info:
         predict_scores(session, io, np.zeros((2, 4), np.float32))
@@ -101,22 +105,22 @@ def test_missing_file_garbage_file_and_bad_options(tmp_path):
     model = _parse(TWO_INPUTS)
     with pytest.raises(UsageError, match="did you mean 'all'"):
         make_session(model, optimization="al")
-    with pytest.raises(UsageError, match="threads must be a positive integer"):
+    with pytest.raises(UsageError, match="threads must be an integer in 1..1024"):
         make_session(model, threads=0)
 
 
 def test_classifier_io_symbolic_batch(gemm_builder, gemm_weights):
-    io = classifier_io(make_session(gemm_builder(*gemm_weights)))
+    io = classifier_io(load_session(gemm_builder(*gemm_weights)))
     assert (io.input_name, io.input_shape, io.output_name) == ("x", ("N", 16), "logits")
     assert io.input_dtype == np.float32 and io.num_classes == 5 and io.fixed_batch is None
-    unnamed = classifier_io(make_session(gemm_builder(*gemm_weights, batch=None)))
+    unnamed = classifier_io(load_session(gemm_builder(*gemm_weights, batch=None)))
     assert unnamed.input_shape == ("batch", 16)
-    fixed = classifier_io(make_session(gemm_builder(*gemm_weights, batch=4)))
+    fixed = classifier_io(load_session(gemm_builder(*gemm_weights, batch=4)))
     assert fixed.input_shape == ("batch", 16) and fixed.fixed_batch == 4
 
 
 def test_several_inputs_must_be_named():
-    session = make_session(_parse(TWO_INPUTS))
+    session = load_session(_parse(TWO_INPUTS))
     with pytest.raises(ModelLoadError, match=r"2 inputs \('a', 'b'\).*single input"):
         classifier_io(session)
     assert classifier_io(session, input_name="b").input_name == "b"
@@ -125,7 +129,7 @@ def test_several_inputs_must_be_named():
 
 
 def test_several_outputs_picked_by_name_or_class_count():
-    session = make_session(_parse(TWO_OUTPUTS))
+    session = load_session(_parse(TWO_OUTPUTS))
     with pytest.raises(UsageError, match=r"2 outputs \('feat' \['N', 4\], 'logits'.*--output-name"):
         classifier_io(session)
     assert classifier_io(session, num_classes=3).output_name == "logits"
@@ -146,7 +150,7 @@ def test_non_float_input_is_data_error():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     with pytest.raises(DataError, match=r"input 'x' has type tensor\(int8\)"):
-        classifier_io(make_session(model))
+        classifier_io(load_session(model))
 
 
 def test_fused_dequantize_matmul_keeps_float_activations(rng):

@@ -11,8 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.errors import ModelLoadError
-from onnxopt.optimizer.evaluate import BIT_WIDTHS_KEY, make_session, parameter_stats, size_on_disk
+from onnxopt.optimizer.evaluate import parameter_stats, size_on_disk
 from onnxopt.optimizer.evaluate.size import load_graph
+from onnxopt.optimizer.quantization.metadata import BIT_WIDTHS_KEY
+from onnxopt.runtime.ort import make_session
 
 
 def _model(nodes, inputs, outputs, inits=()):

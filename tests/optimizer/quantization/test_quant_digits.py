@@ -12,8 +12,9 @@ from onnxopt.config import validate
 from onnxopt.config.quantization import QuantizationConfig
 from onnxopt.errors import ConfigError
 from onnxopt.model_io import save_onnx
-from onnxopt.optimizer.evaluate import INTEGER_KERNELS, evaluate_model, fused_kernels
+from onnxopt.optimizer.evaluate import evaluate_model
 from onnxopt.optimizer.quantization.quantizer import Quantizer
+from onnxopt.runtime.kernels import INTEGER_KERNELS, kernel_facts
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ def test_8bit_within_one_point_and_fused(exported_recipe, digits, tmp_path, reci
     base = evaluate_model(fp32, digits.test, measure_latency=False).accuracy
     quant = evaluate_model(path, digits.test, measure_latency=False).accuracy
     assert abs(base - quant) <= 0.01, f"{recipe}: fp32 {base:.4f} vs 8-bit {quant:.4f}"
-    kernels = fused_kernels(candidate.model)
+    kernels = kernel_facts(candidate.model).counts
     assert kernels.get(kernel, 0) >= 1
     float_compute = {"Gemm", "Conv", "MatMul", "FusedConv", "FusedGemm"} & set(kernels)
     assert not float_compute, f"layers left in float after fusion: {kernels}"

@@ -1,7 +1,9 @@
-"""onnxruntime sessions pinned for repeatable measurement, and a classifier's input and output.
+"""The onnxruntime backend: sessions pinned for repeatable measurement, one-line errors.
 
-onnxruntime is imported inside the functions that need it, so importing this package (for
-example only to compute sizes) never loads it.
+Every onnxruntime session onnxopt opens is made here (:func:`make_session`), so threading,
+logging and numerics settings are the same everywhere, and every onnxruntime failure
+becomes one line naming what was being done (:func:`ort_errors`). onnxruntime is imported
+inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -9,36 +11,30 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import onnx
 
+from onnxopt.config.bounds import MAX_THREADS
 from onnxopt.errors import (
-    DataError,
     EvaluationError,
     ModelLoadError,
+    OnnxoptError,
     UsageError,
     did_you_mean,
     first_line,
 )
+from onnxopt.runtime.base import Backend, ModelSource, Session, TensorInfo, model_label
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 """Names accepted by ``make_session(optimization=...)``, mapped to ORT graph optimization levels."""
-
-INPUT_DTYPES = {
-    "tensor(float)": np.dtype(np.float32),
-    "tensor(float16)": np.dtype(np.float16),
-    "tensor(double)": np.dtype(np.float64),
-}
-"""The model input types evaluation can feed, as onnxruntime spells them."""
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*")
 # onnxruntime fuses DequantizeLinear + MatMul into MatMulNBits and by default (level 4)
@@ -47,28 +43,8 @@ _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*")
 _MATMULNBITS_ACCURACY = ("session.qdq_matmulnbits_accuracy_level", "1")
 _ERROR = 3  # onnxruntime log severities: the session logs errors only, runs nothing
 _FATAL = 4
-
-
-@dataclass(frozen=True)
-class ClassifierIO:
-    """The one input a classifier is fed and the output holding its class scores.
-
-    Attributes:
-        input_name: Name of the features input.
-        input_shape: Input shape with the batch dimension symbolic (a string); other
-            dimensions are ints or symbolic names.
-        input_dtype: numpy dtype the input expects (float32, float16 or float64).
-        output_name: Name of the class-score output.
-        num_classes: Static size of the output's last dimension, or None when symbolic.
-        fixed_batch: The batch size the model is fixed to, or None when the batch is dynamic.
-    """
-
-    input_name: str
-    input_shape: tuple[int | str, ...]
-    input_dtype: np.dtype
-    output_name: str
-    num_classes: int | None
-    fixed_batch: int | None = None
+SAFE_OPSET = 21
+"""An opset onnxruntime 1.32 CPU has every QDQ kernel for (it has none at opset 28)."""
 
 
 def ort_error_line(exc: BaseException) -> str:
@@ -86,19 +62,28 @@ def _ort_exception_types() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def ort_errors(action: str) -> Iterator[None]:
-    """Turn onnxruntime failures inside the block into a one-line :class:`EvaluationError`.
+def ort_errors(action: str, error: type[OnnxoptError] = EvaluationError) -> Iterator[None]:
+    """Turn onnxruntime failures inside the block into one line of ``error``.
 
     Args:
         action: What was being done, completing "onnxruntime could not ...".
-
-    Raises:
-        EvaluationError: When onnxruntime raised inside the block.
+        error: The onnxopt error to raise (EvaluationError; ExportError or RewriteError
+            where a failure means the export or the rewrite failed).
     """
     try:
         yield
+    except OnnxoptError:
+        raise
     except _ort_exception_types() as exc:
-        raise EvaluationError(f"onnxruntime could not {action}: {ort_error_line(exc)}") from exc
+        raise error(f"onnxruntime could not {action}: {ort_error_line(exc)}") from exc
+
+
+def native_error(exc: BaseException) -> BaseException:
+    """The onnxruntime exception behind one of our one-line errors (itself otherwise), for
+    callers that quote onnxruntime's own words in a message of theirs."""
+    if isinstance(exc, OnnxoptError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
 
 
 def quiet_run_options() -> ort.RunOptions:
@@ -125,8 +110,8 @@ def session_options(threads: int = 1, optimization: str = "all") -> ort.SessionO
     """
     import onnxruntime as ort
 
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UsageError(f"threads must be a positive integer, got {threads!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise UsageError(f"threads must be an integer in 1..{MAX_THREADS}, got {threads!r}")
     levels = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -147,20 +132,29 @@ def session_options(threads: int = 1, optimization: str = "all") -> ort.SessionO
 
 
 def make_session(
-    model: onnx.ModelProto | Path | str,
+    model: ModelSource,
     *,
     threads: int = 1,
     optimization: str = "all",
     optimized_model_path: Path | None = None,
+    config: Mapping[str, str] | None = None,
+    profile_prefix: Path | None = None,
+    disabled_optimizers: Sequence[str] = (),
+    error: type[OnnxoptError] = EvaluationError,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session with fixed threading.
 
     Args:
-        model: A model in memory or the path of a model file (external data next to it).
+        model: A model in memory, serialized bytes, or the path of a model file (external
+            data next to it), ``.onnx`` or ``.ort``.
         threads: Intra-op threads; inter-op threads are 1 and execution is sequential.
         optimization: Graph optimization level, one of :data:`OPTIMIZATION_LEVELS`.
         optimized_model_path: Where onnxruntime writes the graph it optimized (to read which
             kernels really run).
+        config: Extra session config entries (``session.save_model_format`` ...).
+        profile_prefix: Turn on onnxruntime's profiler, writing ``<prefix>_<time>.json``.
+        disabled_optimizers: onnxruntime graph transformers not to run.
+        error: The error raised when onnxruntime refuses the model.
 
     Returns:
         A session on ``CPUExecutionProvider`` only.
@@ -168,33 +162,41 @@ def make_session(
     Raises:
         ModelLoadError: When the path does not exist, or onnxruntime is too old for the
             model's IR version or opset.
-        EvaluationError: When onnxruntime refuses the model (invalid graph, missing kernel...).
+        error: When onnxruntime refuses the model (invalid graph, missing kernel...).
     """
     import onnxruntime as ort
 
     options = session_options(threads, optimization)
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     source, label = _model_source(model)
     try:
-        with ort_errors(f"load {label}"):
-            return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except EvaluationError as exc:
+        with ort_errors(f"load {label}", error):
+            return ort.InferenceSession(
+                source, options, providers=["CPUExecutionProvider"],
+                disabled_optimizers=list(disabled_optimizers) or None,
+            )  # fmt: skip
+    except OnnxoptError as exc:
+        if exc.__cause__ is None:
+            raise
         raise _version_refusal(exc.__cause__, label) or exc from exc.__cause__
 
 
 _IR_REFUSED = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
 _OPSET_REFUSED = re.compile(r"Opset (\d+) is under development.*? is till opset (\d+)", re.S)
 _KERNEL_MISSING = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
-SAFE_OPSET = 21
-"""An opset onnxruntime 1.32 CPU has every QDQ kernel for (it has none at opset 28)."""
 
 
 def _version_refusal(cause: BaseException | None, label: str) -> ModelLoadError | None:
     """A one-line ModelLoadError when onnxruntime refused the model's IR version or opset,
     or has no kernel for an op at a newer opset than :data:`SAFE_OPSET`."""
     text = str(cause or "")
-    version = f"onnxruntime {_ort_version()}"
+    version = f"onnxruntime {ort_version()}"
     if match := _IR_REFUSED.search(text):
         have, top = match.groups()
         return ModelLoadError(
@@ -217,103 +219,84 @@ def _version_refusal(cause: BaseException | None, label: str) -> ModelLoadError 
     return None
 
 
-def _ort_version() -> str:
+def ort_version() -> str:
+    """The installed onnxruntime's version."""
     import onnxruntime as ort
 
-    return ort.__version__
+    return str(ort.__version__)
 
 
-def _model_source(model: onnx.ModelProto | Path | str) -> tuple[str | bytes, str]:
+def _model_source(model: ModelSource) -> tuple[str | bytes, str]:
     if isinstance(model, onnx.ModelProto):
         return model.SerializeToString(), "the model"
+    if isinstance(model, bytes):
+        return model, "the model"
     path = Path(os.fspath(model))
     if not path.is_file():
         raise ModelLoadError(f"model file {str(path)!r} does not exist; check the path")
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        # onnxruntime takes paths as UTF-8 strings: read the bytes ourselves (an ONNX file
+        # with external data would need its folder, which such a name cannot be given as)
+        return path.read_bytes(), path.name.encode("utf-8", "replace").decode()
     return str(path), path.name
 
 
-def classifier_io(
-    session: ort.InferenceSession,
-    *,
-    input_name: str | None = None,
-    output_name: str | None = None,
-    num_classes: int | None = None,
-) -> ClassifierIO:
-    """Find the features input and the class-score output of a classifier session.
-
-    Args:
-        session: The session to inspect.
-        input_name: The features input; required when the model has several inputs.
-        output_name: The class-score output; required when several outputs remain ambiguous.
-        num_classes: When given, picks the only output whose last dimension has this size.
-
-    Raises:
-        ModelLoadError: When the model has several inputs and ``input_name`` is not given.
-        UsageError: When the class-score output is ambiguous (the message lists the outputs),
-            or ``input_name`` / ``output_name`` is not in the model.
-        DataError: When the input is not a float tensor with a batch dimension.
-    """
-    node = _pick_input(session.get_inputs(), input_name)
-    dtype = INPUT_DTYPES.get(node.type)
-    if dtype is None:
-        raise DataError(
-            f"model input {node.name!r} has type {node.type}; evaluation feeds float inputs "
-            f"({', '.join(INPUT_DTYPES)}): re-export the model with a float input"
-        )
-    shape = list(node.shape or [])
-    if not shape:
-        raise DataError(
-            f"model input {node.name!r} has no batch dimension (shape {shape}); re-export it "
-            "with the batch as its first dimension"
-        )
-    batch = shape[0]
-    fixed = batch if isinstance(batch, int) and batch > 0 else None
-    shape[0] = batch if isinstance(batch, str) and batch else "batch"
-    out = _pick_output(session.get_outputs(), output_name, num_classes)
-    last = out.shape[-1] if out.shape else None
-    return ClassifierIO(
-        input_name=node.name,
-        input_shape=tuple(shape),
-        input_dtype=dtype,
-        output_name=out.name,
-        num_classes=last if isinstance(last, int) else None,
-        fixed_batch=fixed,
-    )
+_TENSOR_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
+    "tensor(bool)": np.bool_,
+}  # fmt: skip
 
 
-def _pick_input(inputs: list[Any], name: str | None) -> Any:
-    if name is not None:
-        return _by_name(inputs, name, "input")
-    if len(inputs) != 1:
-        names = ", ".join(repr(i.name) for i in inputs)
-        raise ModelLoadError(
-            f"model has {len(inputs)} inputs ({names}); onnxopt feeds a classifier one tensor "
-            "of features: re-export the model with a single input (input_name picks one "
-            "when the others have defaults)"
-        )
-    return inputs[0]
+def _info(arg: Any) -> TensorInfo:
+    dtype = _TENSOR_TYPES.get(arg.type)
+    shape = tuple(d if isinstance(d, int | str) else None for d in (arg.shape or []))
+    return TensorInfo(arg.name, shape, np.dtype(dtype) if dtype else None, arg.type)
 
 
-def _pick_output(outputs: list[Any], name: str | None, num_classes: int | None) -> Any:
-    if name is not None:
-        return _by_name(outputs, name, "output")
-    if len(outputs) == 1:
-        return outputs[0]
-    listed = ", ".join(f"{o.name!r} {list(o.shape or [])}" for o in outputs)
-    how = "name the class-score output with --output-name (output_name in Python)"
-    if num_classes is not None:
-        fits = [o for o in outputs if o.shape and o.shape[-1] == num_classes]
-        if len(fits) == 1:
-            return fits[0]
-        raise UsageError(
-            f"{len(fits)} of the model's outputs ({listed}) end in {num_classes} classes; {how}"
-        )
-    raise UsageError(f"model has {len(outputs)} outputs ({listed}); {how} or give num_classes")
+class OrtSession(Session):
+    """An onnxruntime session behind the :class:`Session` interface."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, session: ort.InferenceSession, label: str = "the model") -> None:
+        self.session = session
+        self.label = label
+        self._options = quiet_run_options()
+        self._inputs = tuple(_info(a) for a in session.get_inputs())
+        self._outputs = tuple(_info(a) for a in session.get_outputs())
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._outputs
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
+        with ort_errors(f"run {self.label}"):
+            return self.session.run(list(outputs) if outputs else None, dict(feeds), self._options)
+
+    def runner(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]:
+        return functools.partial(self.session.run, None, dict(feeds), self._options)
+
+    def errors(self, action: str) -> AbstractContextManager[None]:
+        return ort_errors(action)
 
 
-def _by_name(args: list[Any], name: str, kind: str) -> Any:
-    for arg in args:
-        if arg.name == name:
-            return arg
-    hint = did_you_mean(name, [a.name for a in args])
-    raise UsageError(f"model has no {kind} named {name!r}; {hint}")
+class OrtBackend(Backend):
+    """onnxruntime's CPU execution provider, every graph optimization on."""
+
+    name: ClassVar[str] = "onnxruntime"
+
+    def load(self, model: ModelSource, *, threads: int = 1) -> OrtSession:
+        return OrtSession(make_session(model, threads=threads), model_label(model))
+
+    def version(self) -> str:
+        return ort_version()

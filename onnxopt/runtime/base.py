@@ -1,0 +1,113 @@
+"""The runtime interface: a backend loads a model into a session that runs it.
+
+A :class:`Backend` turns a model (in memory, as bytes, or a file) into a :class:`Session`
+with fixed threading; a session names its inputs and outputs (:class:`TensorInfo`), runs
+feeds, and hands out a zero-argument runner for timing (a backend may preset its tensors
+there). Backends register in :data:`onnxopt.runtime.BACKENDS`; every failure a backend meets
+becomes one :class:`~onnxopt.errors.OnnxoptError` line.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import onnx
+
+ModelSource = onnx.ModelProto | bytes | Path | str
+"""A model in memory, serialized, or the path of a file (external data next to it)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output of a loaded model.
+
+    Attributes:
+        name: The tensor name.
+        shape: Dimensions: ints, symbolic names, or None where unknown.
+        dtype: The numpy dtype, or None for non-tensor types (sequences, maps).
+        type_name: The type as the runtime spells it (``tensor(float)``), for messages.
+    """
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: np.dtype | None
+    type_name: str
+
+
+class Session(abc.ABC):
+    """A model loaded on one backend."""
+
+    backend: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        """The inputs a run must feed (initializers excluded)."""
+
+    @property
+    @abc.abstractmethod
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        """The model's outputs."""
+
+    @abc.abstractmethod
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
+        """The named outputs (all when None) for ``feeds``.
+
+        Raises:
+            EvaluationError: When the runtime fails (one line).
+        """
+
+    def runner(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]:
+        """A zero-argument call that runs ``feeds`` once, as cheaply as the backend allows
+        (for timing; call it inside :meth:`errors`)."""
+        return lambda: self.run(feeds)
+
+    def errors(self, action: str) -> AbstractContextManager[None]:
+        """A context turning the backend's failures inside it into one-line errors."""
+        return nullcontext()
+
+
+class Backend(abc.ABC):
+    """A runtime that loads ONNX models on the CPU.
+
+    Attributes:
+        name: The config name (``runtime = "..."``).
+        extra: The pip extra that installs it (empty for the core dependency).
+    """
+
+    name: ClassVar[str]
+    extra: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def load(self, model: ModelSource, *, threads: int = 1) -> Session:
+        """A session with ``threads`` intra-op threads and every graph optimization on.
+
+        Raises:
+            ModelLoadError: The file is missing or uses an IR version/opset the runtime lacks.
+            EvaluationError: The runtime refuses the model.
+            UsageError: A bad thread count.
+        """
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether the backend's package is installed."""
+        return True
+
+    def version(self) -> str:
+        """The runtime's version string."""
+        return ""
+
+
+def model_label(model: ModelSource) -> str:
+    """How a model is named in messages: its file name, or "the model"."""
+    if isinstance(model, onnx.ModelProto | bytes):
+        return "the model"
+    return Path(model).name
