@@ -36,6 +36,7 @@ WORK=""
 LOGS=""
 OWN_DAEMON=0
 DOCKERD_PID=""
+DOCKERD_KEY=""     # /etc/docker/key.json when our dockerd created it (it writes it there)
 COMPOSE=()
 COMPOSE_UP=0
 BUILT_IMAGES=()    # removed at the end (a private daemon's are removed with its data root)
@@ -169,6 +170,7 @@ start_dockerd() {
     local driver=$1 dk="$WORK/docker" i
     mkdir -p "$dk"
     rm -f "$dk/dockerd.pid"
+    [[ -e /etc/docker/key.json ]] || DOCKERD_KEY=/etc/docker/key.json
     note "starting dockerd ($(dockerd --version 2>/dev/null | cut -d, -f1)), storage driver $driver," \
         "no bridge, no iptables; data root $dk/data"
     dockerd --data-root "$dk/data" --exec-root "$dk/exec" --pidfile "$dk/dockerd.pid" \
@@ -204,6 +206,10 @@ stop_own_daemon() {
     note "stopping the dockerd this run started (pid $DOCKERD_PID)"
     stop_daemon_in "$WORK"
     OWN_DAEMON=0
+    if [[ -n "$DOCKERD_KEY" ]]; then
+        rm -f "$DOCKERD_KEY"
+        rmdir /etc/docker 2>/dev/null
+    fi
 }
 
 ensure_daemon() {
