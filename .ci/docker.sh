@@ -94,13 +94,14 @@ run() {
 
 d() { timeout --kill-after=10 "${DOCKER_TIMEOUT:-120}" docker "$@"; }
 
-as_root() {
+root_prefix() {
+    # ROOT_CMD: what runs a command as root (nothing as root, else passwordless sudo)
     if [[ $(id -u) -eq 0 ]]; then
-        "$@"
+        ROOT_CMD=()
     elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-        sudo -n "$@"
+        ROOT_CMD=(sudo -n)
     else
-        fail "needs root (or passwordless sudo) for: $*"
+        fail "needs root (or passwordless sudo) to install $*"
     fi
 }
 
@@ -111,10 +112,12 @@ install_packages() {
     # apt-get install -y PACKAGE... (an index update first; its failure alone is not fatal)
     command -v apt-get >/dev/null || fail "missing $*, and apt-get is not available to install them"
     note "installing $* (apt-get install -y --no-install-recommends)"
-    local log="$LOGS/apt.log"
-    timeout 300 as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$log" 2>&1 ||
-        note "apt-get update reported errors (see below); installing from the current index"
-    run "$log" 900 as_root env DEBIAN_FRONTEND=noninteractive \
+    local log="$LOGS/apt.log" ROOT_CMD
+    root_prefix "$@"
+    timeout 300 "${ROOT_CMD[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$log" 2>&1 ||
+        note "apt-get update reported errors ($(grep -m1 -E '^(E|W):' "$log" | cut -c1-150));" \
+            "installing from the current index"
+    run "$log" 900 "${ROOT_CMD[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "$@"
 }
 
@@ -212,16 +215,37 @@ stop_own_daemon() {
     fi
 }
 
+daemon_running() {
+    [[ "${ONNXOPT_DOCKER_DAEMON:-auto}" != private ]] && command -v docker >/dev/null &&
+        timeout 20 docker info >/dev/null 2>&1
+}
+
+ensure_packages() {
+    # what is missing of docker.io, docker-compose and debootstrap, in one apt-get call
+    local missing=()
+    if ! command -v docker >/dev/null || { ! daemon_running && ! command -v dockerd >/dev/null; }; then
+        missing+=(docker.io)
+    fi
+    if ! command -v docker-compose >/dev/null && ! timeout 20 docker compose version >/dev/null 2>&1; then
+        missing+=(docker-compose)
+    fi
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        install_packages "${missing[@]}"
+    else
+        note "docker, dockerd, docker-compose and debootstrap are installed"
+    fi
+}
+
 ensure_daemon() {
     step "Docker engine"
-    command -v docker >/dev/null || install_packages docker.io
-    if [[ "${ONNXOPT_DOCKER_DAEMON:-auto}" != private ]] && timeout 20 docker info >/dev/null 2>&1; then
+    ensure_packages
+    if daemon_running; then
         note "using the running Docker daemon: $(docker info --format \
             'server {{.ServerVersion}}, storage driver {{.Driver}}, cgroup v{{.CgroupVersion}}' 2>/dev/null)" \
             "${DOCKER_HOST:+at $DOCKER_HOST}"
         return 0
     fi
-    command -v dockerd >/dev/null || install_packages docker.io
     command -v dockerd >/dev/null || fail "dockerd not found after installing docker.io"
     [[ $(id -u) -eq 0 ]] || fail "no Docker daemon runs, and only root can start one"
     local driver=overlay2 fstype
