@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Docker image and runs it for real (.ci/run calls it after the test suite):
 #   1. a Docker engine: the running one, else a private dockerd started here (Debian's
-#      docker.io, installed with apt-get when missing) with its own data root, socket and
+#      docker.io, installed with apt-get when missing) with its own data root (in a tmpfs
+#      when memory allows: deleting GBs of layers on this disk takes minutes), socket and
 #      containerd namespace, no bridge and no iptables rules (every container here uses the
-#      host's loopback or no network at all), overlay2 or, where that fails, vfs;
+#      host's loopback or no network at all), overlay2 or, where that fails, vfs on disk;
 #   2. the base image: the Dockerfile's default (python:3.11-slim) when a registry gives it,
 #      else Debian bookworm from debootstrap (minbase, python3, python3-venv, python3-pip) with
 #      a venv first on PATH, imported with `docker import`; either way plus the host's CA
@@ -24,7 +25,9 @@
 #
 # Environment: ONNXOPT_CI_DOCKER=0 skips everything; ONNXOPT_DOCKER_DAEMON=private starts a
 # private dockerd even when one runs; ONNXOPT_DOCKER_BASE=IMAGE uses that base image as is;
-# ONNXOPT_DEBIAN_MIRROR (default http://deb.debian.org/debian); PYTHON (host checks).
+# ONNXOPT_DOCKER_TMPFS=0 keeps the images on disk (ONNXOPT_DOCKER_TMPFS_GB: its size, 10);
+# ONNXOPT_DOCKER_LOGS=DIR keeps every step's log there; ONNXOPT_DEBIAN_MIRROR (default
+# http://deb.debian.org/debian); PYTHON (host checks, default python3).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,6 +37,8 @@ LABEL="onnxopt.ci.run=$RUN_ID"
 WORK_PREFIX=/var/tmp/onnxopt-docker.
 WORK=""
 LOGS=""
+STORE=""           # images and rootfs: a tmpfs in WORK/mem when memory allows, else WORK/disk
+PG_BUILD_PID=""
 OWN_DAEMON=0
 DOCKERD_PID=""
 DOCKERD_KEY=""     # /etc/docker/key.json when our dockerd created it (it writes it there)
@@ -154,9 +159,9 @@ stop_pidfile() {
 
 stop_daemon_in() {
     local dir=$1
-    stop_pidfile "$dir/docker/dockerd.pid" 60 "$dir"
+    stop_pidfile "$dir/dockerd.pid" 60 "$dir"
     # its containerd stops with it, unless dockerd was killed
-    stop_pidfile "$dir/docker/exec/containerd/containerd.pid" 10 "$dir"
+    stop_pidfile "$dir/exec/containerd/containerd.pid" 10 "$dir"
 }
 
 remove_work() {
@@ -169,25 +174,43 @@ remove_work() {
     rm -rf --one-file-system "$dir" 2>/dev/null || note "could not remove all of $dir"
 }
 
+use_tmpfs() {
+    # STORE: where the images and the debootstrap rootfs go. A tmpfs when memory allows:
+    # deleting a few GB of small files on this disk (mounted with discard) takes minutes,
+    # unmounting a tmpfs takes none. ONNXOPT_DOCKER_TMPFS=0: always the disk.
+    STORE="$WORK/disk"
+    mkdir -p "$STORE"
+    [[ "${ONNXOPT_DOCKER_TMPFS:-1}" != 0 && $(id -u) -eq 0 ]] || return 0
+    local avail_gb size_gb=${ONNXOPT_DOCKER_TMPFS_GB:-10}
+    avail_gb=$(awk '/^MemAvailable:/ {printf "%d", $2 / 1048576}' /proc/meminfo)
+    if [[ $avail_gb -lt $((size_gb + 4)) ]]; then
+        note "only ${avail_gb} GB of memory available: images on disk (slower to delete)"
+        return 0
+    fi
+    mkdir -p "$WORK/mem" && mount -t tmpfs -o "size=${size_gb}g,mode=0700" onnxopt-ci "$WORK/mem" ||
+        { note "cannot mount a tmpfs: images on disk"; return 0; }
+    STORE="$WORK/mem"
+    note "images and rootfs in a ${size_gb} GB tmpfs ($avail_gb GB of memory available)"
+}
+
 start_dockerd() {
-    local driver=$1 dk="$WORK/docker" i
-    mkdir -p "$dk"
-    rm -f "$dk/dockerd.pid"
+    local driver=$1 data=$2 i log="$WORK/dockerd-$1.log"
+    rm -f "$WORK/dockerd.pid"
     [[ -e /etc/docker/key.json ]] || DOCKERD_KEY=/etc/docker/key.json
     note "starting dockerd ($(dockerd --version 2>/dev/null | cut -d, -f1)), storage driver $driver," \
-        "no bridge, no iptables; data root $dk/data"
-    dockerd --data-root "$dk/data" --exec-root "$dk/exec" --pidfile "$dk/dockerd.pid" \
-        -H "unix://$dk/docker.sock" --storage-driver "$driver" \
+        "no bridge, no iptables; data root $data"
+    dockerd --data-root "$data" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
+        -H "unix://$WORK/docker.sock" --storage-driver "$driver" \
         --iptables=false --ip-masq=false --bridge=none --userland-proxy=false \
         --containerd-namespace "onnxopt-ci" --containerd-plugins-namespace "onnxopt-ci-plugins" \
-        --log-level warn >>"$dk/dockerd-$driver.log" 2>&1 &
+        --log-level warn >>"$log" 2>&1 &
     DOCKERD_PID=$!
     OWN_DAEMON=1
-    export DOCKER_HOST="unix://$dk/docker.sock"
+    export DOCKER_HOST="unix://$WORK/docker.sock"
     for ((i = 0; i < 120; i++)); do
         if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
             note "dockerd exited while starting:"
-            tail -n 8 "$dk/dockerd-$driver.log"
+            tail -n 8 "$log"
             return 1
         fi
         if timeout 10 docker info >/dev/null 2>&1; then
@@ -200,7 +223,7 @@ start_dockerd() {
         sleep 0.5
     done
     note "dockerd did not answer within 60s:"
-    tail -n 8 "$dk/dockerd-$driver.log"
+    tail -n 8 "$log"
     return 1
 }
 
@@ -249,19 +272,24 @@ ensure_daemon() {
     command -v dockerd >/dev/null || fail "dockerd not found after installing docker.io"
     [[ $(id -u) -eq 0 ]] || fail "no Docker daemon runs, and only root can start one"
     local driver=overlay2 fstype
-    fstype=$(stat -f -c %T "$WORK" 2>/dev/null)
+    use_tmpfs
+    fstype=$(stat -f -c %T "$STORE" 2>/dev/null)
     if ! grep -qw overlay /proc/filesystems; then
         note "the kernel has no overlay filesystem: using the vfs storage driver (slow, several GB)"
         driver=vfs
     elif [[ "$fstype" == overlayfs || "$fstype" == overlay ]]; then
-        note "$WORK is on overlayfs, where overlay2 cannot stack: using vfs (slow, several GB)"
+        note "$STORE is on overlayfs, where overlay2 cannot stack: using vfs (slow, several GB)"
         driver=vfs
     fi
-    if ! start_dockerd "$driver"; then
+    # vfs copies every layer in full (tens of GB for this image): on disk, never in the tmpfs
+    local data="$STORE/docker"
+    [[ $driver == vfs ]] && data="$WORK/disk/docker"
+    if ! start_dockerd "$driver" "$data"; then
         stop_own_daemon
         [[ $driver == overlay2 ]] || fail "dockerd did not start (log above)"
         note "overlay2 failed: retrying with the vfs storage driver (slow, several GB)"
-        start_dockerd vfs || { stop_own_daemon; fail "dockerd did not start with vfs either (log above)"; }
+        start_dockerd vfs "$WORK/disk/docker-vfs" ||
+            { stop_own_daemon; fail "dockerd did not start with vfs either (log above)"; }
     fi
     note "dockerd $(docker info --format '{{.ServerVersion}}, {{.Driver}}, cgroup v{{.CgroupVersion}}' \
         2>/dev/null) at $DOCKER_HOST; client $(docker version --format '{{.Client.Version}}' 2>/dev/null)"
@@ -314,7 +342,7 @@ pull_image() {
 
 debootstrap_base() {
     # Debian bookworm (Python 3.11, as requires-python wants) in a folder, imported as an image
-    local image=$1 rootfs="$WORK/rootfs" log="$LOGS/debootstrap.log" ca
+    local image=$1 rootfs="${STORE:-$WORK}/rootfs" log="$LOGS/debootstrap.log" ca
     local mirror=${ONNXOPT_DEBIAN_MIRROR:-http://deb.debian.org/debian}
     command -v debootstrap >/dev/null || install_packages debootstrap
     note "debootstrap --variant=minbase bookworm from $mirror (python3, python3-venv, python3-pip)"
@@ -468,8 +496,9 @@ container_search() {
     cat "$LOGS/files.log"
 }
 
-postgres_image() {
-    step "PostgreSQL image"
+start_postgres_image() {
+    # the official image when it can be pulled; else Debian's postgresql on the same base,
+    # built in the background while the onnxopt image builds
     local official
     official=$(compose_default_postgres)
     [[ -n "$official" ]] || fail "no \${ONNXOPT_POSTGRES_IMAGE:-...} default in docker-compose.yml"
@@ -478,10 +507,26 @@ postgres_image() {
         return 0
     fi
     PG_IMAGE="onnxopt-ci-postgres:$RUN_ID"
-    note "building $PG_IMAGE from $BASE with Debian's postgresql package (docker/postgres)"
-    run "$LOGS/postgres-build.log" 900 docker build --network host --force-rm --label "$LABEL" \
-        --build-arg "BASE_IMAGE=$BASE" -t "$PG_IMAGE" "$ROOT/docker/postgres"
     BUILT_IMAGES+=("$PG_IMAGE")
+    note "building $PG_IMAGE from $BASE with Debian's postgresql package (docker/postgres)," \
+        "in the background"
+    timeout --kill-after=20 900 docker build --network host --force-rm --label "$LABEL" \
+        --build-arg "BASE_IMAGE=$BASE" -t "$PG_IMAGE" "$ROOT/docker/postgres" \
+        >"$LOGS/postgres-build.log" 2>&1 &
+    PG_BUILD_PID=$!
+}
+
+wait_postgres_image() {
+    step "PostgreSQL image (what is left of its build)"
+    [[ -n "${PG_BUILD_PID:-}" ]] || return 0
+    local rc=0
+    wait "$PG_BUILD_PID" || rc=$?
+    PG_BUILD_PID=""
+    if [[ $rc -ne 0 ]]; then
+        show_log "$LOGS/postgres-build.log"
+        fail "building $PG_IMAGE (exit $rc)"
+    fi
+    note "built $PG_IMAGE: $(d image inspect "$PG_IMAGE" --format '{{.Size}}' | awk '{printf "%.2f GB", $1 / 1e9}')"
 }
 
 free_port() {
@@ -566,12 +611,9 @@ compose_search() {
         show_log "$LOGS/workers.log" 60
         fail "worker exit codes: ${codes[*]:-none (timed out)}"
     fi
-    note "onnxopt status (in a container):"
-    compose run -T --rm --no-deps onnxopt status "$url" --study "$study" >"$LOGS/status.txt" 2>>"$log" ||
-        { show_log "$log"; fail "onnxopt status in a container"; }
-    sed -n '1,4p' "$LOGS/status.txt" | sed 's/^/  /'
+    note "docker-compose run --rm onnxopt status $url --study $study --json"
     compose run -T --rm --no-deps onnxopt status "$url" --study "$study" --json \
-        >"$LOGS/status.json" 2>>"$log" || { show_log "$log"; fail "onnxopt status --json"; }
+        >"$LOGS/status.json" 2>>"$log" || { show_log "$log"; fail "onnxopt status in a container"; }
     PGPASSWORD=$POSTGRES_PASSWORD run "$LOGS/study.log" 120 "$PYTHON" "$ROOT/.ci/docker_check.py" \
         study "$url" "$study" --n-trials "$n_trials" --workers 2 --status-json "$LOGS/status.json"
     cat "$LOGS/study.log"
@@ -592,8 +634,21 @@ cleanup() {
     set +e
     trap - INT TERM
     step ""
-    [[ $rc -ne 0 && -n "$WORK" && -f "$WORK/docker/dockerd-overlay2.log" ]] &&
-        show_log "$WORK/docker/dockerd-overlay2.log" 15
+    local log
+    if [[ $rc -ne 0 && -n "$WORK" ]]; then
+        for log in "$WORK"/dockerd-*.log; do
+            [[ -s "$log" ]] && show_log "$log" 15
+        done
+    fi
+    if [[ -n "${PG_BUILD_PID:-}" ]] && kill -0 "$PG_BUILD_PID" 2>/dev/null; then
+        kill -TERM "$PG_BUILD_PID" 2>/dev/null
+        wait "$PG_BUILD_PID" 2>/dev/null
+    fi
+    if [[ -n "$LOGS" && -n "${ONNXOPT_DOCKER_LOGS:-}" ]]; then
+        mkdir -p "$ONNXOPT_DOCKER_LOGS" && cp -r "$LOGS/." "$ONNXOPT_DOCKER_LOGS/" &&
+            cp "$WORK"/dockerd-*.log "$ONNXOPT_DOCKER_LOGS/" 2>/dev/null
+        note "logs copied to $ONNXOPT_DOCKER_LOGS"
+    fi
     if [[ -n "$WORK" ]]; then
         note "cleaning up"
         if timeout 20 docker info >/dev/null 2>&1; then
@@ -649,10 +704,11 @@ main() {
     IMAGE="onnxopt-ci:$RUN_ID"
     ensure_daemon
     ensure_base
+    start_postgres_image
     build_image
     check_image
     container_search
-    postgres_image
+    wait_postgres_image
     compose_search
 }
 
