@@ -42,6 +42,7 @@ PG_BUILD_PID=""
 OWN_DAEMON=0
 DOCKERD_PID=""
 DOCKERD_KEY=""     # /etc/docker/key.json when our dockerd created it (it writes it there)
+SHIM_DIR=""        # /run/containerd when our containerd created it (its shims' sockets)
 COMPOSE=()
 COMPOSE_UP=0
 BUILT_IMAGES=()    # removed at the end (a private daemon's are removed with its data root)
@@ -197,6 +198,7 @@ start_dockerd() {
     local driver=$1 data=$2 i log="$WORK/dockerd-$1.log"
     rm -f "$WORK/dockerd.pid"
     [[ -e /etc/docker/key.json ]] || DOCKERD_KEY=/etc/docker/key.json
+    [[ -e /run/containerd ]] || SHIM_DIR=/run/containerd
     note "starting dockerd ($(dockerd --version 2>/dev/null | cut -d, -f1)), storage driver $driver," \
         "no bridge, no iptables; data root $data"
     dockerd --data-root "$data" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
@@ -236,6 +238,8 @@ stop_own_daemon() {
         rm -f "$DOCKERD_KEY"
         rmdir /etc/docker 2>/dev/null
     fi
+    # empty once the shims are gone
+    [[ -n "$SHIM_DIR" ]] && rmdir "$SHIM_DIR/s" "$SHIM_DIR" 2>/dev/null
 }
 
 daemon_running() {
