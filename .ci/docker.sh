@@ -38,7 +38,8 @@ WORK_PREFIX=/var/tmp/onnxopt-docker.
 WORK=""
 LOGS=""
 STORE=""           # images and rootfs: a tmpfs in WORK/mem when memory allows, else WORK/disk
-PG_BUILD_PID=""
+PG_BUILD_PID=""    # the PostgreSQL image's build, in the background
+CHILD_PID=""       # the command run() waits for
 OWN_DAEMON=0
 DOCKERD_PID=""
 DOCKERD_KEY=""     # /etc/docker/key.json when our dockerd created it (it writes it there)
@@ -85,12 +86,15 @@ show_log() {
 }
 
 # run LOG SECONDS COMMAND...: COMMAND under a timeout, its output in LOG; on failure the log's
-# tail is printed and the script stops.
+# tail is printed and the script stops. In the background with `wait`, so that a TERM or
+# Ctrl-C reaches the clean-up at once (which stops COMMAND) instead of after COMMAND.
 run() {
-    local log=$1 limit=$2
+    local log=$1 limit=$2 rc=0
     shift 2
-    timeout --kill-after=20 "$limit" "$@" >>"$log" 2>&1
-    local rc=$?
+    timeout --kill-after=20 "$limit" "$@" >>"$log" 2>&1 &
+    CHILD_PID=$!
+    wait "$CHILD_PID" || rc=$?
+    CHILD_PID=""
     if [[ $rc -ne 0 ]]; then
         show_log "$log"
         [[ $rc -eq 124 || $rc -eq 137 ]] && fail "timed out after ${limit}s: $*"
@@ -136,6 +140,9 @@ clean_stale_work() {
         [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && continue
         note "removing the leftovers of an earlier run: $dir"
         stop_daemon_in "$dir"
+        stop_processes_of "$dir"
+        [[ -e "$dir/made-key.json" ]] && rm -f /etc/docker/key.json && rmdir /etc/docker 2>/dev/null
+        [[ -e "$dir/made-run-containerd" ]] && rmdir /run/containerd/s /run/containerd 2>/dev/null
         remove_work "$dir"
     done
 }
@@ -156,6 +163,28 @@ stop_pidfile() {
     note "pid $pid ($file) did not stop in ${wait_s}s: killing it"
     kill -KILL "$pid" 2>/dev/null
     sleep 1
+}
+
+stop_processes_of() {
+    # what a killed run left running (debootstrap, a docker client, ...): the processes whose
+    # command line names its work folder (a unique mktemp path); TERM, then KILL after 20 s
+    local dir=$1 pid i left file
+    for ((i = 0; i < 40; i++)); do
+        left=()
+        for file in /proc/[0-9]*/cmdline; do
+            pid=${file#/proc/}
+            pid=${pid%/cmdline}
+            [[ "$pid" == "$$" ]] && continue
+            [[ "$(tr '\0' ' ' <"$file" 2>/dev/null)" == *"$dir/"* ]] && left+=("$pid")
+        done
+        [[ ${#left[@]} -eq 0 ]] && return 0
+        if [[ $i -eq 0 ]]; then
+            kill -TERM "${left[@]}" 2>/dev/null
+        elif [[ $i -eq 39 ]]; then
+            kill -KILL "${left[@]}" 2>/dev/null
+        fi
+        sleep 0.5
+    done
 }
 
 stop_daemon_in() {
@@ -197,8 +226,10 @@ use_tmpfs() {
 start_dockerd() {
     local driver=$1 data=$2 i log="$WORK/dockerd-$1.log"
     rm -f "$WORK/dockerd.pid"
-    [[ -e /etc/docker/key.json ]] || DOCKERD_KEY=/etc/docker/key.json
-    [[ -e /run/containerd ]] || SHIM_DIR=/run/containerd
+    # what dockerd and its containerd create outside the work folder, for the clean-up (the
+    # files in the work folder tell the next run when this one is killed)
+    [[ -e /etc/docker/key.json ]] || { DOCKERD_KEY=/etc/docker/key.json; : >"$WORK/made-key.json"; }
+    [[ -e /run/containerd ]] || { SHIM_DIR=/run/containerd; : >"$WORK/made-run-containerd"; }
     note "starting dockerd ($(dockerd --version 2>/dev/null | cut -d, -f1)), storage driver $driver," \
         "no bridge, no iptables; data root $data"
     dockerd --data-root "$data" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
@@ -413,7 +444,7 @@ ensure_base() {
     fi
     d run --rm --network none --label "$LABEL" "$BASE" python3 -c \
         'import sys; print("base:", sys.version.split()[0], sys.executable)' ||
-        fail "a container of $BASE does not run python3 (cgroups, seccomp or storage: see the daemon log)"
+        fail "a container of $BASE does not run python3 (the error above; the daemon's log below)"
 }
 
 torch_pin() {
@@ -425,13 +456,15 @@ build_image() {
     local pin log="$LOGS/build.log" wheels="$ROOT/docker/wheels" wheel="" file index_args=()
     pin=$(torch_pin)
     [[ -n "$pin" ]] || fail "no torch==PIN in pyproject.toml"
-    # torch's CPU wheel from the host's pip sources into the build context
-    local -A before=()
-    for file in "$wheels"/*.whl; do [[ -e "$file" ]] && before[$file]=1; done
-    timeout 600 "$PYTHON" -m pip download -q --no-deps -d "$wheels" "torch==$pin" \
+    # torch's CPU wheel from the host's pip sources into the build context (through the work
+    # folder, so that only whole wheels of this run land there and are removed afterwards)
+    # (+cpu: a pip that has no CPU wheel fails here instead of fetching the CUDA one)
+    timeout 600 "$PYTHON" -m pip download -q --no-deps -d "$WORK/wheels" "torch==$pin+cpu" \
         >>"$LOGS/wheel.log" 2>&1
-    for file in "$wheels"/*.whl; do
-        [[ -e "$file" && -z "${before[$file]:-}" ]] && ADDED_WHEELS+=("$file")
+    for file in "$WORK/wheels"/*.whl; do
+        [[ -e "$file" && ! -e "$wheels/${file##*/}" ]] || continue
+        ADDED_WHEELS+=("$wheels/${file##*/}")
+        cp "$file" "$wheels/" || fail "cannot copy $file into $wheels"
     done
     for file in "$wheels/torch-$pin+cpu-"*.whl; do
         [[ -e "$file" ]] && wheel=$(basename "$file")
@@ -587,26 +620,38 @@ EOF
 
 compose_search() {
     step "compose: PostgreSQL and two workers on one study"
-    local n_trials=12 study=ci port log="$LOGS/compose.log" url ids id codes
+    local n_trials=12 study=ci port log="$LOGS/compose.log" url ids id codes attempt server
     ensure_compose
-    port=$(free_port) || fail "no free port on 127.0.0.1"
     write_ci_config "$WORK/configs"
     export POSTGRES_PASSWORD
     POSTGRES_PASSWORD=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-    export ONNXOPT_IMAGE="$IMAGE" ONNXOPT_POSTGRES_IMAGE="$PG_IMAGE" ONNXOPT_POSTGRES_PORT="$port"
+    export ONNXOPT_IMAGE="$IMAGE" ONNXOPT_POSTGRES_IMAGE="$PG_IMAGE"
     export ONNXOPT_CONFIGS="$WORK/configs" ONNXOPT_CONFIG=ci-two-workers.toml
     export ONNXOPT_STUDY=$study ONNXOPT_N_TRIALS=$n_trials ONNXOPT_WORKERS=2
+    for attempt in 1 2; do
+        port=$(free_port) || fail "no free port on 127.0.0.1"
+        export ONNXOPT_POSTGRES_PORT=$port
+        note "PostgreSQL ($PG_IMAGE) on 127.0.0.1:$port, a generated password; 2 workers," \
+            "study '$study', $n_trials trials of configs ci-two-workers.toml"
+        COMPOSE_UP=1
+        COMPOSE_TIMEOUT=300 compose up -d --no-build worker >>"$log" 2>&1 && break
+        server=$(compose logs --no-color postgres 2>&1 | tail -n 20)
+        if [[ $attempt -eq 1 ]] && grep -qE "could not bind|already in use" <<<"$server"; then
+            note "port $port was taken before PostgreSQL could bind it: trying another one"
+            compose_down
+            continue
+        fi
+        show_log "$log"
+        printf '%s\n' "$server" >&2
+        fail "compose up (PostgreSQL's log above)"
+    done
     url="postgresql://onnxopt@127.0.0.1:$port/onnxopt"
-    note "PostgreSQL ($PG_IMAGE) on 127.0.0.1:$port, a generated password; 2 workers, study" \
-        "'$study', $n_trials trials of configs ci-two-workers.toml"
-    COMPOSE_UP=1
-    COMPOSE_TIMEOUT=300 compose up -d --no-build worker >>"$log" 2>&1 ||
-        { show_log "$log"; compose logs --no-color postgres 2>&1 | tail -n 20; fail "compose up"; }
     mapfile -t ids < <(compose ps -q worker 2>>"$log")
     [[ ${#ids[@]} -eq 2 ]] || fail "compose started ${#ids[@]} worker containers, not 2"
     note "workers: $(for id in "${ids[@]}"; do d inspect --format '{{.Name}}' "$id"; done | tr -d / | xargs)"
     # both must end, with exit code 0
-    mapfile -t codes < <(DOCKER_TIMEOUT=900 d wait "${ids[@]}")
+    run "$LOGS/wait.log" 900 docker wait "${ids[@]}"
+    mapfile -t codes <"$LOGS/wait.log"
     compose logs --no-color worker >"$LOGS/workers.log" 2>&1
     for id in "${ids[@]}"; do
         d logs "$id" 2>&1 | grep -E '^[0-9]+ trials|^->' | sed "s|^|  $(d inspect --format '{{.Name}}' "$id" | tr -d /): |"
@@ -644,10 +689,14 @@ cleanup() {
             [[ -s "$log" ]] && show_log "$log" 15
         done
     fi
-    if [[ -n "${PG_BUILD_PID:-}" ]] && kill -0 "$PG_BUILD_PID" 2>/dev/null; then
-        kill -TERM "$PG_BUILD_PID" 2>/dev/null
-        wait "$PG_BUILD_PID" 2>/dev/null
-    fi
+    local pid
+    for pid in "$CHILD_PID" "$PG_BUILD_PID"; do
+        # timeout passes the TERM on to its command
+        [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "$CHILD_PID" "$PG_BUILD_PID"; do
+        [[ -n "$pid" ]] && wait "$pid" 2>/dev/null
+    done
     if [[ -n "$LOGS" && -n "${ONNXOPT_DOCKER_LOGS:-}" ]]; then
         mkdir -p "$ONNXOPT_DOCKER_LOGS" && cp -r "$LOGS/." "$ONNXOPT_DOCKER_LOGS/" &&
             cp "$WORK"/dockerd-*.log "$ONNXOPT_DOCKER_LOGS/" 2>/dev/null
