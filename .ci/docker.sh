@@ -322,9 +322,15 @@ ensure_daemon() {
     if ! start_dockerd "$driver" "$data"; then
         stop_own_daemon
         [[ $driver == overlay2 ]] || fail "dockerd did not start (log above)"
-        note "overlay2 failed: retrying with the vfs storage driver (slow, several GB)"
-        start_dockerd vfs "$WORK/disk/docker-vfs" ||
-            { stop_own_daemon; fail "dockerd did not start with vfs either (log above)"; }
+        if [[ "$STORE" != "$WORK/disk" ]]; then
+            note "overlay2 failed in the tmpfs: retrying on disk"
+            if start_dockerd overlay2 "$WORK/disk/docker"; then driver=started; else stop_own_daemon; fi
+        fi
+        if [[ $driver != started ]]; then
+            note "overlay2 failed: retrying with the vfs storage driver (slow, several GB)"
+            start_dockerd vfs "$WORK/disk/docker-vfs" ||
+                { stop_own_daemon; fail "dockerd did not start with vfs either (log above)"; }
+        fi
     fi
     note "dockerd $(docker info --format '{{.ServerVersion}}, {{.Driver}}, cgroup v{{.CgroupVersion}}' \
         2>/dev/null) at $DOCKER_HOST; client $(docker version --format '{{.Client.Version}}' 2>/dev/null)"
