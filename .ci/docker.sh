@@ -240,6 +240,10 @@ start_dockerd() {
     DOCKERD_PID=$!
     OWN_DAEMON=1
     export DOCKER_HOST="unix://$WORK/docker.sock"
+    # the client of the same package as this dockerd, whatever else is first on PATH
+    if [[ -x /usr/bin/docker && ! -e "$WORK/bin/docker" ]]; then
+        mkdir -p "$WORK/bin" && ln -s /usr/bin/docker "$WORK/bin/docker" && PATH="$WORK/bin:$PATH"
+    fi
     for ((i = 0; i < 120; i++)); do
         if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
             note "dockerd exited while starting:"
