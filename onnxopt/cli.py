@@ -555,9 +555,15 @@ def search_worker_cmd(run_dir, storage, study_name, index) -> None:
 @click.option("--run-dir", type=PathArg, help="Run directory when SOURCE is a storage URL.")
 @click.option("--study", "study_name", help="Study name (default: onnxopt-search).")
 @click.option("-o", "--output-dir", type=PathArg, help="Folder for the selected model.")
+@click.option(
+    "--format", "formats", multiple=True, type=click.Choice(["onnx", "ort", "qonnx", "hls4ml"]),
+    help="Export formats (repeatable; default: the config's [search.export] formats).",
+)  # fmt: skip
+@click.option("--verify", is_flag=True, help="hls4ml: compile and compare with onnxruntime.")
 def select_cmd(
-    source, rule, minimize, maximize, max_accuracy_drop, run_dir, study_name, output_dir
-):
+    source, rule, minimize, maximize, max_accuracy_drop, run_dir, study_name, output_dir,
+    formats, verify,
+):  # fmt: skip
     """Pick one finished trial of a search (SOURCE: run dir or storage URL) and export it."""
     from onnxopt.optimizer.search.select import parse_rule, select_and_export
 
@@ -568,12 +574,17 @@ def select_cmd(
         if max_accuracy_drop is not None:
             rule += f" where accuracy_drop <= {max_accuracy_drop}"
     trial, exported = select_and_export(
-        source, parse_rule(rule), run_dir, output_dir, study_name=study_name
-    )
+        source, parse_rule(rule), run_dir, output_dir, study_name=study_name,
+        formats=tuple(formats) or None, verify=verify or None,
+    )  # fmt: skip
     click.echo(
         f"trial {trial.number} ({rule}): test accuracy {exported.test_accuracy:.4f}, "
         f"{exported.size_bytes:,} bytes -> {exported.onnx_path}"
     )
+    for fmt, info in (exported.fpga or {}).items():
+        check = info.get("check") or info.get("verify")
+        exact = f"; {check['exact']}/{check['total']} outputs exact" if check else ""
+        click.echo(f"{fmt}: {info['path']}{exact}")
 
 
 @main.command("status")

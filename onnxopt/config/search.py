@@ -40,6 +40,12 @@ TOML shape (``onnxopt search CONFIG.toml``)::
     max_latency_ms = 1.0           # batch-1 median
     max_size_bytes = 40000
 
+    [search.export]                # what each exported (Pareto / selected) trial is written as
+    formats = ["onnx", "ort"]      # also "qonnx", "hls4ml" (the fpga extra)
+    [search.export.hls4ml]         # onnxopt.config.fpga.Hls4mlOptions
+    reuse_factor = 1
+    verify = false                 # compile each project and compare it with onnxruntime
+
 From the lab's MASE config
 --------------------------
 The lab wrote ``[search.search_space.seed.default.config]`` (the seed config every trial
@@ -63,6 +69,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from onnxopt.config.base import StrictModel
+from onnxopt.config.fpga import ExportFormat, Hls4mlOptions
 from onnxopt.config.quantization import (
     Calibration,
     FracWidth,
@@ -191,6 +198,23 @@ class Evaluation(StrictModel):
     min_time_s: float = Field(0.005, ge=0)
 
 
+class SearchExport(StrictModel):
+    """``[search.export]``: the formats each exported trial is written in (onnx always; the
+    others are made from it; qonnx and hls4ml need the fpga extra) and the hls4ml options."""
+
+    formats: tuple[ExportFormat, ...] = ("onnx", "ort")
+    hls4ml: Hls4mlOptions = Hls4mlOptions()
+
+    @field_validator("formats")
+    @classmethod
+    def _with_onnx(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "onnx" not in value:
+            raise ValueError("formats must include 'onnx' (the other formats are made from it)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"formats {list(value)} repeat a format")
+        return value
+
+
 class Search(StrictModel):
     """The ``[search]`` table."""
 
@@ -200,6 +224,7 @@ class Search(StrictModel):
     metrics: dict[str, Metric] = Field(default_factory=lambda: {"accuracy": Metric()})
     constraints: Constraints = Constraints()
     evaluation: Evaluation = Evaluation()
+    export: SearchExport = SearchExport()
 
     @field_validator("metrics")
     @classmethod

@@ -13,6 +13,7 @@ from pathlib import Path
 from optuna.trial import FrozenTrial
 
 from onnxopt.atomic import atomic_path, write_text
+from onnxopt.config.search import SearchExport
 from onnxopt.model_io import save_onnx
 from onnxopt.optimizer.evaluate.session import ort_errors, session_options
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
@@ -32,6 +33,8 @@ class ExportedTrial:
     test_loss: float
     size_bytes: int
     hash_matches: bool
+    fpga: dict | None = None
+    """``[search.export] formats`` qonnx / hls4ml: what was written (see onnxopt.fpga)."""
 
     def as_dict(self) -> dict:
         """Plain JSON."""
@@ -60,13 +63,24 @@ def export_trial(
     folder: Path,
     *,
     ort_format: bool = True,
+    export: SearchExport | None = None,
+    strict: bool = False,
 ) -> ExportedTrial:
-    """Rebuild one trial's candidate and write ``trial_<n>.onnx``, ``.ort`` and ``.json``."""
+    """Rebuild one trial's candidate and write ``trial_<n>.onnx``, ``.ort`` and ``.json``
+    (and the QONNX / hls4ml files ``export.formats`` asks for; ``strict``: fail on them)."""
     candidate = builder.build(space, space.decode(trial.params))
     stem = Path(folder) / f"trial_{trial.number:04d}"
     onnx_path = save_onnx(candidate.model, stem.with_suffix(".onnx"))
     data = onnx_path.read_bytes()
+    ort_format = ort_format and (export is None or "ort" in export.formats)
     ort_path = save_ort(onnx_path, stem.with_suffix(".ort")) if ort_format else None
+    fpga = None
+    if export is not None and {"qonnx", "hls4ml"} & set(export.formats):
+        from onnxopt.fpga.trial_export import export_fpga
+
+        fpga = export_fpga(
+            candidate.model, stem, export.formats, export.hls4ml, test.split.x, strict=strict
+        )
     scores = test.measure(candidate.model, latency=False).metrics
     info = {
         "trial": trial.number,
@@ -75,6 +89,7 @@ def export_trial(
         "validation_metrics": trial.user_attrs.get("metrics", {}),
         "test_accuracy": scores["accuracy"],
         "test_loss": scores["loss"],
+        **({"fpga": fpga} if fpga else {}),
     }
     config_path = write_text(stem.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return ExportedTrial(
@@ -86,4 +101,5 @@ def export_trial(
         test_loss=scores["loss"],
         size_bytes=len(data),
         hash_matches=model_hash(data) == trial.user_attrs.get("model_sha256"),
+        fpga=fpga,
     )

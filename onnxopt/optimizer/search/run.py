@@ -250,7 +250,10 @@ def export_best(result: SearchResult, *, ort_format: bool = True) -> list[Export
     test = ctx.test_evaluator()
     folder = ctx.run_dir / "pareto"
     result.exported = [
-        export_trial(t, ctx.space, ctx.builder, test, folder, ort_format=ort_format)
+        export_trial(
+            t, ctx.space, ctx.builder, test, folder, ort_format=ort_format,
+            export=ctx.config.search.export,
+        )  # fmt: skip
         for t in result.best
     ]
     return result.exported
