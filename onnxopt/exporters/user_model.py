@@ -85,6 +85,8 @@ def prepare_user_model(
             conversion that fails or changes the outputs.
     """
     model, notes = _constants_as_weights(model, source)
+    model, named = _name_unnamed_nodes(model, source)
+    notes += named
     check_single_float_input(model, source)
     if opset is not None:
         converted, note = convert_opset(model, opset, source, lower=lower)
@@ -135,6 +137,25 @@ def _constants_as_weights(model: onnx.ModelProto, source: str) -> tuple[onnx.Mod
             "treat them as weights"
         )
     return out, notes
+
+
+def _name_unnamed_nodes(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, list[str]]:
+    """Give unnamed nodes a unique ``<OpType>_<index>`` name: the rewrites (quantization by
+    node, width layers) and their reports address nodes by name."""
+    unnamed = [i for i, n in enumerate(model.graph.node) if not n.name]
+    if not unnamed:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    used = {n.name for n in out.graph.node}
+    for i in unnamed:
+        node = out.graph.node[i]
+        name, k = f"{node.op_type}_{i}", 1
+        while name in used:
+            name, k = f"{node.op_type}_{i}_{k}", k + 1
+        node.name = name
+        used.add(name)
+    return out, [f"{source}: {len(unnamed)} unnamed node(s) named <OpType>_<index>"]
 
 
 def check_single_float_input(model: onnx.ModelProto, source: str) -> None:
