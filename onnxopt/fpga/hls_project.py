@@ -123,6 +123,8 @@ def _layer_rows(hls_model, graph: HlsGraph) -> list[dict]:
     for layer in hls_model.get_layers():
         types = {k.removesuffix("_t"): str(v.precision) for k, v in layer.types.items()}
         types = {k: v for k, v in types.items() if k not in ("table", "index", "scale_precision")}
+        if layer.class_name == "Dense" and not layer.get_attr("use_bias", True):
+            types.pop("bias", None)  # all zeros, unused: the bias is the ApplyAlpha after it
         rows.append(
             {
                 "hls4ml_layer": layer.name,
