@@ -26,6 +26,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt.fpga.qonnx_convert import QONNX_DOMAIN
+from onnxopt.optimizer.quantization.formats import node_label
 
 PASS_THROUGH = frozenset({"Identity", "Dropout", "Flatten", "Reshape"})
 """Ops that only move values (hls4ml skips or reshapes them)."""
@@ -142,7 +143,7 @@ def unsupported(qonnx: onnx.ModelProto) -> dict[str, str]:
     graph = ir.from_proto(qonnx).graph
     for node in graph:
         reason = _node_reason(node)
-        label = node.name or f"{node.op_type} -> {node.outputs[0].name}"
+        label = node_label(node)
         if node.op_type == "Softmax" and node.inputs[0] is not None:
             shape = node.inputs[0].shape
             if shape is not None and len(shape) > 2:

@@ -29,6 +29,7 @@ from onnxopt.optimizer.quantization.formats import (
     BIT_WIDTHS_KEY,
     QuantizedTensor,
     Role,
+    node_label,
     read_formats,
 )
 
@@ -97,7 +98,7 @@ class _Converter:
         self.quant_nodes: dict[str, str] = {}
 
     def convert(self, formats: dict[str, QuantizedTensor]) -> None:
-        nodes = {n.name or f"{n.op_type} -> {n.outputs[0].name}": n for n in self.graph}
+        nodes = {node_label(n): n for n in self.graph}
         for tensor in formats.values():
             self._replace(tensor, [nodes[name] for name in tensor.nodes])
         self._drop_unused_initializers()

@@ -125,7 +125,8 @@ class QuantizedTensor:
         return np.ldexp(self.codes.astype(np.float64), -fracs)
 
 
-def _node_label(node: ir.Node) -> str:
+def node_label(node: ir.Node) -> str:
+    """A node's name, or ``<OpType> -> <first output>`` for an unnamed node."""
     return node.name or f"{node.op_type} -> {node.outputs[0].name}"
 
 
@@ -140,12 +141,12 @@ def _fracs(node: ir.Node) -> int | tuple[int, ...]:
     """The fraction(s) of a DQ/Q scale; a usage error unless every scale is 2**-f."""
     scale = _const(node.inputs[1])
     if scale is None:
-        raise UsageError(f"node {_node_label(node)!r}: its scale is not a constant")
+        raise UsageError(f"node {node_label(node)!r}: its scale is not a constant")
     mantissa, exponent = np.frexp(scale.astype(np.float64))
     if scale.size == 0 or not np.all(mantissa == 0.5):
         bad = scale.reshape(-1)[np.argmax(mantissa.reshape(-1) != 0.5)]
         raise UsageError(
-            f"node {_node_label(node)!r}: scale {float(bad):g} is not a power of two, so the "
+            f"node {node_label(node)!r}: scale {float(bad):g} is not a power of two, so the "
             "tensor is not fixed point; quantize the model with onnxopt quantize"
         )
     fracs = (1 - exponent).astype(np.int64).reshape(-1)
@@ -169,7 +170,7 @@ def _signedness(node: ir.Node, dtype: np.dtype, zero_point: np.ndarray | None) -
     mid = 2 ** (info.bits - 1)
     if np.any(zps != zp) or (info.min < 0 and zp != 0) or (info.min == 0 and zp not in (0, mid)):
         raise UsageError(
-            f"node {_node_label(node)!r}: zero point {zp} in {dtype} is not fixed point (0, or "
+            f"node {node_label(node)!r}: zero point {zp} in {dtype} is not fixed point (0, or "
             f"{mid} for signed values in an unsigned type); quantize the model with onnxopt"
         )
     return info.min < 0 or zp == mid, zp
@@ -242,7 +243,7 @@ class _Reader:
                 f"initializer {stored.name!r}: its values do not fit the {width} bits that "
                 f"{BIT_WIDTHS_KEY} declares; the metadata and the weights disagree"
             )
-        nodes = tuple(_node_label(n) for n in (cast, dq) if n is not None)
+        nodes = tuple(node_label(n) for n in (cast, dq) if n is not None)
         fmt = FixedFormat(int(width), fracs, signed)
         return QuantizedTensor(
             dq.outputs[0].name or "", Role.CONSTANT, fmt, stored.name or "", nodes, axis, codes
@@ -251,7 +252,7 @@ class _Reader:
     def _activation(self, dq, fracs, signed, zp, dtype, axis) -> QuantizedTensor:
         if isinstance(fracs, tuple):
             raise UsageError(
-                f"node {_node_label(dq)!r}: per-channel activation scales are not read"
+                f"node {node_label(dq)!r}: per-channel activation scales are not read"
             )
         chain = [dq]
         codes = dq.inputs[0]
@@ -260,19 +261,19 @@ class _Reader:
         if producer is not None and producer.op_type == "Clip":
             bounds = [_const(v) for v in producer.inputs[1:3]]
             if any(b is None for b in bounds) or len(bounds) < 2:
-                raise UsageError(f"node {_node_label(producer)!r}: clip bounds are not constants")
+                raise UsageError(f"node {node_label(producer)!r}: clip bounds are not constants")
             lo, hi = int(bounds[0]) - zp, int(bounds[1]) - zp
             chain.insert(0, producer)
             producer = producer.inputs[0].producer()
         if producer is None or producer.op_type != "QuantizeLinear":
             raise UsageError(
-                f"node {_node_label(dq)!r} dequantizes {codes.name!r}, which no QuantizeLinear "
+                f"node {node_label(dq)!r} dequantizes {codes.name!r}, which no QuantizeLinear "
                 "produces; only Q -> (Clip) -> DQ chains and integer initializers are read"
             )
         chain.insert(0, producer)
         if _fracs(producer) != fracs:
             raise UsageError(
-                f"nodes {_node_label(producer)!r} and {_node_label(dq)!r} use other scales"
+                f"nodes {node_label(producer)!r} and {node_label(dq)!r} use other scales"
             )
         source = producer.inputs[0]
         float_clip = source.producer() if source is not None else None
@@ -285,11 +286,11 @@ class _Reader:
         width = width_of_range(lo, hi, signed)
         if width is None:
             raise UsageError(
-                f"node {_node_label(chain[-2])!r} clips codes to [{lo}, {hi}], which is no "
+                f"node {node_label(chain[-2])!r} clips codes to [{lo}, {hi}], which is no "
                 f"{'signed' if signed else 'unsigned'} fixed-point range"
             )
         fmt = FixedFormat(width, fracs, signed)
-        names = tuple(_node_label(n) for n in chain)
+        names = tuple(node_label(n) for n in chain)
         return QuantizedTensor(
             dq.outputs[0].name or "", Role.ACTIVATION, fmt, source.name or "", names
         )
