@@ -251,9 +251,7 @@ class _Reader:
 
     def _activation(self, dq, fracs, signed, zp, dtype, axis) -> QuantizedTensor:
         if isinstance(fracs, tuple):
-            raise UsageError(
-                f"node {node_label(dq)!r}: per-channel activation scales are not read"
-            )
+            raise UsageError(f"node {node_label(dq)!r}: per-channel activation scales are not read")
         chain = [dq]
         codes = dq.inputs[0]
         lo, hi = int(np.iinfo(dtype).min) - zp, int(np.iinfo(dtype).max) - zp
