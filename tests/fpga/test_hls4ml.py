@@ -50,16 +50,14 @@ def _needed_width(lo: int, hi: int) -> int:
     return width
 
 
-@pytest.mark.slow
-def test_digits_8bit_project_is_exact_and_typed_from_the_model(digits_qdq, digits, tmp_path):
+def test_digits_8bit_project_is_typed_from_the_model(digits_qdq, tmp_path):
+    """No compile here: test_pipeline verifies digits-mlp at 8 bits and mixed."""
     out = tmp_path / "prj"
-    result = export(digits_qdq["8-bit"], "--format", "hls4ml", "-o", out, "--data", "digits",
-                    "--verify")  # fmt: skip
+    result = export(digits_qdq["8-bit"], "--format", "hls4ml", "-o", out)
     assert result.exit_code == 0, result.output
-    assert "hls4ml C++ emulation: 3600/3600 outputs exact (100.00%)" in result.output
-    assert "synthesis not run" in result.output
+    assert "synthesis not run" in result.output and "compiled" not in result.output
     report = json.loads((out / "precision.json").read_text())
-    assert report["verify"]["all_exact"] and report["verify"]["max_abs_diff"] == 0.0
+    assert "verify" not in report
     assert (out / "firmware" / "myproject.cpp").is_file()  # hls4ml's own writer
     # the input is converted to the first quantizer's format (u8, frac 7), rounding half
     # to even and saturating like QuantizeLinear; not hls4ml's default fixed<16,6>
