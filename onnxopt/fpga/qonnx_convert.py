@@ -71,10 +71,8 @@ def _scale(tensor: QuantizedTensor, ndim: int) -> np.ndarray:
     fracs = np.asarray(tensor.fmt.frac, dtype=np.int64)
     scale = np.ldexp(np.float32(1.0), -fracs).astype(np.float32)
     if fracs.ndim and tensor.axis is not None:
-        shape = [1] * ndim
-        shape[tensor.axis] = fracs.shape[0]
-        # numpy broadcasting aligns trailing axes: drop the ones after the channel axis
-        scale = scale.reshape(shape[: tensor.axis + 1])
+        # numpy broadcasting aligns trailing axes: [C, 1, ..., 1] up to the last axis
+        scale = scale.reshape([fracs.shape[0]] + [1] * (ndim - tensor.axis - 1))
     return scale
 
 

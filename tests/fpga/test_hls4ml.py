@@ -204,6 +204,14 @@ def test_float_model_and_wide_metadata_are_refused(tmp_path):
     assert f"error: tensor '{bias}': width 40 bits is over 32" in result.output
 
 
+def test_per_channel_weights_are_refused_for_hls4ml(tmp_path):
+    config = {"granularity": "per_channel"}
+    path = _quantized_plain(tmp_path, config=config)
+    result = export(path, "--format", "hls4ml", "-o", tmp_path / "prj")
+    assert result.exit_code == 2
+    assert "per-channel fractions; hls4ml has one weight type per layer" in result.output
+
+
 def test_missing_compiler_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.setattr(hls_project.shutil, "which", lambda name: None)
     path = _quantized_plain(tmp_path)

@@ -139,3 +139,18 @@ def test_cli_refuses_a_float_model(exported_recipe, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "it is a float model; quantize it first" in result.output and not out.exists()
+
+
+def test_per_channel_weights_and_biases(tmp_path):
+    model = prepare_user_model(plain_mlp(relu_after=(0,)), "plain.onnx").model
+    x = inputs(300, 12)
+    config = {"granularity": "per_channel", "default": {"weight_width": 5, "bias_width": 6}}
+    qdq = quantize(model, x, config)
+    formats = read_formats(qdq)
+    weights = [t for t in formats.values() if t.name.endswith("weight_dq")]
+    assert all(t.fmt.per_channel and t.fmt.width == 5 for t in weights)
+    qonnx = to_qonnx(qdq).model
+    onnx.checker.check_model(qonnx, full_check=True)
+    scales = [init(qonnx, n.input[1]) for n in quant_nodes(qonnx) if "weight" in n.name]
+    assert all(s.shape == (s.shape[0], 1) for s in scales)  # [out, 1]: one per output row
+    assert check_qonnx(qonnx, qdq, x).all_exact

@@ -327,11 +327,15 @@ def _fits(codes: np.ndarray, width: int, signed: bool) -> bool:
 
 
 def _coarsest(codes, fracs, width, signed, axis):
-    """Codes and fraction(s) shifted right by the fewest exact bits that make them fit."""
+    """Codes and fraction(s) shifted right by the fewest exact bits that make them fit (per
+    channel for per-channel fractions); ``(None, fracs)`` when no exact shift fits."""
     if isinstance(fracs, tuple):
-        if _fits(codes, width, signed):
-            return codes, fracs
-        return None, fracs
+        moved = np.moveaxis(codes, axis, 0)
+        parts = [_coarsest(moved[c], f, width, signed, None) for c, f in enumerate(fracs)]
+        if any(part[0] is None for part in parts):
+            return None, fracs
+        stacked = np.moveaxis(np.stack([part[0] for part in parts]), 0, axis)
+        return stacked, tuple(int(part[1]) for part in parts)
     shifted, frac = codes, fracs
     while not _fits(shifted, width, signed):
         if np.any(shifted % 2):
