@@ -5,8 +5,9 @@ RUN_DIR ?= runs/demo
 
 .PHONY: install demo test lint
 
+# the fpga extra (hls4ml, qonnx) is installed too, so the FPGA export tests run in CI
 install:
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,fpga]'
 
 demo: install
 	rm -rf $(RUN_DIR)

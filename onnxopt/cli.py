@@ -9,6 +9,7 @@ outside the choices) are one ``error:`` line with exit 2 too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from pathlib import Path
@@ -215,6 +216,70 @@ def _parse_shape(text: str | None) -> tuple[int, ...]:
     return shape
 
 
+def _fpga_export_options(f):
+    """--format and the hls4ml options of ``export`` (hls4ml and qonnx: the fpga extra)."""
+    from onnxopt.config.fpga import DEFAULT_PART
+
+    hls = [
+        click.option("--clock-period", type=float, default=5.0, show_default=True,
+                     help="hls4ml: clock period in ns."),
+        click.option("--backend", type=click.Choice(["vitis", "vivado"]), default="vitis",
+                     show_default=True, help="hls4ml backend."),
+        click.option("--part", default=DEFAULT_PART, show_default=True, help="hls4ml: FPGA part."),
+        click.option("--io-type", type=click.Choice(["io_parallel", "io_stream"]),
+                     default="io_parallel", show_default=True, help="hls4ml I/O type."),
+        click.option("--strategy", type=click.Choice(["latency", "resource"]), default="latency",
+                     show_default=True, help="hls4ml strategy."),
+        click.option("--reuse-factor", type=click.IntRange(1, 4096), default=1,
+                     show_default=True, help="hls4ml: multiplications per multiplier."),
+    ]  # fmt: skip
+
+    def collect(func):
+        def wrapper(*args, reuse_factor, strategy, io_type, part, backend, clock_period, **kw):
+            options = dict(reuse_factor=reuse_factor, strategy=strategy, io_type=io_type,
+                           part=part, backend=backend, clock_period=clock_period)  # fmt: skip
+            return func(*args, hls4ml_options=options, **kw)
+
+        return functools.update_wrapper(wrapper, func)
+
+    f = collect(f)
+    for option in hls:
+        f = option(f)
+    f = click.option("--verify", is_flag=True,
+                     help="hls4ml: compile the C++ emulation (g++) and compare it with "
+                     "onnxruntime on the data, exactly.")(f)  # fmt: skip
+    f = _data_options(f, data_default=None, data_help="Data to check on (its test split): "
+                      "'digits' or a file [default: 1,000 synthetic inputs].")  # fmt: skip
+    return click.option(
+        "--format", "fmt", type=click.Choice(["onnx", "qonnx", "hls4ml"]), default="onnx",
+        show_default=True, help="onnx; qonnx: a QONNX file; hls4ml: an hls4ml project folder.",
+    )(f)  # fmt: skip
+
+
+def _fpga_export(model, fmt, output, data_spec, data_format, label_column, verify, options):
+    from onnxopt.config.fpga import Hls4mlOptions
+    from onnxopt.fpga.export import export_hls4ml, export_qonnx, synthetic_inputs
+    from onnxopt.model_io import load_onnx
+
+    proto = load_onnx(model)
+    if data_spec:
+        x, source = _load_data(data_spec, data_format, label_column).test.x, "test split"
+    else:
+        x, source = synthetic_inputs(proto), "synthetic inputs"
+    if fmt == "qonnx":
+        res = export_qonnx(proto, output, x)
+        click.echo(f"QONNX: {res.quant_nodes} Quant node(s), onnx.checker passed; "
+                   f"{res.check.summary()} ({source}) -> {output}")  # fmt: skip
+        return
+    res = export_hls4ml(proto, output, Hls4mlOptions(**options, verify=verify), x)
+    click.echo(f"hls4ml project: {res.layers} layer(s), input {res.input_type}, "
+               f"{res.weight_bits:,} weight bits, converted in {res.convert_seconds:.1f} s "
+               f"-> {output} (types in {res.precision_path.name})")  # fmt: skip
+    if res.verify is not None:
+        click.echo(f"compiled in {res.compile_seconds:.1f} s; {res.verify.summary()} ({source})")
+    click.echo("synthesis not run: it needs Vitis HLS / Vivado, which are not installed here")
+
+
 @main.command("export")
 @click.argument("model", type=PathArg, required=False)
 @click.option(
@@ -233,10 +298,23 @@ def _parse_shape(text: str | None) -> tuple[int, ...]:
     help="Opset written (18..28); an ONNX MODEL at another opset is converted up or down "
     "and its outputs checked.",
 )
-@click.option("-o", "--output", type=PathArg, required=True, help="ONNX file to write.")
+@click.option(
+    "-o", "--output", type=PathArg, required=True,
+    help="ONNX file to write (a folder for --format hls4ml).",
+)  # fmt: skip
+@_fpga_export_options
 @click.pass_context
-def export_cmd(ctx, model, recipe, weights, factory, input_shape, opset, output) -> None:
-    """Export a torch model to ONNX (checked against torch), or prepare an ONNX MODEL file."""
+def export_cmd(
+    ctx, model, recipe, weights, factory, input_shape, opset, output, fmt, data_spec,
+    data_format, label_column, verify, hls4ml_options,
+) -> None:  # fmt: skip
+    """Export a torch model to ONNX (checked against torch), or prepare an ONNX MODEL file;
+    with --format qonnx / hls4ml, turn a quantized MODEL into a QONNX file / hls4ml project."""
+    if fmt != "onnx":
+        if model is None:
+            raise UsageError(f"--format {fmt} needs a quantized ONNX MODEL (onnxopt quantize)")
+        return _fpga_export(model, fmt, output, data_spec, data_format, label_column,
+                            verify, hls4ml_options)  # fmt: skip
     if model is not None:
         from onnxopt.exporters.onnx_input import prepare_onnx_file
 
@@ -526,9 +604,15 @@ def search_worker_cmd(run_dir, storage, study_name, index) -> None:
 @click.option("--run-dir", type=PathArg, help="Run directory when SOURCE is a storage URL.")
 @click.option("--study", "study_name", help="Study name (default: onnxopt-search).")
 @click.option("-o", "--output-dir", type=PathArg, help="Folder for the selected model.")
+@click.option(
+    "--format", "formats", multiple=True, type=click.Choice(["onnx", "ort", "qonnx", "hls4ml"]),
+    help="Export formats (repeatable; default: the config's [search.export] formats).",
+)  # fmt: skip
+@click.option("--verify", is_flag=True, help="hls4ml: compile and compare with onnxruntime.")
 def select_cmd(
-    source, rule, minimize, maximize, max_accuracy_drop, run_dir, study_name, output_dir
-):
+    source, rule, minimize, maximize, max_accuracy_drop, run_dir, study_name, output_dir,
+    formats, verify,
+):  # fmt: skip
     """Pick one finished trial of a search (SOURCE: run dir or storage URL) and export it."""
     from onnxopt.optimizer.search.select import parse_rule, select_and_export
 
@@ -539,12 +623,17 @@ def select_cmd(
         if max_accuracy_drop is not None:
             rule += f" where accuracy_drop <= {max_accuracy_drop}"
     trial, exported = select_and_export(
-        source, parse_rule(rule), run_dir, output_dir, study_name=study_name
-    )
+        source, parse_rule(rule), run_dir, output_dir, study_name=study_name,
+        formats=tuple(formats) or None, verify=verify or None,
+    )  # fmt: skip
     click.echo(
         f"trial {trial.number} ({rule}): test accuracy {exported.test_accuracy:.4f}, "
         f"{exported.size_bytes:,} bytes -> {exported.onnx_path}"
     )
+    for fmt, info in (exported.fpga or {}).items():
+        check = info.get("check") or info.get("verify")
+        exact = f"; {check['exact']}/{check['total']} outputs exact" if check else ""
+        click.echo(f"{fmt}: {info['path']}{exact}")
 
 
 @main.command("status")

@@ -40,6 +40,12 @@ TOML shape (``onnxopt search CONFIG.toml``)::
     max_latency_ms = 1.0           # batch-1 median
     max_size_bytes = 40000
 
+    [search.export]                # what each exported (Pareto / selected) trial is written as
+    formats = ["onnx", "ort"]      # also "qonnx", "hls4ml" (the fpga extra)
+    [search.export.hls4ml]         # onnxopt.config.fpga.Hls4mlOptions
+    reuse_factor = 1
+    verify = false                 # compile each project and compare it with onnxruntime
+
 From the lab's MASE config
 --------------------------
 The lab wrote ``[search.search_space.seed.default.config]`` (the seed config every trial
@@ -74,6 +80,7 @@ from pydantic import (
 from onnxopt import metrics as registry
 from onnxopt.config import bounds
 from onnxopt.config.base import StrictModel, registered
+from onnxopt.config.fpga import ExportFormat, Hls4mlOptions
 from onnxopt.config.quantization import (
     Calibration,
     FracWidth,
@@ -218,6 +225,23 @@ class Evaluation(StrictModel):
     """The backend every candidate is measured on (:data:`onnxopt.runtime.BACKENDS`)."""
 
 
+class SearchExport(StrictModel):
+    """``[search.export]``: the formats each exported trial is written in (onnx always; the
+    others are made from it; qonnx and hls4ml need the fpga extra) and the hls4ml options."""
+
+    formats: tuple[ExportFormat, ...] = ("onnx", "ort")
+    hls4ml: Hls4mlOptions = Hls4mlOptions()
+
+    @field_validator("formats")
+    @classmethod
+    def _with_onnx(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "onnx" not in value:
+            raise ValueError("formats must include 'onnx' (the other formats are made from it)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"formats {list(value)} repeat a format")
+        return value
+
+
 class Search(StrictModel):
     """The ``[search]`` table."""
 
@@ -227,6 +251,7 @@ class Search(StrictModel):
     metrics: dict[str, Metric] = Field(default_factory=lambda: {"accuracy": Metric()})
     constraints: Constraints = Constraints()
     evaluation: Evaluation = Evaluation()
+    export: SearchExport = SearchExport()
 
     @field_validator("metrics")
     @classmethod

@@ -76,6 +76,7 @@ def prepare_user_model(
             conversion that fails or changes the outputs.
     """
     model, notes = _constants_as_weights(model, source)
+    model = _name_unnamed_nodes(model)
     check_single_float_input(model, source)
     if opset is not None:
         converted, note = convert_opset(model, opset, source, lower=lower)
@@ -126,6 +127,25 @@ def _constants_as_weights(model: onnx.ModelProto, source: str) -> tuple[onnx.Mod
             "treat them as weights"
         )
     return out, notes
+
+
+def _name_unnamed_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give unnamed nodes a unique ``<OpType>_<index>`` name (no note: the reports show the
+    names): the rewrites (quantization by node, width layers) address nodes by name."""
+    unnamed = [i for i, n in enumerate(model.graph.node) if not n.name]
+    if not unnamed:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    used = {n.name for n in out.graph.node}
+    for i in unnamed:
+        node = out.graph.node[i]
+        name, k = f"{node.op_type}_{i}", 1
+        while name in used:
+            name, k = f"{node.op_type}_{i}_{k}", k + 1
+        node.name = name
+        used.add(name)
+    return out
 
 
 def check_single_float_input(model: onnx.ModelProto, source: str) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from optuna.trial import FrozenTrial
 
 from onnxopt.atomic import write_text
+from onnxopt.config.search import SearchExport
 from onnxopt.model_io import save_onnx
 from onnxopt.optimizer.evaluate.measure import LatencyPlan, Measurement, Measurer
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
@@ -49,6 +50,8 @@ class ExportedTrial:
     artifacts: dict[str, dict[str, float]] = field(default_factory=dict)
     hash_matches: bool = False
     ort_matches_onnx: bool | None = None
+    fpga: dict | None = None
+    """``[search.export] formats`` qonnx / hls4ml: what was written (see onnxopt.fpga)."""
 
     @property
     def test_accuracy(self) -> float:
@@ -76,6 +79,7 @@ class ExportedTrial:
             "artifacts": self.artifacts,
             "hash_matches": self.hash_matches,
             "ort_matches_onnx": self.ort_matches_onnx,
+            **({"fpga": self.fpga} if self.fpga else {}),
         }
 
 
@@ -88,6 +92,8 @@ def export_trial(
     *,
     latency: LatencyPlan | None = None,
     ort_format: bool = True,
+    export: SearchExport | None = None,
+    strict: bool = False,
 ) -> ExportedTrial:
     """Rebuild one trial's candidate, write its files and measure them on the test split.
 
@@ -98,17 +104,27 @@ def export_trial(
         test: A measurer on the test split.
         folder: Where the files go.
         latency: How to time the files (None: no latency).
-        ort_format: Also write the ``.ort`` and its operator config.
+        ort_format: Also write the ``.ort`` and its operator config (when ``export.formats``
+            holds ``ort``).
+        export: The config's ``[search.export]``: QONNX / hls4ml files too.
+        strict: Fail on a QONNX / hls4ml problem instead of recording it.
     """
     candidate = builder.build(space, space.decode(trial.params))
     stem = Path(folder) / f"trial_{trial.number:04d}"
     onnx_path = save_onnx(candidate.model, stem.with_suffix(".onnx"))
     measured = {"onnx": test.measure(onnx_path, latency=latency)}
     ort_path = operators = None
-    if ort_format:
+    if ort_format and (export is None or "ort" in export.formats):
         artifacts = save_ort_format(onnx_path, stem.with_suffix(".ort"))
         ort_path, operators = artifacts.model, artifacts.operators
         measured["ort"] = test.measure(ort_path, latency=latency)
+    fpga = None
+    if export is not None and {"qonnx", "hls4ml"} & set(export.formats):
+        from onnxopt.fpga.trial_export import export_fpga
+
+        fpga = export_fpga(
+            candidate.model, stem, export.formats, export.hls4ml, test.split.x, strict=strict
+        )
     figures = {kind: dict(m.metrics) for kind, m in measured.items()}
     same = _same_outputs(measured["onnx"], measured["ort"]) if "ort" in measured else None
     info = {
@@ -121,6 +137,7 @@ def export_trial(
         # kept for readers of earlier reports
         "test_accuracy": figures["onnx"]["accuracy"],
         "test_loss": figures["onnx"]["loss"],
+        **({"fpga": fpga} if fpga else {}),
     }
     config_path = write_text(stem.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return ExportedTrial(
@@ -132,6 +149,7 @@ def export_trial(
         artifacts=figures,
         hash_matches=model_hash(onnx_path.read_bytes()) == trial.user_attrs.get("model_sha256"),
         ort_matches_onnx=same,
+        fpga=fpga,
     )
 
 

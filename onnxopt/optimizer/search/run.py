@@ -270,7 +270,10 @@ def export_best(result: SearchResult, *, ort_format: bool = True) -> list[Export
     folder = ctx.run_dir / "pareto"
     plan = ctx.evaluator.plan
     result.exported = [
-        export_trial(t, ctx.space, ctx.builder, test, folder, latency=plan, ort_format=ort_format)
+        export_trial(
+            t, ctx.space, ctx.builder, test, folder, latency=plan, ort_format=ort_format,
+            export=ctx.config.search.export,
+        )  # fmt: skip
         for t in result.best
     ]
     return result.exported

@@ -89,8 +89,9 @@ def select_trial(trials: list[FrozenTrial], rule: Rule, baseline_accuracy: float
 
 
 def select_and_export(
-    source: str, rule: Rule, run_dir=None, out_dir=None, study_name: str | None = None
-):
+    source: str, rule: Rule, run_dir=None, out_dir=None, study_name: str | None = None,
+    formats: tuple[str, ...] | None = None, verify: bool | None = None,
+):  # fmt: skip
     """Open a stored search, pick one trial by ``rule`` and export it.
 
     Args:
@@ -100,6 +101,9 @@ def select_and_export(
         run_dir: The run directory when ``source`` is a URL (base model, outputs).
         out_dir: Where the selected model goes (default ``run_dir/selected``).
         study_name: The study (default ``onnxopt-search``).
+        formats: Export formats instead of the config's ``[search.export] formats`` (onnx is
+            always written); qonnx / hls4ml failures are errors here.
+        verify: Compile and check the hls4ml project (default: the config's).
 
     Returns:
         ``(trial, ExportedTrial)``.
@@ -122,7 +126,15 @@ def select_and_export(
     trial = select_trial(study.get_trials(), rule, study.user_attrs["baseline"]["accuracy"])
     ctx = SearchContext.prepare(config, Path(run_dir))
     folder = Path(out_dir) if out_dir else Path(run_dir) / "selected"
+    export = config.search.export
+    if formats is not None or verify is not None:
+        hls4ml = export.hls4ml.model_copy(update={"verify": bool(verify)}) if verify else None
+        export = export.model_copy(update={
+            "formats": tuple(dict.fromkeys(("onnx", *(formats or export.formats)))),
+            "hls4ml": hls4ml or export.hls4ml,
+        })  # fmt: skip
     exported = export_trial(
-        trial, ctx.space, ctx.builder, ctx.test_measurer(), folder, latency=ctx.evaluator.plan
+        trial, ctx.space, ctx.builder, ctx.test_measurer(), folder,
+        latency=ctx.evaluator.plan, export=export, strict=True,
     )
     return trial, exported
