@@ -7,7 +7,7 @@ RUN_DIR ?= runs/demo
 
 # the fpga extra (hls4ml, qonnx) is installed too, so the FPGA export tests run in CI
 install:
-	$(PIP) install --quiet -e '.[dev,fpga]'
+	$(PIP) install --quiet -e '.[dev,fpga,openvino]'
 
 demo: install
 	rm -rf $(RUN_DIR)

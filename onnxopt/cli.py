@@ -146,6 +146,34 @@ def _rewrite_output_options(output_help: str):
     return decorate
 
 
+_split_option = click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["train", "val", "test", "calibration"]),
+)
+_threads_option = click.option(
+    "--threads",
+    type=click.IntRange(1, bounds.MAX_THREADS),
+    default=1,
+    show_default=True,
+    help="intra-op threads.",
+)
+
+
+def _runtime_option(f):
+    """``--runtime``: a registered backend; one without its package says how to install it."""
+    from onnxopt.runtime import BACKENDS, DEFAULT_RUNTIME
+
+    return click.option(
+        "--runtime",
+        type=click.Choice(list(BACKENDS)),
+        default=DEFAULT_RUNTIME,
+        show_default=True,
+        help="The runtime that runs the model.",
+    )(f)
+
+
 def _print_notes(notes) -> None:
     """What onnxopt changed in a user's model to work with it: one ``note:`` line each."""
     for note in notes:
@@ -359,19 +387,8 @@ def _ort_model_path(_ctx, _param, value: Path) -> Path:
 @main.command("evaluate")
 @click.argument("model", type=PathArg, callback=_ort_model_path)
 @_data_options
-@click.option(
-    "--split",
-    default="test",
-    show_default=True,
-    type=click.Choice(["train", "val", "test", "calibration"]),
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(1, bounds.MAX_THREADS),
-    default=1,
-    show_default=True,
-    help="intra-op threads.",
-)
+@_split_option
+@_threads_option
 @click.option(
     "--batch-size",
     "batch_sizes",
@@ -383,6 +400,7 @@ def _ort_model_path(_ctx, _param, value: Path) -> Path:
 )
 @click.option("--no-latency", is_flag=True, help="Skip latency measurement.")
 @click.option("--output-name", help="The class-score output, when the model has several.")
+@_runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate_cmd(
     model,
@@ -394,9 +412,10 @@ def evaluate_cmd(
     batch_sizes,
     no_latency,
     output_name,
+    runtime,
     as_json,
 ) -> None:
-    """Measure MODEL in onnxruntime: accuracy, loss, latency, size, bit width."""
+    """Measure MODEL (.onnx or .ort): accuracy, loss, latency, size, bit width."""
     from onnxopt.optimizer.evaluate import evaluate_model
     from onnxopt.report.tables import evaluation_table
 
@@ -409,6 +428,7 @@ def evaluate_cmd(
         measure_latency=not no_latency,
         num_classes=dataset.num_classes,
         output_name=output_name,
+        runtime=runtime,
     )
     if as_json:
         click.echo(
@@ -424,16 +444,14 @@ def evaluate_cmd(
 @main.command("verify")
 @click.argument("model", type=PathArg)
 @_data_options
-@click.option(
-    "--split",
-    default="test",
-    show_default=True,
-    type=click.Choice(["train", "val", "test", "calibration"]),
-)
-@click.option("--threads", type=int, default=1, show_default=True, help="intra-op threads.")
+@_split_option
+@_threads_option
+@_runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def verify_cmd(model, data_spec, data_format, label_column, split, threads, as_json) -> None:
-    """Check that onnxruntime computes MODEL exactly on this CPU (fixed-point reference).
+def verify_cmd(
+    model, data_spec, data_format, label_column, split, threads, runtime, as_json
+) -> None:
+    """Check that the runtime computes MODEL exactly on this CPU (fixed-point reference).
 
     Exit 1 when any output value differs from the reference.
     """
@@ -441,7 +459,7 @@ def verify_cmd(model, data_spec, data_format, label_column, split, threads, as_j
     from onnxopt.report.tables import verify_summary
 
     dataset = _load_data(data_spec, data_format, label_column)
-    report = verify_model(model, dataset.split(split).x, threads=threads)
+    report = verify_model(model, dataset.split(split).x, threads=threads, runtime=runtime)
     if as_json:
         click.echo(json.dumps({"model": str(model), "data": dataset.name, "split": split,
                                **report.as_dict()}, indent=2))  # fmt: skip

@@ -84,8 +84,17 @@ def _check_file(path: Path) -> None:
         raise ModelLoadError(f"{path} is a Git LFS pointer, not the model; run 'git lfs pull'")
 
 
+ORT_FORMAT_MAGIC = b"ORTM"
+"""Bytes 4..8 of an onnxruntime ORT-format file (a FlatBuffer file identifier)."""
+
+
 def _parse(path: Path) -> onnx.ModelProto:
     data = path.read_bytes()
+    if data[4:8] == ORT_FORMAT_MAGIC:
+        raise ModelLoadError(
+            f"{path} is an ORT-format model (onnxruntime's optimized form), which cannot be "
+            "rewritten; pass the .onnx it was converted from (onnxopt evaluate reads .ort files)"
+        )
     try:
         model = onnx.load_model_from_string(data)  # external tensors are read later, confined
     except Exception:  # protobuf raises DecodeError and friends

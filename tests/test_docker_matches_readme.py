@@ -76,13 +76,13 @@ def test_dockerfile_runs_the_readme_install_step():
     readme = (ROOT / "README.md").read_text()
     quickstart = readme.split("## Quickstart")[1].split("\n## ")[0]
     assert "make demo" in quickstart and "make test" in quickstart
-    assert "pip install -e '.[dev,fpga]'" in quickstart
+    assert "pip install -e '.[dev,fpga,openvino]'" in quickstart
     # both README commands install through `make install`, which is that pip command
     for target in ("demo", "test"):
         prerequisites, _ = makefile_recipe(target)
         assert "install" in prerequisites, target
     _, install = makefile_recipe("install")
-    assert install == ["$(PIP) install --quiet -e '.[dev,fpga]'"]
+    assert install == ["$(PIP) install --quiet -e '.[dev,fpga,openvino]'"]
     commands = run_commands()
     assert ["make", "install"] in commands
     pips = [c for c in commands if "pip" in c[:3]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,10 @@ class Dataset:
     class_names: tuple[str, ...] = ()
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)
+    preprocessing: tuple[dict[str, Any], ...] = ()
+    """How raw samples become the features the model is fed, as plain-JSON steps (what a
+    deployment must do before calling the model): e.g. ``{"op": "divide", "by": 16.0}``,
+    ``{"op": "standardize", "mean": [...], "std": [...]}``. Empty: fed as stored."""
 
     @property
     def num_features(self) -> int:

@@ -57,4 +57,8 @@ def load_digits() -> Dataset:
         num_classes=10,
         class_names=tuple(str(d) for d in range(10)),
         source="sklearn.datasets.load_digits",
+        preprocessing=(
+            {"op": "flatten", "shape": [64], "note": "8x8 pixels, row by row"},
+            {"op": "divide", "by": 16.0, "note": "pixel intensities 0..16 -> 0..1"},
+        ),
     )

@@ -238,4 +238,9 @@ def _preprocess(x: np.ndarray, y: np.ndarray, *, path: Path, data_format: str) -
             "split": "80/20 train+val/test then 7:1 train/val, random_state=42 (MASE)",
             "scaler": "StandardScaler fitted on train+val (the 80% part)",
         },
+        preprocessing=(
+            {"op": "standardize", "mean": [float(v) for v in scaler.mean_],
+             "std": [float(v) for v in scaler.scale_],
+             "note": "(x - mean) / std per feature, fitted on train+val"},
+        ),  # fmt: skip
     )

@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,9 @@ from optuna.trial import FrozenTrial
 from onnxopt.atomic import write_text
 from onnxopt.optimizer.search.objective import scaled_metrics
 from onnxopt.optimizer.search.pareto import is_feasible
+from onnxopt.optimizer.search.study import redact
+from onnxopt.report.versions import package_versions
+from onnxopt.runtime.cpu import cpu_flags, integer_path
 
 if TYPE_CHECKING:  # run.py loads the data and onnxruntime; `onnxopt status` needs neither
     from onnxopt.config.search import Search
@@ -26,7 +29,6 @@ if TYPE_CHECKING:  # run.py loads the data and onnxruntime; `onnxopt status` nee
 
 SOFTWARE = ("accuracy", "loss")
 HARDWARE = ("average_bitwidth", "memory_density", "size", "latency", "latency_b256")
-PACKAGES = ("onnxopt", "onnx", "onnxruntime", "onnx-ir", "optuna", "numpy", "torch", "pydantic")
 
 
 def _fmt(value: Any) -> str:
@@ -93,9 +95,23 @@ def summary(result: SearchResult) -> str:
         f"{kind} (feasible, by {', '.join(result.objectives)}):",
         render_table(best_rows(result)) if result.best else "  no feasible trial",
     ]
-    for e in result.exported:
-        lines.append(f"trial {e.number}: test accuracy {e.test_accuracy:.4f} -> {e.onnx_path}")
+    lines += [_exported_line(e) for e in result.exported]
     return "\n".join(lines)
+
+
+def _exported_line(e) -> str:
+    """One exported trial: its test accuracy and what each shipped file measured."""
+    files = [f".onnx {e.size_bytes:,} B"]
+    if e.ort_path is not None:
+        same = "same outputs" if e.ort_matches_onnx else "OUTPUTS DIFFER"
+        files.append(f".ort {int(e.artifacts['ort']['size']):,} B ({same})")
+    if e.verified is not None:
+        rate = 100 * e.verified["match_rate"]
+        files.append(f"{rate:.2f}% exact on {e.verified['integer_path']['class']}")
+    return (
+        f"trial {e.number}: test accuracy {e.test_accuracy:.4f}; {', '.join(files)} "
+        f"-> {e.onnx_path}"
+    )
 
 
 def _trial_row(t: FrozenTrial, metric_names: list[str]) -> dict[str, Any]:
@@ -142,42 +158,21 @@ def report_dict(result: SearchResult) -> dict[str, Any]:
     }
 
 
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model and flags from /proc/cpuinfo (empty where it does not exist)."""
-    info: dict[str, Any] = {"machine": platform.machine(), "model": None, "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for raw in text.splitlines():
-        key, _, value = raw.partition(":")
-        if key.strip() == "model name" and info["model"] is None:
-            info["model"] = value.strip()
-        if key.strip() == "flags" and not info["flags"]:
-            info["flags"] = value.split()
-    return info
-
-
 def manifest_dict(result: SearchResult) -> dict[str, Any]:
     """manifest.json: config, package versions, seeds, CPU, data fingerprint."""
     config = result.context.config
+    flags, model = cpu_flags()
     return {
         "config": config.model_dump(mode="json"),
-        "versions": {"python": platform.python_version(), **_versions()},
+        "versions": {"python": platform.python_version(), **package_versions()},
         "seeds": {"model": config.model.seed, "sampler": config.search.strategy.seed},
-        "cpu": cpu_info(),
+        "cpu": {"machine": platform.machine(), "model": model, "flags": sorted(flags)},
+        "integer_path": integer_path().as_dict(),
+        "threads": config.search.evaluation.threads,
+        "runtime": config.search.evaluation.runtime,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "data_fingerprint": result.context.dataset.fingerprint(),
-        "study_storage": result.storage,
+        "study_storage": redact(result.storage),  # never a password on disk
     }
 
 

@@ -11,9 +11,10 @@ from collections.abc import Mapping
 
 from onnxopt.errors import UsageError, did_you_mean
 from onnxopt.runtime.base import Backend, ModelSource, Session, TensorInfo
+from onnxopt.runtime.openvino import OpenVinoBackend
 from onnxopt.runtime.ort import OrtBackend
 
-BACKENDS: Mapping[str, type[Backend]] = {b.name: b for b in (OrtBackend,)}
+BACKENDS: Mapping[str, type[Backend]] = {b.name: b for b in (OrtBackend, OpenVinoBackend)}
 """Every runtime by its config name."""
 
 DEFAULT_RUNTIME = OrtBackend.name

@@ -19,6 +19,8 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
+from onnxopt.errors import UsageError
+
 ModelSource = onnx.ModelProto | bytes | Path | str
 """A model in memory, serialized, or the path of a file (external data next to it)."""
 
@@ -111,3 +113,16 @@ def model_label(model: ModelSource) -> str:
     if isinstance(model, onnx.ModelProto | bytes):
         return "the model"
     return Path(model).name
+
+
+def check_threads(threads: int) -> int:
+    """A thread count every backend accepts.
+
+    Raises:
+        UsageError: For a non-integer, a bool, or a count outside 1..MAX_THREADS.
+    """
+    from onnxopt.config.bounds import MAX_THREADS
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise UsageError(f"threads must be an integer in 1..{MAX_THREADS}, got {threads!r}")
+    return threads

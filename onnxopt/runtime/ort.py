@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import onnx
 
-from onnxopt.config.bounds import MAX_THREADS
 from onnxopt.errors import (
     EvaluationError,
     ModelLoadError,
@@ -28,7 +27,14 @@ from onnxopt.errors import (
     did_you_mean,
     first_line,
 )
-from onnxopt.runtime.base import Backend, ModelSource, Session, TensorInfo, model_label
+from onnxopt.runtime.base import (
+    Backend,
+    ModelSource,
+    Session,
+    TensorInfo,
+    check_threads,
+    model_label,
+)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -110,8 +116,7 @@ def session_options(threads: int = 1, optimization: str = "all") -> ort.SessionO
     """
     import onnxruntime as ort
 
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise UsageError(f"threads must be an integer in 1..{MAX_THREADS}, got {threads!r}")
+    check_threads(threads)
     levels = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

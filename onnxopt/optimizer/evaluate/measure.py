@@ -22,6 +22,7 @@ from onnxopt.data.dataset import Split
 from onnxopt.data.shaping import adapt_inputs
 from onnxopt.errors import DataError, EvaluationError, UsageError
 from onnxopt.metrics import METRICS, MetricInputs, latency_name
+from onnxopt.model_io import ORT_FORMAT_MAGIC
 from onnxopt.optimizer.evaluate.accuracy import (
     AccuracyResult,
     classification_metrics,
@@ -94,7 +95,7 @@ def is_ort_format(path: Path) -> bool:
             head = f.read(8)
     except OSError:
         return False
-    return head[4:8] == b"ORTM"
+    return head[4:8] == ORT_FORMAT_MAGIC
 
 
 class Measurer:

@@ -28,6 +28,8 @@ class Candidate:
     model: onnx.ModelProto
     quantization: QuantizationConfig | None
     width: dict[str, float]
+    quantized: tuple[str, ...] = ()
+    """The nodes the quantizer rewrote (the deployment card reads their kernels)."""
 
     def config_dict(self) -> dict:
         """The candidate's config as plain JSON."""
@@ -84,10 +86,9 @@ class CandidateBuilder:
         """
         config = space.quantization(choice)
         if config is None:
-            model = self.scaled(choice)
-        else:
-            model = self.quantizer(choice).quantize(config).model
-        return Candidate(model, config, dict(choice.width))
+            return Candidate(self.scaled(choice), None, dict(choice.width))
+        quantized = self.quantizer(choice).quantize(config)
+        return Candidate(quantized.model, config, dict(choice.width), quantized.result.quantized)
 
 
 def model_hash(data: bytes) -> str:

@@ -20,10 +20,15 @@ from optuna.trial import FrozenTrial
 
 from onnxopt.atomic import write_text
 from onnxopt.config.search import SearchExport
+from onnxopt.errors import UsageError
 from onnxopt.model_io import save_onnx
 from onnxopt.optimizer.evaluate.measure import LatencyPlan, Measurement, Measurer
+from onnxopt.optimizer.evaluate.verify import VerifyReport, verify_model
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
 from onnxopt.optimizer.search.space import SearchSpace
+from onnxopt.report.card import deployment_card, write_card
+from onnxopt.report.versions import package_versions
+from onnxopt.runtime.kernels import kernel_facts
 from onnxopt.runtime.ort_format import save_ort_format
 
 
@@ -52,6 +57,9 @@ class ExportedTrial:
     ort_matches_onnx: bool | None = None
     fpga: dict | None = None
     """``[search.export] formats`` qonnx / hls4ml: what was written (see onnxopt.fpga)."""
+    card_path: Path | None = None
+    verified: dict[str, Any] | None = None
+    """The ``.onnx`` against the fixed-point reference on this CPU (quantized models)."""
 
     @property
     def test_accuracy(self) -> float:
@@ -79,6 +87,8 @@ class ExportedTrial:
             "artifacts": self.artifacts,
             "hash_matches": self.hash_matches,
             "ort_matches_onnx": self.ort_matches_onnx,
+            "card_path": None if self.card_path is None else str(self.card_path),
+            "verified": self.verified,
             **({"fpga": self.fpga} if self.fpga else {}),
         }
 
@@ -94,6 +104,7 @@ def export_trial(
     ort_format: bool = True,
     export: SearchExport | None = None,
     strict: bool = False,
+    preprocessing: tuple[dict[str, Any], ...] = (),
 ) -> ExportedTrial:
     """Rebuild one trial's candidate, write its files and measure them on the test split.
 
@@ -108,6 +119,7 @@ def export_trial(
             holds ``ort``).
         export: The config's ``[search.export]``: QONNX / hls4ml files too.
         strict: Fail on a QONNX / hls4ml problem instead of recording it.
+        preprocessing: The dataset's preprocessing steps (for the deployment card).
     """
     candidate = builder.build(space, space.decode(trial.params))
     stem = Path(folder) / f"trial_{trial.number:04d}"
@@ -127,6 +139,14 @@ def export_trial(
         )
     figures = {kind: dict(m.metrics) for kind, m in measured.items()}
     same = _same_outputs(measured["onnx"], measured["ort"]) if "ort" in measured else None
+    verified = _verify(onnx_path, test)
+    card = deployment_card(
+        onnx_path=onnx_path, ort_path=ort_path, operators_path=operators,
+        kernels=kernel_facts(onnx_path, candidate.quantized), verified=verified,
+        preprocessing=preprocessing, test_metrics=figures,
+        versions={k: v for k, v in package_versions().items() if v},
+    )  # fmt: skip
+    card_path, _ = write_card(card, stem)
     info = {
         "trial": trial.number,
         "params": dict(trial.params),
@@ -134,6 +154,7 @@ def export_trial(
         "validation_metrics": trial.user_attrs.get("metrics", {}),
         "test_metrics": figures,
         "ort_matches_onnx": same,
+        "verified": None if verified is None else verified.as_dict(),
         # kept for readers of earlier reports
         "test_accuracy": figures["onnx"]["accuracy"],
         "test_loss": figures["onnx"]["loss"],
@@ -150,7 +171,17 @@ def export_trial(
         hash_matches=model_hash(onnx_path.read_bytes()) == trial.user_attrs.get("model_sha256"),
         ort_matches_onnx=same,
         fpga=fpga,
+        card_path=card_path,
+        verified=None if verified is None else verified.as_dict(),
     )
+
+
+def _verify(onnx_path: Path, test: Measurer) -> VerifyReport | None:
+    """The file against the fixed-point reference on the test split (float models: None)."""
+    try:
+        return verify_model(onnx_path, test.split.x, threads=test.threads)
+    except UsageError:  # no quantized tensor: nothing fixed-point to verify
+        return None
 
 
 def _same_outputs(a: Measurement, b: Measurement) -> bool:

@@ -272,7 +272,7 @@ def export_best(result: SearchResult, *, ort_format: bool = True) -> list[Export
     result.exported = [
         export_trial(
             t, ctx.space, ctx.builder, test, folder, latency=plan, ort_format=ort_format,
-            export=ctx.config.search.export,
+            export=ctx.config.search.export, preprocessing=ctx.dataset.preprocessing,
         )  # fmt: skip
         for t in result.best
     ]

@@ -136,5 +136,6 @@ def select_and_export(
     exported = export_trial(
         trial, ctx.space, ctx.builder, ctx.test_measurer(), folder,
         latency=ctx.evaluator.plan, export=export, strict=True,
+        preprocessing=ctx.dataset.preprocessing,
     )
     return trial, exported

@@ -50,8 +50,20 @@ class ChannelMap:
         return np.bincount(self.index, minlength=self.old_width)[self.index]
 
 
+@dataclass
+class WidthPassResult(ir.passes.PassResult):
+    """A :class:`PassResult` carrying the indices of the nodes the pass edited."""
+
+    changed_nodes: frozenset[int] = frozenset()
+
+
 class WidthScalingPass(ir.passes.InPlacePass):
     """Apply channel maps to the groups of an analysed model (in place: pass a fresh copy).
+
+    Preconditions (:meth:`requires`): the model is the analysed one (same nodes) and every
+    map fits its group. Postcondition (:meth:`ensures`): every constant the maps edited has
+    the new width along its channel axis. The full ``onnx.checker`` check runs once on the
+    finished model, after any refit (:func:`~onnxopt.optimizer.width.validate.validate_scaled`).
 
     Args:
         analysis: The channel analysis of the model this pass is applied to (same graph).
@@ -62,18 +74,21 @@ class WidthScalingPass(ir.passes.InPlacePass):
         super().__init__()
         self.analysis = analysis
         self.maps = dict(maps)
-        self.changed_nodes: frozenset[int] = frozenset()
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        nodes = list(model.graph)
-        if len(nodes) != len(self.analysis.node_names):
+    def requires(self, model: ir.Model) -> None:
+        if len(model.graph) != len(self.analysis.node_names):
             raise RewriteError("the model does not match its channel analysis (node count)")
-        arrays: dict[tuple[int, int], np.ndarray] = {}
-        changed: set[int] = set()
         for gi, cmap in self.maps.items():
             group = self.analysis.groups[gi]
             if group.frozen or group.width != cmap.old_width:
                 raise RewriteError(f"group {group.name!r} cannot take this channel map")
+
+    def call(self, model: ir.Model) -> WidthPassResult:
+        nodes = list(model.graph)
+        arrays: dict[tuple[int, int], np.ndarray] = {}
+        changed: set[int] = set()
+        for gi, cmap in self.maps.items():
+            group = self.analysis.groups[gi]
             for edit in group.edits:
                 _apply(edit, cmap, nodes, arrays)
                 changed.add(edit.node)
@@ -82,8 +97,20 @@ class WidthScalingPass(ir.passes.InPlacePass):
         for (ni, k), array in arrays.items():
             set_const_input(model.graph, nodes[ni], k, array, names)
         common_passes.RemoveUnusedNodesPass()(model)
-        self.changed_nodes = frozenset(changed)
-        return ir.passes.PassResult(model, modified=bool(changed))
+        return WidthPassResult(model, modified=bool(changed), changed_nodes=frozenset(changed))
+
+    def ensures(self, model: ir.Model) -> None:
+        nodes = list(model.graph)
+        for gi, cmap in self.maps.items():
+            for edit in self.analysis.groups[gi].edits:
+                if edit.kind not in (EditKind.SLICE, EditKind.SPLIT):
+                    continue
+                array = const_array(nodes[edit.node].inputs[edit.input_index])
+                if array is None or array.shape[edit.axis] != cmap.new_width:
+                    raise RewriteError(
+                        f"input {edit.input_index} of {nodes[edit.node].name!r} does not have "
+                        f"{cmap.new_width} channels on axis {edit.axis} after scaling"
+                    )
 
 
 def _apply(edit: Edit, cmap: ChannelMap, nodes: list[ir.Node], arrays: dict) -> None:

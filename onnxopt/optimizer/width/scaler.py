@@ -23,13 +23,13 @@ import onnx_ir as ir
 from onnxopt.config.width import Importance, Refit, WidthConfig
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import ConfigError, UsageError
-from onnxopt.graph import Namer, const_array
+from onnxopt.graph import Namer, const_array, run_pass
 from onnxopt.optimizer.width.activations import Calibration, model_feeds, run_values
 from onnxopt.optimizer.width.analysis import analyze_channels
 from onnxopt.optimizer.width.groups import ChannelAnalysis, ChannelGroup, WeightNode
 from onnxopt.optimizer.width.plan import channel_map, choose, importance, new_width, resolve
 from onnxopt.optimizer.width.refit import fit_consumer
-from onnxopt.optimizer.width.rewrite import ChannelMap, WidthScalingPass
+from onnxopt.optimizer.width.rewrite import ChannelMap, WidthPassResult, WidthScalingPass
 from onnxopt.optimizer.width.validate import validate_scaled
 from onnxopt.optimizer.width.writeback import write_fit
 
@@ -209,9 +209,9 @@ class WidthScaler:
         shrunk = {gi for gi, cm in maps.items() if cm.new_width < cm.old_width}
         model = ir.serde.deserialize_model(self._proto)
         nodes = list(model.graph)
-        rewrite = WidthScalingPass(self.analysis, maps)
-        rewrite(model)
-        changed = set(rewrite.changed_nodes)
+        result = run_pass(WidthScalingPass(self.analysis, maps), model)
+        assert isinstance(result, WidthPassResult)
+        changed = set(result.changed_nodes)
         refits: list[RefitReport] = []
         if shrunk and config.refit is Refit.RIDGE:
             refits = self._refit(model, nodes, maps, shrunk, config.ridge)
