@@ -61,6 +61,14 @@ def test_summary_statistics_by_hand():
     assert stats.throughput_sps == pytest.approx(1600.0)
 
 
+def test_the_reported_latency_is_the_median_not_the_mean():
+    """One slow run (a page fault, another process) must not move the figure."""
+    stats = summarize(1, [0.001, 0.001, 0.002, 0.001, 0.100])
+    assert stats.median_ms == pytest.approx(1.0)
+    assert stats.mean_ms == pytest.approx(21.0)
+    assert stats.throughput_sps == pytest.approx(1000.0)  # from the median
+
+
 def test_default_budget_is_shorter_for_large_batches():
     small, large = default_budget(1), default_budget(256)
     assert (small.warmup, small.repeats, small.min_time_s) == (10, 50, 0.2)
