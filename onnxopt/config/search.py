@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BeforeValidator,
@@ -103,22 +103,24 @@ def _as_list(value: object) -> object:
     return (value,)
 
 
-def _choices(item: Any) -> Any:
-    return Annotated[tuple[item, ...], BeforeValidator(_as_list), Field(min_length=1)]
+T = TypeVar("T")
+Choices = Annotated[tuple[T, ...], BeforeValidator(_as_list), Field(min_length=1)]
+"""One value (fixed) or a non-empty list of choices, stored as a tuple."""
 
 
 class LayerChoices(StrictModel):
-    """LayerQuant keys, each one value (fixed) or a list of choices for the search."""
+    """LayerQuant keys, each one value (fixed) or a list of choices for the search (the same
+    keys as :class:`~onnxopt.config.quantization.LayerQuant`; a test ties the two)."""
 
-    enabled: _choices(StrictBool) | None = None
-    data_in_width: _choices(Width) | None = None
-    data_in_frac_width: _choices(FracWidth) | None = None
-    weight_width: _choices(Width) | None = None
-    weight_frac_width: _choices(FracWidth) | None = None
-    bias_width: _choices(Width) | None = None
-    bias_frac_width: _choices(FracWidth) | None = None
-    data_out_width: _choices(Width) | None = None
-    data_out_frac_width: _choices(FracWidth) | None = None
+    enabled: Choices[StrictBool] | None = None
+    data_in_width: Choices[Width] | None = None
+    data_in_frac_width: Choices[FracWidth] | None = None
+    weight_width: Choices[Width] | None = None
+    weight_frac_width: Choices[FracWidth] | None = None
+    bias_width: Choices[Width] | None = None
+    bias_frac_width: Choices[FracWidth] | None = None
+    data_out_width: Choices[Width] | None = None
+    data_out_frac_width: Choices[FracWidth] | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> LayerChoices:
