@@ -161,6 +161,102 @@ _threads_option = click.option(
 )
 
 
+def _input_values(ctx, param, values) -> dict:
+    """``NAME=1.5`` or ``NAME=1,2,3``: the same value for every sample of that input."""
+    out = {}
+    for item in values:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} must look like NAME=VALUE or NAME=1,2,3")
+        try:
+            numbers = [_number(t) for t in text.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: the value must be numbers") from None
+        out[name] = numbers[0] if len(numbers) == 1 else numbers
+    return out
+
+
+def _number(text: str) -> int | float:
+    return float(text) if "." in text or "e" in text.lower() else int(text)
+
+
+_input_value_option = click.option(
+    "--input-value",
+    "input_values",
+    multiple=True,
+    callback=_input_values,
+    help="NAME=VALUE (or NAME=1,2,3): feed model input NAME this value for every sample, "
+    "for inputs the data do not give (repeatable).",
+)
+
+
+def _input_shapes(values) -> dict[str, tuple[int | None, ...]]:
+    """``NAME=1,3,48,192`` entries: static shapes by input name (the batch included; ``?``
+    leaves a dimension as the model has it)."""
+    out: dict[str, tuple[int | None, ...]] = {}
+    for item in values:
+        name, sep, dims = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--input-shape {item!r} must look like NAME=1,3,48,192")
+        parts = dims.split(",")
+        given = _parse_shape(",".join(p for p in parts if p.strip() != "?") or "1",
+                             option=f"--input-shape {name}")  # fmt: skip
+        sizes = iter(given)
+        out[name] = tuple(None if p.strip() == "?" else next(sizes) for p in parts)
+    return out
+
+
+def _preparation_options(f):
+    """``--input-shape NAME=dims`` and ``--batch-size-fixed``: how the model is prepared
+    (:class:`onnxopt.exporters.user_model.Preparation`), passed as ``preparation``."""
+
+    @functools.wraps(f)
+    def wrapper(*args, input_shapes, batch_size_fixed, **kwargs):
+        from onnxopt.exporters.user_model import Preparation
+
+        shapes = _input_shapes(input_shapes)
+        return f(*args, preparation=Preparation(input_shapes=shapes,
+                                                keep_batch=batch_size_fixed), **kwargs)  # fmt: skip
+
+    wrapper = click.option(
+        "--batch-size-fixed",
+        is_flag=True,
+        help="Keep a batch axis the file fixes (by default it is freed and checked).",
+    )(wrapper)
+    return click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        help="NAME=1,3,48,192: fix the symbolic dimensions of input NAME (every dimension, "
+        "the batch included, ? keeps one as it is: NAME=?,3,48,192; repeatable).",
+    )(wrapper)
+
+
+def _task_options(f):
+    """``--task``, ``--metric`` and ``--reference`` (the metric registry's names)."""
+    from onnxopt.metrics import TASKS
+
+    f = click.option(
+        "--reference",
+        type=PathArg,
+        help="A reference model (the fp32 original) for fidelity metrics (cosine_to_reference...).",
+    )(f)
+    f = click.option(
+        "--metric",
+        "metric_specs",
+        multiple=True,
+        help="A metric to measure besides the task's (repeatable); NAME=file.py:fn or "
+        "NAME=pkg.mod:fn adds your own: fn(outputs, targets) -> float.",
+    )(f)
+    return click.option(
+        "--task",
+        type=click.Choice(list(TASKS)),
+        default="classification",
+        show_default=True,
+        help="What the model does: which metrics are measured and how the output is read.",
+    )(f)
+
+
 def _runtime_option(f):
     """``--runtime``: a registered backend; one without its package says how to install it."""
     from onnxopt.runtime import BACKENDS, DEFAULT_RUNTIME
@@ -232,15 +328,16 @@ def train_cmd(
     )
 
 
-def _parse_shape(text: str | None) -> tuple[int, ...]:
+def _parse_shape(text: str | None, option: str = "--input-shape") -> tuple[int, ...]:
     if not text:
         raise UsageError("--factory needs --input-shape (per sample, e.g. 64 or 1,8,8)")
     try:
         shape = tuple(int(t) for t in text.split(","))
     except ValueError:
-        raise UsageError(f"--input-shape {text!r} must be integers separated by commas") from None
-    if any(d <= 0 for d in shape):
-        raise UsageError(f"--input-shape {text!r} must be positive")
+        raise UsageError(f"{option} {text!r} must be integers separated by commas") from None
+    if any(d <= 0 or d > bounds.MAX_INPUT_ELEMENTS for d in shape):
+        limit = f"{bounds.MAX_INPUT_ELEMENTS:,}"
+        raise UsageError(f"{option} {text!r} must be positive integers (at most {limit})")
     return shape
 
 
@@ -317,7 +414,18 @@ def _fpga_export(model, fmt, output, data_spec, data_format, label_column, verif
     "--weights", type=PathArg, help="Weights file from 'onnxopt train' (or a state dict)."
 )
 @click.option("--factory", help="'module:function' returning a torch nn.Module.")
-@click.option("--input-shape", help="Per-sample input shape for --factory, e.g. 64 or 1,8,8.")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    help="Per-sample input shape for --factory (64 or 1,8,8); for an ONNX MODEL, "
+    "NAME=1,3,48,192 fixes input NAME's symbolic dimensions (repeatable).",
+)
+@click.option(
+    "--batch-size-fixed",
+    is_flag=True,
+    help="ONNX MODEL: keep a batch axis the file fixes (by default it is freed and checked).",
+)
 @click.option(
     "--opset",
     type=int,
@@ -333,8 +441,8 @@ def _fpga_export(model, fmt, output, data_spec, data_format, label_column, verif
 @_fpga_export_options
 @click.pass_context
 def export_cmd(
-    ctx, model, recipe, weights, factory, input_shape, opset, output, fmt, data_spec,
-    data_format, label_column, verify, hls4ml_options,
+    ctx, model, recipe, weights, factory, input_shapes, batch_size_fixed, opset, output, fmt,
+    data_spec, data_format, label_column, verify, hls4ml_options,
 ) -> None:  # fmt: skip
     """Export a torch model to ONNX (checked against torch), or prepare an ONNX MODEL file;
     with --format qonnx / hls4ml, turn a quantized MODEL into a QONNX file / hls4ml project."""
@@ -345,8 +453,13 @@ def export_cmd(
                             verify, hls4ml_options)  # fmt: skip
     if model is not None:
         from onnxopt.exporters.onnx_input import prepare_onnx_file
+        from onnxopt.exporters.user_model import Preparation
 
-        res = prepare_onnx_file(model, output, opset=opset)
+        preparation = Preparation(
+            input_shapes=_input_shapes(input_shapes), keep_batch=batch_size_fixed
+        )
+        res = prepare_onnx_file(model, output, opset=opset, preparation=preparation)
+        _print_notes(res.notes)
         click.echo(
             f"prepared {model}: opset {res.opset_before} -> {res.opset}, "
             f"{res.batchnorms_folded} BatchNorm folded, {res.batchnorms_left} left, "
@@ -358,7 +471,10 @@ def export_cmd(
     if factory:
         from onnxopt.models.factory import load_factory
 
-        module, shape = load_factory(factory, weights), _parse_shape(input_shape)
+        if len(input_shapes) > 1 or any("=" in t for t in input_shapes):
+            raise UsageError("--factory takes one per-sample --input-shape, e.g. 64 or 1,8,8")
+        shape = _parse_shape(input_shapes[0] if input_shapes else None)
+        module = load_factory(factory, weights)
     elif weights:
         from onnxopt.models.training import load_weights
 
@@ -399,11 +515,15 @@ def _ort_model_path(_ctx, _param, value: Path) -> Path:
     help="Latency batch sizes (repeatable).",
 )
 @click.option("--no-latency", is_flag=True, help="Skip latency measurement.")
-@click.option("--output-name", help="The class-score output, when the model has several.")
+@click.option("--output-name", help="The scored output, when the model has several.")
+@_task_options
+@_input_value_option
+@_preparation_options
 @_runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate_cmd(
     model,
+    preparation,
     data_spec,
     data_format,
     label_column,
@@ -412,13 +532,26 @@ def evaluate_cmd(
     batch_sizes,
     no_latency,
     output_name,
+    task,
+    metric_specs,
+    reference,
+    input_values,
     runtime,
     as_json,
 ) -> None:
-    """Measure MODEL (.onnx or .ort): accuracy, loss, latency, size, bit width."""
+    """Measure MODEL (.onnx or .ort): task metrics, latency, size, bit width."""
+    from onnxopt.metrics import user_metric
     from onnxopt.optimizer.evaluate import evaluate_model
+    from onnxopt.plugins import load_callable
     from onnxopt.report.tables import evaluation_table
 
+    names, user = [], {}
+    for spec in metric_specs:
+        name, _, function = spec.partition("=")
+        names.append(name)
+        if function:
+            fn = load_callable(function, what=f"metric {name!r}")
+            user[name] = user_metric(name, fn, "maximize")
     dataset = _load_data(data_spec, data_format, label_column)
     report = evaluate_model(
         model,
@@ -429,7 +562,14 @@ def evaluate_cmd(
         num_classes=dataset.num_classes,
         output_name=output_name,
         runtime=runtime,
+        task=task,
+        metrics=names,
+        user_metrics=user,
+        reference=reference,
+        fixed_inputs=input_values,
+        preparation=preparation,
     )
+    _print_notes(report.notes)
     if as_json:
         click.echo(
             json.dumps(
@@ -446,10 +586,11 @@ def evaluate_cmd(
 @_data_options
 @_split_option
 @_threads_option
+@_input_value_option
 @_runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def verify_cmd(
-    model, data_spec, data_format, label_column, split, threads, runtime, as_json
+    model, data_spec, data_format, label_column, split, threads, input_values, runtime, as_json
 ) -> None:
     """Check that the runtime computes MODEL exactly on this CPU (fixed-point reference).
 
@@ -459,7 +600,10 @@ def verify_cmd(
     from onnxopt.report.tables import verify_summary
 
     dataset = _load_data(data_spec, data_format, label_column)
-    report = verify_model(model, dataset.split(split).x, threads=threads, runtime=runtime)
+    report = verify_model(
+        model, dataset.split(split).x, threads=threads, runtime=runtime,
+        fixed_inputs=input_values,
+    )  # fmt: skip
     if as_json:
         click.echo(json.dumps({"model": str(model), "data": dataset.name, "split": split,
                                **report.as_dict()}, indent=2))  # fmt: skip
@@ -479,8 +623,13 @@ def verify_cmd(
     help="Quantization TOML (default: 8-bit weights and activations, auto fractions).",
 )
 @_data_options
+@_input_value_option
+@_preparation_options
 @_rewrite_output_options("Quantized ONNX file to write.")
-def quantize_cmd(model, config_path, data_spec, data_format, label_column, output, as_json) -> None:
+def quantize_cmd(
+    model, preparation, config_path, data_spec, data_format, label_column, input_values, output,
+    as_json,
+) -> None:  # fmt: skip
     """Quantize MODEL to fixed point with QDQ nodes that onnxruntime runs fused."""
     from onnxopt.config import load_toml
     from onnxopt.config.quantization import QuantizationConfig
@@ -489,7 +638,9 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
 
     config = load_toml(config_path, QuantizationConfig) if config_path else QuantizationConfig()
     dataset = _load_data(data_spec, data_format, label_column)
-    done = quantize_file(model, output, config, dataset.calibration.x)
+    done = quantize_file(
+        model, output, config, dataset.calibration.x, input_values, preparation=preparation
+    )
     _print_notes(done.notes)
     report = done.report()
     click.echo(json.dumps(report, indent=2) if as_json else quantization_summary(report, output))
@@ -505,8 +656,11 @@ def quantize_cmd(model, config_path, data_spec, data_format, label_column, outpu
     help="Width TOML: [layers.<node>] channel_multiplier and mode.",
 )
 @_data_options
+@_preparation_options
 @_rewrite_output_options("Scaled ONNX file to write.")
-def scale_cmd(model, config_path, data_spec, data_format, label_column, output, as_json) -> None:
+def scale_cmd(
+    model, preparation, config_path, data_spec, data_format, label_column, output, as_json
+) -> None:
     """Scale the channel widths of MODEL's Gemm/MatMul/Conv layers consistently."""
     from onnxopt.config import load_toml
     from onnxopt.exporters.user_model import load_user_model
@@ -514,7 +668,7 @@ def scale_cmd(model, config_path, data_spec, data_format, label_column, output, 
     from onnxopt.optimizer.width import WidthConfig, refit_inputs, scale_width
 
     config = load_toml(config_path, WidthConfig)
-    prepared = load_user_model(model)
+    prepared = load_user_model(model, preparation)
     _print_notes(prepared.notes)
     base = prepared.model
     calibration = None

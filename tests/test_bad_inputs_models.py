@@ -271,8 +271,17 @@ def test_symbolic_feature_dim_takes_the_data_shape_or_is_refused_without_data(cl
         cli("export", name, "-o", "p.onnx"),
         2,
         "input 'x' has dynamic dimension 'F' (axis 1)",
-        "re-export the model with static dimensions",
+        "--input-shape x=1,<F>",
     )
+    exit_code, _, err = cli("export", name, "-o", "p.onnx", "--input-shape", "x=?,64")
+    assert exit_code == 0, err
+    assert "input shapes fixed to x=[?, 64]" in err
+    shape = onnx.load("p.onnx").graph.input[0].type.tensor_type.shape
+    assert [d.dim_param or d.dim_value for d in shape.dim] == ["N", 64]
+    exit_code, _, err = cli("export", name, "-o", "s.onnx", "--input-shape", "x=1,64")
+    assert exit_code == 0 and "batch axis freed" not in err, err  # a batch given stays
+    shape = onnx.load("s.onnx").graph.input[0].type.tensor_type.shape
+    assert [d.dim_param or d.dim_value for d in shape.dim] == [1, 64]
 
 
 def test_symbolic_image_dims_need_data_shaped_like_the_input(cli, save, tmp_path, digits):
@@ -310,37 +319,60 @@ def test_control_flow_stays_float_and_is_listed(cli, save):
     assert "left in float: branch: If (control flow)" in out
 
 
-@pytest.mark.parametrize("command", ["quantize", "evaluate", "scale"])
-def test_several_inputs_are_refused_naming_them(cli, save, tmp_path, command):
+def _two_input_mlp() -> onnx.ModelProto:
     model = mlp()
     model.graph.input.append(_info("mask", ["N", 64]))
     model.graph.node[0].input[0] = "xm"
     model.graph.node.insert(0, helper.make_node("Mul", ["x", "mask"], ["xm"]))
-    (tmp_path / "w.toml").write_text("[layers.mm1]\nchannel_multiplier = 0.5\n")
-    args = {
-        "quantize": ["-o", "q.onnx"],
-        "evaluate": [],
-        "scale": ["--config", "w.toml", "-o", "s.onnx"],
-    }
+    return model
+
+
+@pytest.mark.parametrize("command", ["quantize", "evaluate"])
+def test_an_input_the_data_do_not_give_is_named_with_both_fixes(cli, save, command):
+    args = ["-o", "q.onnx"] if command == "quantize" else []
     assert_error(
-        cli(command, save(model), *args[command]),
+        cli(command, save(_two_input_mlp()), *args),
         2,
-        "2 inputs ('x', 'mask')",
-        "re-export the model with a single input",
+        "2 inputs to feed ('x', 'mask')",
+        "np.savez(path, x=..., mask=..., y=...)",
+        "[model.inputs.mask] value = ...",
+        "--input-value mask=...",
     )
 
 
-@pytest.mark.parametrize(
-    ("command", "fragment"),
-    [("quantize", "input 'x' is int64"), ("evaluate", "has type tensor(int64)")],
-)
-def test_integer_input_is_refused(cli, save, command, fragment):
+@pytest.mark.parametrize("command", ["quantize", "evaluate"])
+def test_a_second_input_fixed_on_the_command_line_is_fed(cli, save, tmp_path, command):
+    model = save(_two_input_mlp())
+    args = ["-o", "q.onnx", "--json"] if command == "quantize" else ["--no-latency", "--json"]
+    exit_code, out, err = cli(command, model, "--input-value", "mask=1.0", *args)
+    assert exit_code == 0, err
+    if command == "evaluate":  # the mask of ones leaves the model the plain MLP
+        fed = json.loads(out)["accuracy"]
+        save(mlp(), "plain.onnx")
+        exit_code, out, err = cli("evaluate", "plain.onnx", "--no-latency", "--json")
+        assert json.loads(out)["accuracy"] == fed
+    else:
+        assert json.loads(out)["quantized"] == ["mm1", "fc2"]
+
+
+def test_integer_input_takes_integer_data_and_stays_unquantized(cli, save, tmp_path):
     model = mlp()
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64
     model.graph.node[0].input[0] = "xf"
     model.graph.node.insert(0, helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT))
-    args = ["-o", "q.onnx"] if command == "quantize" else []
-    assert_error(cli(command, save(model), *args), 2, fragment, "re-export the model with a float")
+    name = save(model)
+    np.savez(tmp_path / "frac.npz", x=RNG.random((40, 64)), y=np.arange(40) % 10)
+    assert_error(
+        cli("evaluate", name, "--data", "frac.npz"),
+        2,
+        "model input 'x' takes tensor(int64)",
+        "non-integer values",
+    )
+    np.savez(tmp_path / "ids.npz", x=RNG.integers(0, 16, (40, 64)), y=np.arange(40) % 10)
+    report, _ = _quantize_json(cli, name, "--data", "ids.npz")
+    assert report["quantized"] == ["mm1", "fc2"]
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+    assert quantized.graph.input[0].type.tensor_type.elem_type == TensorProto.INT64
 
 
 def test_classifier_output_is_the_one_with_as_many_classes(cli, save):

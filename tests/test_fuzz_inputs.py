@@ -26,7 +26,7 @@ from onnxopt.config.quantization import QuantizationConfig
 from onnxopt.config.search import load_search_config
 from onnxopt.config.width import WidthConfig
 from onnxopt.errors import OnnxoptError
-from onnxopt.exporters.user_model import prepare_user_model
+from onnxopt.exporters.user_model import Preparation, prepare_user_model
 from onnxopt.model_io import load_onnx
 
 FUZZ = settings(
@@ -111,7 +111,7 @@ def _load_model_bytes(data: bytes, external: bytes | None = None) -> None:
             (Path(tmp) / "model.onnx.data").write_bytes(external)
         try:
             model = load_onnx(path)
-            prepare_user_model(model, str(path), opset=21)
+            prepare_user_model(model, str(path), Preparation(opset=21))
         except OnnxoptError:
             pass  # one clear line: the expected outcome for a bad file
 

@@ -60,3 +60,9 @@ MAX_LATENCY_MS = 3_600_000.0
 
 MAX_SIZE_BYTES = 2**53
 """A size constraint (8 PiB: every size a float holds exactly)."""
+
+MAX_TOP_K = 1_000
+"""``top_k_accuracy``'s k (ImageNet reports k = 5)."""
+
+MAX_METRIC_DROP = 1e12
+"""A ``max_metric_drop`` limit, in the metric's own units (mse may be large)."""

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BeforeValidator,
@@ -95,6 +95,9 @@ from onnxopt.config.quantization import (
 from onnxopt.config.width import WidthConfig
 from onnxopt.errors import did_you_mean
 from onnxopt.samplers import SAMPLERS
+
+if TYPE_CHECKING:
+    from onnxopt.exporters.user_model import Preparation
 
 
 def _as_list(value: object) -> object:
@@ -192,16 +195,30 @@ class Strategy(StrictModel):
 
 
 class Metric(StrictModel):
-    """One objective: its direction (default by metric) and the scale of its scaled value."""
+    """One objective: its direction (default by metric) and the scale of its scaled value.
+
+    A name the registry does not know is a user metric: ``function`` names it
+    (``"pkg.mod:fn"`` or ``"path/file.py:fn"``, relative to the config; a config is code and
+    must be trusted), ``fn(outputs, targets) -> float``.
+    """
 
     direction: Literal["maximize", "minimize"] | None = None
     scale: StrictFloat = Field(1.0, gt=0, le=bounds.MAX_SCALE)
+    k: StrictInt | None = Field(None, ge=1, le=bounds.MAX_TOP_K)
+    """``top_k_accuracy``: how many of the best scores count."""
+    function: str | None = None
 
 
 class Constraints(StrictModel):
-    """Feasibility limits; infeasible trials never win."""
+    """Feasibility limits; infeasible trials never win.
+
+    ``max_metric_drop`` bounds how much any metric may get worse than the fp32 baseline's
+    (a drop for maximized metrics, a rise for minimized ones): ``{cosine_to_reference =
+    0.01}``; ``max_accuracy_drop`` is its oldest case.
+    """
 
     max_accuracy_drop: StrictFloat | None = Field(None, ge=0, le=1)
+    max_metric_drop: dict[str, Annotated[StrictFloat, Field(ge=0, le=bounds.MAX_METRIC_DROP)]] = {}
     max_latency_ms: StrictFloat | None = Field(None, gt=0, le=bounds.MAX_LATENCY_MS)
     max_size_bytes: StrictInt | None = Field(None, gt=0, le=bounds.MAX_SIZE_BYTES)
 
@@ -260,16 +277,30 @@ class Search(StrictModel):
     def _known_metrics(cls, value: dict[str, Metric]) -> dict[str, Metric]:
         if not value:
             raise ValueError("give at least one metric")
-        for name in value:
-            if not registry.known(name):
+        for name, spec in value.items():
+            if registry.known(name) and spec.function is not None:
+                raise ValueError(
+                    f"metrics.{name}: {name!r} is a built-in metric; give the user metric "
+                    "another name, or drop function"
+                )
+            if not registry.known(name) and spec.function is None:
                 hint = did_you_mean(name, [*registry.metric_names(), "latency_b256"])
-                raise ValueError(f"unknown metric {name!r}; {hint}")
+                raise ValueError(
+                    f"unknown metric {name!r}; {hint} (a user metric needs function = "
+                    '"pkg.mod:fn" or "file.py:fn")'
+                )
+            if spec.k is not None and name != "top_k_accuracy":
+                raise ValueError(f"metrics.{name}: k applies to top_k_accuracy only")
         return value
 
     @model_validator(mode="after")
     def _something(self) -> Search:
         if self.quantization is None and self.width is None:
             raise ValueError("give [search.quantization] and/or [search.width] choices")
+        for name in self.constraints.max_metric_drop:
+            if not registry.known(name) and name not in self.metrics:
+                hint = did_you_mean(name, [*registry.metric_names(), *self.metrics])
+                raise ValueError(f"constraints.max_metric_drop: unknown metric {name!r}; {hint}")
         measured = {registry.latency_name(b) for b in self.evaluation.batch_sizes}
         for name in self.metrics:
             if name.startswith("latency_b") and name not in measured:
@@ -280,8 +311,12 @@ class Search(StrictModel):
         return self
 
     def direction(self, metric: str) -> str:
-        """The metric's direction: as configured, else the registry's."""
-        return self.metrics[metric].direction or registry.direction(metric)
+        """The metric's direction: as configured, else the registry's (user metrics without
+        one are maximized)."""
+        given = self.metrics[metric].direction if metric in self.metrics else None
+        if given is not None:
+            return given
+        return registry.direction(metric) if registry.known(metric) else "maximize"
 
 
 MAX_SAMPLE = bounds.MAX_INPUT_ELEMENTS
@@ -289,6 +324,32 @@ InputShape = Annotated[
     tuple[Annotated[StrictInt, Field(ge=1, le=MAX_SAMPLE)], ...],
     Field(min_length=1, max_length=bounds.MAX_INPUT_RANK),
 ]
+
+
+# A fixed input holds any value an ONNX tensor can: finite floats, int64 integers, nested lists.
+Value = (
+    Annotated[StrictFloat, Field(ge=-3.4e38, le=3.4e38)]
+    | Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+    | list[Any]
+)
+
+
+class ModelInput(StrictModel):
+    """Settings of one model input (``[model.inputs.<name>]``): a value the data do not give
+    (a state, a sample rate: the same for every sample) and/or a static shape."""
+
+    value: Value | None = None
+    shape: list[Annotated[StrictInt, Field(ge=1, le=MAX_SAMPLE)] | Literal["?"]] | None = Field(
+        None, min_length=1, max_length=8
+    )
+    """The input's full shape, the batch included: symbolic dimensions fixed ("?" keeps one
+    as the model has it; a batch given stays fixed)."""
+
+    @model_validator(mode="after")
+    def _something(self) -> ModelInput:
+        if self.value is None and self.shape is None:
+            raise ValueError("give the input a value, a shape, or both")
+        return self
 
 
 class ModelSource(StrictModel):
@@ -301,9 +362,30 @@ class ModelSource(StrictModel):
     weights: Path | None = None
     input_shape: InputShape | None = None
     output: str | None = None
-    """The class-score output's name, when the model has several outputs."""
+    """The scored output's name, when the model has several outputs."""
+    task: Annotated[str, registered(registry.task_names, "task")] = "classification"
+    """What the model does: its default metrics and how its output is read."""
+    inputs: dict[str, ModelInput] = {}
+    """Per-input settings: values the data do not give, static shapes."""
+    batch_size_fixed: StrictBool = False
+    """Keep a batch axis the ONNX file fixes (by default it is freed and checked)."""
     seed: StrictInt = Field(0, ge=0, le=bounds.MAX_SEED)
     epochs: StrictInt | None = Field(None, ge=1, le=bounds.MAX_EPOCHS)
+
+    def fixed_values(self) -> dict[str, Any]:
+        """Values for inputs the data do not give, by input name."""
+        return {name: i.value for name, i in self.inputs.items() if i.value is not None}
+
+    def preparation(self, opset: int | None = None) -> Preparation:
+        """How an ONNX file of this source is prepared (:mod:`onnxopt.exporters.user_model`)."""
+        from onnxopt.exporters.user_model import Preparation
+
+        shapes = {
+            n: tuple(None if d == "?" else d for d in i.shape)
+            for n, i in self.inputs.items()
+            if i.shape is not None
+        }
+        return Preparation(opset=opset, input_shapes=shapes, keep_batch=self.batch_size_fixed)
 
     @model_validator(mode="after")
     def _one(self) -> ModelSource:
@@ -347,7 +429,14 @@ class SearchConfig(StrictModel):
         candidate = base / data.dataset
         if data.dataset != "digits" and not Path(data.dataset).is_absolute() and candidate.exists():
             data = data.model_copy(update={"dataset": str(candidate)})
-        return self.model_copy(update={"model": model, "data": data})
+        metrics = {}
+        for name, spec in self.search.metrics.items():
+            module, _, fn = (spec.function or "").rpartition(":")
+            if module.endswith(".py") and not Path(module).is_absolute():
+                spec = spec.model_copy(update={"function": f"{base / module}:{fn}"})
+            metrics[name] = spec
+        search = self.search.model_copy(update={"metrics": metrics})
+        return self.model_copy(update={"model": model, "data": data, "search": search})
 
 
 def load_search_config(

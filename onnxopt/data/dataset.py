@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,21 +17,54 @@ one-hot targets and score columns are allocated per class: a stray 2**40 must be
 not allocated (8 TiB). 65,536 is three times ImageNet-21k's 21,841 classes."""
 
 
+Features = np.ndarray | Mapping[str, np.ndarray]
+"""One array of features, or one array per named model input (``{"ids": ..., "mask": ...}``)."""
+
+
 @dataclass(frozen=True)
 class Split:
-    """Features ``x`` (float32, shape ``(n, *feature_shape)``) and integer labels ``y``."""
+    """Features ``x`` and targets ``y`` of one split.
 
-    x: np.ndarray
-    y: np.ndarray
+    ``x`` is one array ``(n, *feature_shape)`` (float32), or a mapping from model input names
+    to arrays of ``n`` rows each (integer inputs such as token ids keep their dtype). ``y`` is
+    ``n`` integer class labels, float targets ``(n,)`` or ``(n, d)`` for regression, or None
+    for data without labels (fidelity metrics against a reference model need none).
+    """
+
+    x: Features
+    y: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if len(self.x) != len(self.y):
+        lengths = {name: len(a) for name, a in self.arrays().items()}
+        if len(set(lengths.values())) > 1:
             raise DataError(
-                f"{len(self.x)} samples but {len(self.y)} labels; give one label per sample"
+                f"inputs have different sample counts {lengths}; give every input one row "
+                "per sample"
+            )
+        if self.y is not None and len(self.y) != len(self):
+            raise DataError(
+                f"{len(self)} samples but {len(self.y)} labels; give one label per sample"
             )
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The feature arrays by input name (``"x"`` for one unnamed array)."""
+        return dict(self.x) if isinstance(self.x, Mapping) else {"x": self.x}
+
+    @property
+    def named(self) -> bool:
+        """Whether the features are named after model inputs (several inputs)."""
+        return isinstance(self.x, Mapping)
+
     def __len__(self) -> int:
-        return len(self.y)
+        return len(next(iter(self.arrays().values())))
+
+    def take(self, index: np.ndarray) -> Split:
+        """The rows ``index`` of every array."""
+        x: Features = (
+            {k: v[index] for k, v in self.x.items()} if isinstance(self.x, Mapping)
+            else self.x[index]
+        )  # fmt: skip
+        return Split(x, None if self.y is None else self.y[index])
 
 
 @dataclass(frozen=True)
@@ -46,7 +80,8 @@ class Dataset:
     val: Split
     test: Split
     calibration: Split
-    num_classes: int
+    num_classes: int | None
+    """The class count for class labels (None for regression targets or no labels)."""
     class_names: tuple[str, ...] = ()
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)
@@ -57,11 +92,22 @@ class Dataset:
 
     @property
     def num_features(self) -> int:
-        return int(np.prod(self.train.x.shape[1:]))
+        return int(np.prod(self.feature_shape))
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.train.x.shape[1:])
+        """The shape of one sample (the single unnamed input's)."""
+        if self.train.named:
+            raise DataError("the data have several named inputs; they have no single feature shape")
+        return tuple(int(d) for d in np.asarray(self.train.x).shape[1:])
+
+    @property
+    def labels(self) -> str | None:
+        """``"classes"`` (integer class labels), ``"values"`` (regression targets) or None."""
+        y = self.train.y
+        if y is None:
+            return None
+        return "classes" if np.issubdtype(y.dtype, np.integer) else "values"
 
     def split(self, name: str) -> Split:
         """One split by name: ``train``, ``val``, ``test`` or ``calibration``."""
@@ -79,8 +125,11 @@ class Dataset:
         """SHA-256 over every split's bytes: workers compare it so they never mix data."""
         digest = hashlib.sha256()
         for part in (self.train, self.val, self.test, self.calibration):
-            digest.update(np.ascontiguousarray(part.x).tobytes())
-            digest.update(np.ascontiguousarray(part.y).tobytes())
+            for name, array in sorted(part.arrays().items()):
+                digest.update(name.encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
+            if part.y is not None:
+                digest.update(np.ascontiguousarray(part.y).tobytes())
         return digest.hexdigest()
 
 
@@ -111,38 +160,50 @@ def stratified_split(
 def calibration_subset(train: Split, size: int, seed: int) -> Split:
     """A fixed, seeded subset of the training split used for calibration and refits."""
     n = min(size, len(train))
-    idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
-    return Split(train.x[idx], train.y[idx])
+    return train.take(np.sort(np.random.default_rng(seed).permutation(len(train))[:n]))
 
 
-def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and normalise features/labels: float32 features, int64 labels 0..K-1, finite."""
+def check_features(x: np.ndarray, where: str) -> np.ndarray:
+    """One feature array, validated: real, finite, ``(samples, ...)``; floats become float32,
+    integers (token ids, masks) stay integers (int64)."""
     if np.iscomplexobj(x):
         raise DataError(
             f"{where}: features are complex ({np.asarray(x).dtype}); onnxopt feeds real numbers: "
             "store the real and imaginary parts as separate features"
         )
+    raw = np.asarray(x)
+    integral = raw.dtype.kind in "iub"
     try:
-        x = np.asarray(x, dtype=np.float32)
+        x = raw.astype(np.int64) if integral else np.asarray(raw, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise DataError(
             f"{where}: features are not numeric ({exc}); convert them to numbers"
         ) from None
-    if x.ndim < 2:
+    if x.ndim < 2 and not integral:
         raise DataError(f"{where}: features must have shape (samples, features), got {x.shape}")
-    if not np.isfinite(x).all():
+    if not integral and not np.isfinite(x).all():
         raise DataError(f"{where}: {_non_finite(x)}; clean or drop them")
+    return x
+
+
+def check_targets(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    """Labels, validated: integral values become int64 class labels ``0..K-1``; other real
+    values are regression targets (float32, ``(n,)`` or ``(n, d)``)."""
     y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{where}: labels of dtype {y.dtype} are neither numbers nor strings")
+    if len(y) != n:
+        raise DataError(f"{where}: {n} samples but {len(y)} labels; give one label per sample")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        bad = int((~np.isfinite(y)).sum())
+        raise DataError(f"{where}: {bad} labels are NaN or Inf; clean them")
+    integral = y.dtype.kind in "biu" or bool(np.all(np.mod(y, 1) == 0))
+    if not integral:
+        if y.ndim not in (1, 2):
+            raise DataError(f"{where}: regression targets must be (samples,) or (samples, d)")
+        return y.astype(np.float32)
     if y.ndim != 1:
         raise DataError(f"{where}: labels must be one integer per sample, got shape {y.shape}")
-    if len(x) != len(y):
-        raise DataError(f"{where}: {len(x)} samples but {len(y)} labels; give one label per sample")
-    integral = np.issubdtype(y.dtype, np.integer)
-    if not integral and not (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)):
-        raise DataError(
-            f"{where}: labels must be integers 0..K-1, got dtype {y.dtype} with non-integer "
-            "values; store one class index per sample"
-        )
     if len(y) and y.max() >= MAX_CLASSES:  # before anything allocates one slot per class
         raise DataError(
             f"{where}: label {int(y.max()):,} is not a class index: labels must be 0..K-1 "
@@ -154,7 +215,21 @@ def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, 
             f"{where}: labels must be integers 0..K-1, found {int(y.min())}; "
             "shift them to start at 0"
         )
-    return x, y
+    return y
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One feature array and its labels (see :func:`check_features`, :func:`check_targets`)."""
+    x = check_features(x, where)
+    return x, check_targets(y, len(x), where)
+
+
+def class_count(*splits: Split) -> int | None:
+    """Largest class label + 1 over the splits (None for regression targets or no labels)."""
+    labels = [s.y for s in splits if s.y is not None and len(s.y)]
+    if not labels or not all(np.issubdtype(y.dtype, np.integer) for y in labels):
+        return None
+    return max(int(y.max()) for y in labels) + 1
 
 
 def _non_finite(x: np.ndarray) -> str:

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnxopt.data.dataset import Dataset, Split, calibration_subset, check_arrays, stratified_split
+from onnxopt.data.dataset import (
+    Dataset,
+    Split,
+    calibration_subset,
+    check_features,
+    check_targets,
+    class_count,
+    stratified_split,
+)
 from onnxopt.errors import DataError
 
 if TYPE_CHECKING:
@@ -33,7 +41,6 @@ SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 SPLIT_SEED = 0
 CALIBRATION_SIZE = 256
 MIN_SAMPLES = 10
-PRESPLIT_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
 def shown(names: Sequence[str], limit: int = 6) -> str:
@@ -117,43 +124,57 @@ def encode_labels(y: np.ndarray, where: str) -> tuple[np.ndarray, tuple[str, ...
     return codes.astype(np.int64), tuple(str(n) for n in names)
 
 
-def split_unsplit(x: np.ndarray, y: np.ndarray) -> tuple[Split, Split, Split, str]:
-    """Stratified 60/20/20 split, unstratified when a class is too small; says which."""
+def split_unsplit(x, y: np.ndarray | None) -> tuple[Split, Split, Split, str]:
+    """60/20/20: stratified for class labels (unstratified when a class is too small, or for
+    regression targets and unlabelled data); says which."""
+    whole = Split(x, y)
+    if y is not None and np.issubdtype(y.dtype, np.integer):
+        try:
+            rows = np.arange(len(whole))
+            train, val, test = stratified_split(
+                rows, y, fractions=SPLIT_FRACTIONS, seed=SPLIT_SEED
+            )
+            strat = np.bincount(y).min() >= 2
+            how = "stratified 60/20/20" if strat else "unstratified 60/20/20"
+            return whole.take(train.x), whole.take(val.x), whole.take(test.x), how
+        except ValueError:  # a class too small for the requested test/val size
+            pass
     from sklearn.model_selection import train_test_split
 
-    try:
-        train, val, test = stratified_split(x, y, fractions=SPLIT_FRACTIONS, seed=SPLIT_SEED)
-        strat = np.bincount(y).min() >= 2
-        return train, val, test, "stratified 60/20/20" if strat else "unstratified 60/20/20"
-    except ValueError:  # a class too small for the requested test/val size
-        pass
     f_train, f_val, f_test = SPLIT_FRACTIONS
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=f_test, random_state=SPLIT_SEED
+    rows = np.arange(len(whole))
+    rest, test = train_test_split(rows, test_size=f_test, random_state=SPLIT_SEED)
+    train, val = train_test_split(
+        rest, test_size=f_val / (f_train + f_val), random_state=SPLIT_SEED
     )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=f_val / (f_train + f_val), random_state=SPLIT_SEED
-    )
-    splits = Split(x_train, y_train), Split(x_val, y_val), Split(x_test, y_test)
-    return (*splits, "unstratified 60/20/20")
+    return whole.take(train), whole.take(val), whole.take(test), "unstratified 60/20/20"
 
 
 def build_dataset(
-    x: np.ndarray,
-    y: np.ndarray,
+    x,
+    y: np.ndarray | None,
     *,
     path: Path,
     data_format: str,
     class_names: tuple[str, ...] = (),
 ) -> Dataset:
-    """Validate, split (60/20/20, seed 0) and wrap unsplit features and labels."""
+    """Validate, split (60/20/20, seed 0) and wrap unsplit features and labels (``x``: one
+    array or one per named input; ``y``: None for unlabelled data)."""
     where = str(path)
-    x, y = check_arrays(x, y, where)
-    if len(y) < MIN_SAMPLES:
-        raise DataError(f"{where}: only {len(y)} samples; give at least {MIN_SAMPLES}")
+    x = _check_inputs(x, where)
+    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    y = None if y is None else check_targets(y, n, where)
+    if n < MIN_SAMPLES:
+        raise DataError(f"{where}: only {n} samples; give at least {MIN_SAMPLES}")
     train, val, test, how = split_unsplit(x, y)
     notes = {"format": data_format, "split": f"{how}, seed {SPLIT_SEED}"}
     return _wrap(train, val, test, path=path, class_names=class_names, notes=notes)
+
+
+def _check_inputs(x, where: str):
+    if isinstance(x, dict):
+        return {name: check_features(a, f"{where} [{name}]") for name, a in x.items()}
+    return check_features(x, where)
 
 
 def _wrap(
@@ -165,10 +186,11 @@ def _wrap(
     class_names: tuple[str, ...],
     notes: dict[str, str],
 ) -> Dataset:
-    top = max(int(s.y.max()) for s in (train, val, test) if len(s))
-    if class_names and top >= len(class_names):
+    top = class_count(train, val, test)
+    if class_names and top is not None and top > len(class_names):
         raise DataError(
-            f"{path}: label {top} but only {len(class_names)} class_names; give one name per class"
+            f"{path}: label {top - 1} but only {len(class_names)} class_names; "
+            "give one name per class"
         )
     return Dataset(
         name=path.stem,
@@ -176,7 +198,7 @@ def _wrap(
         val=val,
         test=test,
         calibration=calibration_subset(train, CALIBRATION_SIZE, SPLIT_SEED),
-        num_classes=len(class_names) or top + 1,
+        num_classes=(len(class_names) or top) if top is not None else None,
         class_names=class_names,
         source=str(path),
         notes=notes,
@@ -204,60 +226,108 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
+SPLITS = ("train", "val", "test")
+
+
+def _npz_layout(path: Path, arrays: dict[str, np.ndarray]):
+    """``(inputs, labels)``: per split (None: unsplit) the input arrays by name and the labels.
+
+    ``x`` is the one unnamed input; ``x_<name>`` (or any other array name) is model input
+    ``<name>``; ``y`` holds the labels; a ``_train``/``_val``/``_test`` suffix puts an array
+    in that split.
+    """
+    inputs: dict[str | None, dict[str, np.ndarray]] = {}
+    labels: dict[str | None, np.ndarray] = {}
+    for key, array in arrays.items():
+        base, split = key, None
+        for part in SPLITS:
+            if key.endswith(f"_{part}"):
+                base, split = key[: -len(part) - 1], part
+        if base == "y":
+            labels[split] = array
+            continue
+        name = base[2:] if base.startswith("x_") else base
+        inputs.setdefault(split, {})[name] = array
+    splits = {*inputs, *labels}
+    if splits - {None} and None in splits:
+        unsplit = sorted({*inputs.get(None, {}), *(["y"] if None in labels else [])})
+        raise DataError(
+            f"{path}: mixes pre-split arrays with unsplit ones ({shown(unsplit)}); save every "
+            "array with a _train/_val/_test suffix, or none"
+        )
+    return inputs, labels
+
+
+def _one_or_named(named: dict[str, np.ndarray]):
+    """A single input called ``x`` is the unnamed feature array; others stay named."""
+    return named["x"] if list(named) == ["x"] else named
+
+
 def load_npz(path: Path) -> Dataset:
-    """Load an ``.npz`` archive holding ``x``/``y`` or the six pre-split arrays.
+    """Load an ``.npz`` archive.
 
-    Args:
-        path: The ``.npz`` file.
-
-    Returns:
-        The dataset; unsplit data is split 60/20/20 (seed 0), pre-split data is used as is.
+    Layouts: ``x`` and ``y`` (features and labels); arrays named after the model inputs
+    (``ids``, ``mask`` or ``x_ids``, ``x_mask``) and ``y``; the same with ``_train``, ``_val``
+    and ``_test`` suffixes for pre-split data (``x_train, y_train, ...``). ``y`` may be left
+    out (unlabelled data: fidelity metrics only) and holds class labels (integers or
+    strings) or regression targets (other numbers).
 
     Raises:
-        DataError: The file is missing or unreadable, keys are missing, features are not
-            finite numbers, labels are not integers/strings, or there are too few samples.
+        DataError: The file is missing or unreadable, arrays are missing or inconsistent,
+            features are not finite numbers, or there are too few samples.
     """
     arrays = _read_npz(path)
     names = tuple(str(n) for n in arrays.pop("class_names", np.array([], dtype=str)))
-    present = [k for k in PRESPLIT_KEYS if k in arrays]
-    if present:
-        missing = [k for k in PRESPLIT_KEYS if k not in arrays]
-        if missing:
-            raise DataError(
-                f"{path}: pre-split archive lacks {shown(missing)} (has {shown(sorted(arrays))}); "
-                "save all of x_train, y_train, x_val, y_val, x_test, y_test, or just x and y"
-            )
-        return _load_presplit(path, arrays, names)
-    if "x" not in arrays or "y" not in arrays:
+    inputs, labels = _npz_layout(path, arrays)
+    if not inputs:
         raise DataError(
-            f"{path}: needs arrays 'x' and 'y' (has {shown(sorted(arrays))}); "
+            f"{path}: holds no feature arrays (has {shown(sorted(arrays))}); "
             "save with np.savez(path, x=features, y=labels)"
         )
-    y, string_names = encode_labels(arrays["y"], str(path))
+    if None not in inputs:
+        return _load_presplit(path, inputs, labels, names)
+    y, string_names = (None, ()) if None not in labels else encode_labels(labels[None], str(path))
     return build_dataset(
-        arrays["x"], y, path=path, data_format="npz", class_names=string_names or names
-    )
+        _one_or_named(inputs[None]), y, path=path, data_format="npz",
+        class_names=string_names or names,
+    )  # fmt: skip
 
 
-def _load_presplit(path: Path, arrays: dict[str, np.ndarray], names: tuple[str, ...]) -> Dataset:
-    parts = ("train", "val", "test")
-    sizes = [len(np.atleast_1d(arrays[f"y_{p}"])) for p in parts]
+def _load_presplit(path: Path, inputs: dict, labels: dict, names: tuple[str, ...]) -> Dataset:
+    missing = [p for p in SPLITS if p not in inputs]
+    if missing or (labels and any(p not in labels for p in SPLITS)):
+        want = ", ".join(f"x_{p}/y_{p}" for p in SPLITS)
+        raise DataError(
+            f"{path}: pre-split archive lacks the {', '.join(missing) or 'some labels'} split "
+            f"(has {shown(sorted(k for part in inputs.values() for k in part))}); save {want}"
+        )
+    sizes = [len(next(iter(inputs[p].values()))) for p in SPLITS]
+    for part, size in zip(SPLITS, sizes, strict=True):
+        if labels and len(np.atleast_1d(labels[part])) != size:
+            raise DataError(
+                f"{path} [{part}]: {size} samples but {len(np.atleast_1d(labels[part]))} "
+                "labels; give one label per sample"
+            )
     # Encode labels over all splits at once so a string maps to one index everywhere.
-    y_all, string_names = encode_labels(
-        np.concatenate([np.atleast_1d(arrays[f"y_{p}"]) for p in parts]), str(path)
-    )
+    y_all, string_names = (None, ())
+    if labels:
+        y_all, string_names = encode_labels(
+            np.concatenate([np.atleast_1d(labels[p]) for p in SPLITS]), str(path)
+        )
     bounds = np.cumsum([0, *sizes])
     splits = []
-    for i, part in enumerate(parts):
-        x, y = check_arrays(
-            arrays[f"x_{part}"], y_all[bounds[i] : bounds[i + 1]], f"{path} [{part}]"
-        )
-        if len(y) == 0:
+    for i, part in enumerate(SPLITS):
+        where = f"{path} [{part}]"
+        x = _check_inputs(_one_or_named(inputs[part]), where)
+        y = None if y_all is None else check_targets(
+            y_all[bounds[i] : bounds[i + 1]], sizes[i], where
+        )  # fmt: skip
+        if sizes[i] == 0:
             raise DataError(f"{path}: x_{part}/y_{part} are empty; give every split some samples")
         splits.append(Split(x, y))
     if sum(sizes) < MIN_SAMPLES:
         raise DataError(f"{path}: only {sum(sizes)} samples in all; give at least {MIN_SAMPLES}")
-    shapes = {s.x.shape[1:] for s in splits}
+    shapes = {tuple((k, v.shape[1:]) for k, v in sorted(s.arrays().items())) for s in splits}
     if len(shapes) > 1:
         raise DataError(
             f"{path}: splits have different feature shapes {sorted(shapes)}; "

@@ -8,11 +8,15 @@ which costs two session creations and only happens when a conversion did.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
+from onnx.reference import ReferenceEvaluator
 
 from onnxopt.errors import ModelLoadError
 from onnxopt.exporters.diagnostics import shorten
+from onnxopt.runtime.io import random_feeds
 from onnxopt.runtime.ort import make_session, native_error, quiet_run_options
 
 RTOL = 1e-4
@@ -33,49 +37,94 @@ def check_conversion(
 
     Returns:
         None when the outputs were compared and agree; otherwise why they could not be
-        compared (onnxruntime cannot run the original model, or its input has no shape).
+        compared (neither runtime runs the original model, or an input has no shape).
 
     Raises:
         ModelLoadError: The converted model does not run, or its outputs differ.
     """
-    probe = probe_input(original)
-    if probe is None:
-        return "the input has no shape"
-    try:
-        expected = _run(original, probe)
-    except Exception as exc:  # onnxruntime raises its own types; old opsets, odd models
-        return f"onnxruntime cannot run the original model ({_reason(exc)})"
-    fix = f"re-export the model at opset {after}"
-    try:
-        got = _run(converted, probe)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{source}: converted from opset {before} to {after}, the model no longer runs "
-            f"in onnxruntime ({_reason(exc)}); {fix}"
-        ) from None
-    names = [o.name for o in original.graph.output]
-    for name, want, have in zip(names, expected, got, strict=False):
-        worst = _difference(np.asarray(want), np.asarray(have))
-        if worst is not None:
+    return check_unchanged(
+        original, converted, source, f"converting from opset {before} to {after}",
+        fix=f"re-export the model at opset {after}",
+    ).not_compared  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """How a changed model's outputs compared with the original's.
+
+    Attributes:
+        max_abs_diff: The largest absolute difference over every output compared.
+        not_compared: Why the outputs could not be compared (None when they were).
+    """
+
+    max_abs_diff: float = 0.0
+    not_compared: str | None = None
+
+
+def check_unchanged(
+    original: onnx.ModelProto,
+    changed: onnx.ModelProto,
+    source: str,
+    what: str,
+    *,
+    fix: str = "report it with the model attached, or pass the repaired file yourself",
+    batches: tuple[int, ...] = (1,),
+) -> OutputCheck:
+    """Run the original (onnxruntime, else onnx's reference evaluator) and the changed model
+    (onnxruntime) on random inputs; refuse the change if any output differs.
+
+    Args:
+        original: The model before the change.
+        changed: The model after it.
+        source: The file name, for messages.
+        what: The change, for messages ("folding BatchNormalization").
+        fix: What the user can do when the change is refused.
+        batches: Batch sizes to compare at (a batch the original fixes is used instead).
+
+    Raises:
+        ModelLoadError: The changed model does not run, or its outputs differ.
+    """
+    if any(not i.type.tensor_type.HasField("shape") for i in _inputs(original)):
+        return OutputCheck(0.0, "an input has no shape")
+    worst = 0.0
+    for batch in batches:
+        probe = random_feeds(original, batch, like=changed)
+        try:
+            expected = _run(original, probe)
+        except Exception as exc:  # onnxruntime raises its own types; old opsets, odd models
+            try:
+                expected = ReferenceEvaluator(original).run(None, probe)
+            except Exception:  # the reference evaluator lacks some ops and raises anything
+                why = "neither onnxruntime nor onnx's reference evaluator runs the original"
+                return OutputCheck(worst, f"{why} ({_reason(exc)})")
+        try:
+            got = _run(changed, probe)
+        except Exception as exc:
             raise ModelLoadError(
-                f"{source}: converting from opset {before} to {after} changes output {name!r} "
-                f"(max |diff| {worst:.3g}, tolerance rtol={RTOL}, atol={ATOL}); {fix}"
-            )
-    return None
+                f"{source}: after {what}, the model no longer runs in onnxruntime "
+                f"({_reason(exc)}); {fix}"
+            ) from None
+        names = [o.name for o in original.graph.output]
+        for name, want, have in zip(names, expected, got, strict=False):
+            diff = _difference(np.asarray(want), np.asarray(have))
+            if diff is not None:
+                raise ModelLoadError(
+                    f"{source}: {what} changes output {name!r} (max |diff| {diff:.3g}, "
+                    f"tolerance rtol={RTOL}, atol={ATOL}); {fix}"
+                )
+            worst = max(worst, _max_abs(np.asarray(want), np.asarray(have)))
+    return OutputCheck(worst)
 
 
-def probe_input(model: onnx.ModelProto, batch: int = 1) -> dict[str, np.ndarray] | None:
-    """A random float32 feed for the model's (first non-weight) input, or None if unshaped."""
+def _max_abs(want: np.ndarray, have: np.ndarray) -> float:
+    if want.dtype == object or not want.size:
+        return 0.0
+    return float(np.nanmax(np.abs(want.astype(np.float64) - have.astype(np.float64))))
+
+
+def _inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     weights = {t.name for t in model.graph.initializer}
-    graph_input = next(i for i in model.graph.input if i.name not in weights)
-    tensor_type = graph_input.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return None
-    dims = [d.dim_value if d.dim_value > 0 else 1 for d in tensor_type.shape.dim]
-    if dims and tensor_type.shape.dim[0].dim_value <= 0:
-        dims[0] = batch
-    x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
-    return {graph_input.name: x}
+    return [i for i in model.graph.input if i.name not in weights]
 
 
 def _difference(want: np.ndarray, have: np.ndarray) -> float | None:

@@ -1,24 +1,28 @@
-"""Preparing a user's ONNX file: the same BatchNorm folding, opset conversion, parity check.
+"""Preparing a user's ONNX file for ``onnxopt export MODEL.onnx -o prepared.onnx``.
 
-``opset`` means the same as for a torch module: the opset written, within the same range;
-a newer model is converted down (and its outputs checked) like an older one is converted up.
+Every repair of :func:`~onnxopt.exporters.user_model.prepare_user_model` (names, shapes, the
+batch axis, BatchNorm folding, constant folding), the opset converted to ``opset`` (up or
+down, as for a torch module), and the written file compared with the original at batch
+sizes 1 and 7 (the original's fixed batch when it has one), by onnxruntime or, for an opset
+onnxruntime no longer runs, onnx's reference evaluator.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import onnx
-
-from onnxopt.errors import ExportError, ModelLoadError, first_line
+from onnxopt.errors import ModelLoadError
+from onnxopt.exporters.conversion_check import check_unchanged
 from onnxopt.exporters.opsets import check_opset
 from onnxopt.exporters.prepare import prepare_model
-from onnxopt.exporters.user_model import prepare_user_model
+from onnxopt.exporters.user_model import DEFAULTS, Preparation, prepare_user_model
 from onnxopt.graph import default_opset
 from onnxopt.model_io import load_onnx, save_onnx
-from onnxopt.runtime.ort import make_session, native_error, ort_errors, quiet_run_options
+from onnxopt.runtime.io import PROBE_SIZE, graph_inputs
+
+CHECK_BATCHES = (1, 7)
 
 
 @dataclass(frozen=True)
@@ -31,63 +35,35 @@ class OnnxPrepareResult:
     batchnorms_folded: int
     batchnorms_left: int
     max_abs_diff: float
+    notes: tuple[str, ...] = ()
 
 
-def _outputs(model: onnx.ModelProto, name: str, x: np.ndarray, source: Path) -> np.ndarray:
-    try:
-        session = make_session(model, error=ExportError)
-        with ort_errors("run the model", ExportError):
-            return session.run(None, {name: x}, quiet_run_options())[0]
-    except ExportError as exc:
-        raise ExportError(
-            f"{source}: onnxruntime could not run the model ({first_line(native_error(exc))})"
-        ) from None
-
-
-def _samples(model: onnx.ModelProto, source: Path) -> list[np.ndarray]:
-    """Random inputs at batch sizes 1 and 7 (or the model's fixed batch size)."""
-    graph_input = model.graph.input[0]
-    dims = list(graph_input.type.tensor_type.shape.dim)
-    symbolic = [
-        f"{d.dim_param or '?'!r} (axis {i})" for i, d in enumerate(dims) if i and d.dim_value <= 0
-    ]
-    if not dims or symbolic:
-        where = f" {', '.join(symbolic)}" if symbolic else "s (it has no shape)"
-        raise ModelLoadError(
-            f"{source}: input {graph_input.name!r} has dynamic dimension{where}; checking the "
-            "prepared model needs the sample shape: re-export the model with static "
-            "dimensions except the batch"
-        )
-    shape = [d.dim_value for d in dims[1:]]
-    batches = (dims[0].dim_value,) if dims[0].dim_value > 0 else (1, 7)
-    rng = np.random.default_rng(0)
-    return [rng.standard_normal((b, *shape)).astype(np.float32) for b in batches]
-
-
-def prepare_onnx_file(source: Path, target: Path, *, opset: int) -> OnnxPrepareResult:
-    """Fold BatchNorm, convert to ``opset`` (up or down), and check outputs are unchanged.
+def prepare_onnx_file(
+    source: Path, target: Path, *, opset: int, preparation: Preparation = DEFAULTS
+) -> OnnxPrepareResult:
+    """Repair, fold and convert ``source`` to ``opset``; check the outputs are unchanged.
 
     Raises:
         UsageError: ``opset`` is outside the range the torch path accepts.
         ModelLoadError: The file cannot be read or prepared (see
-            :func:`~onnxopt.exporters.user_model.prepare_user_model`), or its input has
-            dynamic dimensions other than the batch.
-        ExportError: The prepared model computes something else than the original.
+            :func:`~onnxopt.exporters.user_model.prepare_user_model`), or the outputs
+            cannot be compared (a symbolic dimension whose size the check cannot guess).
     """
     check_opset(opset)
     original = load_onnx(source)
     before = default_opset(original)
-    model = prepare_user_model(original, str(source), opset=opset, lower=True).model
-    samples = _samples(model, source)  # before the slow part: refuse dynamic shapes first
-    prepared = prepare_model(model)
-    worst = 0.0
-    name = model.graph.input[0].name
-    for x in samples:
-        expected = _outputs(original, name, x, source)
-        got = _outputs(prepared.model, name, x, source)
-        worst = max(worst, float(np.max(np.abs(expected - got))))
-        if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
-            raise ExportError(f"{source}: prepared model differs from the original by {worst:.3g}")
+    preparation = dataclasses.replace(preparation, opset=opset, lower=True, fold=False)
+    repaired = prepare_user_model(original, str(source), preparation)
+    prepared = prepare_model(repaired.model)  # constant folding too, even without BatchNorm
+    check = check_unchanged(
+        original, prepared.model, str(source), "preparing the model", batches=CHECK_BATCHES
+    )
+    if check.not_compared:
+        hint = _shape_hint(original)
+        raise ModelLoadError(
+            f"{source}: the prepared model cannot be checked against the original: "
+            + (hint or f"{check.not_compared}; export a model onnxruntime runs")
+        )
     save_onnx(prepared.model, target)
     return OnnxPrepareResult(
         Path(target),
@@ -95,5 +71,24 @@ def prepare_onnx_file(source: Path, target: Path, *, opset: int) -> OnnxPrepareR
         default_opset(prepared.model),
         prepared.batchnorms_folded,
         prepared.batchnorms_left,
-        worst,
+        check.max_abs_diff,
+        repaired.notes,
     )
+
+
+def _shape_hint(model) -> str | None:
+    """How to give the sizes of symbolic dimensions the check ran at PROBE_SIZE."""
+    for info in graph_inputs(model):
+        symbolic = [f"{d!r} (axis {i})" for i, d in enumerate(info.shape)
+                    if i and not isinstance(d, int)]  # fmt: skip
+        if symbolic:
+            dims = ",".join(
+                str(d) if isinstance(d, int) else ("1" if not i else f"<{d}>")
+                for i, d in enumerate(info.shape)
+            )
+            return (
+                f"input {info.name!r} has dynamic dimension {', '.join(symbolic)} and the model "
+                f"does not run with it at {PROBE_SIZE}; give its size with --input-shape "
+                f"{info.name}={dims}"
+            )
+    return None

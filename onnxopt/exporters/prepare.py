@@ -51,9 +51,28 @@ def prepare_model(model: onnx.ModelProto) -> PrepareResult:
     ).apply_to_model(ir_model)
     onnxscript.optimizer.optimize(ir_model)
     out = ir.serde.serialize_model(ir_model)
+    keep_layer_names(model, out)
     strip_debug_metadata(out)
     left = _count(out, "BatchNormalization")
     return PrepareResult(out, before - left, left)
+
+
+def keep_layer_names(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """Give the layers a fold rebuilt their original names, in place.
+
+    A fold replaces a Conv/Gemm/MatMul by a new node (named ``node_Conv_0`` by the rewriter);
+    quantization and width configs address layers by name, so each rebuilt layer takes the
+    name of the layer of its op type that disappeared, in graph order (a fold rebuilds
+    exactly the one layer it absorbs a BatchNorm into).
+    """
+    kept, original = {n.name for n in after.graph.node}, {n.name for n in before.graph.node}
+    for op_type in {n.op_type for n in after.graph.node}:
+        gone = [n.name for n in before.graph.node
+                if n.op_type == op_type and n.name and n.name not in kept]  # fmt: skip
+        new = [n for n in after.graph.node if n.op_type == op_type and n.name not in original]
+        if gone and len(gone) == len(new):
+            for node, name in zip(new, gone, strict=True):
+                node.name = name
 
 
 def strip_debug_metadata(model: onnx.ModelProto) -> None:

@@ -1,32 +1,69 @@
 """ONNX models made by other tools, made ready for onnxopt's rewrites.
 
 Exporters differ in ways that do not change what a model computes but do change whether a
-rewrite finds its weights: weights held by ``Constant`` nodes instead of initializers,
-initializers also listed as graph inputs (IR version < 4 requires it, some exporters keep
-doing it), opsets older than the QDQ kernels need. :func:`prepare_user_model` evens these
-out with onnx / onnx_ir passes and returns what it changed as notes for the user; what it
-cannot work with (several inputs, a non-float input, an opset the converter cannot raise)
-is refused with one line naming the problem and the fix. A converted model is run in
-onnxruntime next to the original on one small input: a conversion that changes the outputs
-is refused too (every command that loads a user's model gets this check).
+rewrite finds its weights or a runtime can batch it: weights held by ``Constant`` nodes
+instead of initializers, initializers also listed as graph inputs (IR version < 4 requires
+it), unnamed or duplicate node names, a batch axis fixed at export, symbolic dimensions a
+user wants static, opsets older than the QDQ kernels need, BatchNormalization left after a
+Conv or Gemm. :func:`prepare_user_model` repairs what is safe (onnx / onnx_ir / onnxscript
+passes and :mod:`onnxopt.exporters.repairs`) and returns one note line per repair; every
+repair that changes what runs is checked against the original on random inputs (the batch
+at sizes 1 and 7, the opset conversion and the folds at batch 1), and what it cannot do is
+refused with one line naming the problem and the fix. Every command that loads a user's
+model (evaluate, quantize, scale, search, export) goes through it.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
 from onnxopt.errors import ModelLoadError, first_line
-from onnxopt.exporters.conversion_check import check_conversion
+from onnxopt.exporters import repairs
+from onnxopt.exporters.conversion_check import check_conversion, check_unchanged
 from onnxopt.graph import default_opset, is_default_domain
 from onnxopt.model_io import load_onnx
+from onnxopt.runtime.contained import stage
 
 LIFT_MIN_ELEMENTS = 16
 """Constant-node tensors with at least this many elements are weights (lifted to initializers);
 smaller ones are shapes, axes and scalars, which stay where the exporter put them."""
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What preparing a user's model may change.
+
+    Attributes:
+        opset: The lowest default-domain opset needed (older models are converted); None
+            keeps the model's opset.
+        lower: Convert newer models down to ``opset`` too (``opset`` is then exact).
+        input_shapes: Static shapes for inputs by name, the batch included
+            (``--input-shape NAME=1,3,48,192``, ``[model.inputs.NAME] shape``); None
+            leaves a dimension as the model has it (``?``). A batch given here stays fixed.
+        keep_batch: Keep a batch axis fixed at export (``--batch-size-fixed``).
+        fold: Fold BatchNormalization into the neighbouring layer and fold constants
+            (onnxscript's optimizer); False leaves the graph's nodes as they are.
+    """
+
+    opset: int | None = None
+    lower: bool = False
+    input_shapes: Mapping[str, tuple[int | None, ...]] = field(default_factory=dict)
+    keep_batch: bool = False
+    fold: bool = True
+
+    @property
+    def batch_kept(self) -> bool:
+        """Whether the batch axis stays as it is: asked for, or fixed by an input shape."""
+        return self.keep_batch or any(s and s[0] is not None for s in self.input_shapes.values())
+
+
+DEFAULTS = Preparation()
+"""Every safe repair, no opset change."""
 
 
 @dataclass(frozen=True)
@@ -42,50 +79,106 @@ class UserModel:
     notes: tuple[str, ...] = ()
 
 
-def load_user_model(path: Path, *, opset: int | None = None, lower: bool = False) -> UserModel:
+def load_user_model(path: Path, preparation: Preparation = DEFAULTS) -> UserModel:
     """Load an ONNX file (see :func:`onnxopt.model_io.load_onnx`) and prepare it.
-
-    Args:
-        path: The ``.onnx`` file.
-        opset: The lowest default-domain opset the caller needs (older models are
-            converted); None keeps the model's opset.
-        lower: Convert newer models down to ``opset`` too (``opset`` is then exact).
 
     Raises:
         ModelLoadError: The file cannot be read, or the model cannot be prepared.
     """
     notes: list[str] = []
     model = load_onnx(path, notes=notes)  # notes: sparse tensors made dense
-    prepared = prepare_user_model(model, str(path), opset=opset, lower=lower)
+    prepared = prepare_user_model(model, str(path), preparation)
     return UserModel(prepared.model, (*notes, *prepared.notes))
 
 
 def prepare_user_model(
-    model: onnx.ModelProto, source: str, *, opset: int | None = None, lower: bool = False
+    model: onnx.ModelProto, source: str, preparation: Preparation = DEFAULTS
 ) -> UserModel:
-    """Treat constant tensors as weights, check the one float input, raise the opset.
+    """Repair what is safe: weights, names, shapes, the batch axis, the opset, BatchNorm.
 
     Args:
         model: The loaded model; not modified.
         source: The file name, for messages.
-        opset: The lowest default-domain opset needed; None keeps the model's opset.
-        lower: Convert a newer model down to ``opset`` too.
+        preparation: What may be changed.
 
     Raises:
-        ModelLoadError: Several inputs or none, an input that is not float32, or an opset
-            conversion that fails or changes the outputs.
+        ModelLoadError: No input or an input that is not a tensor, a batch axis that
+            cannot be freed, shapes that do not fit, or an opset conversion or fold that
+            fails or changes the outputs.
     """
+    with stage(f"preparing {source}"):
+        return _prepare(model, source, preparation)
+
+
+def _prepare(model: onnx.ModelProto, source: str, p: Preparation) -> UserModel:
+    check_inputs(model, source)
     model, notes = _constants_as_weights(model, source)
-    model = _name_unnamed_nodes(model)
-    check_single_float_input(model, source)
-    if opset is not None:
-        converted, note = convert_opset(model, opset, source, lower=lower)
-        if note:
-            before, after = default_opset(model), default_opset(converted)
-            unchecked = check_conversion(model, converted, source, before, after)
-            notes += [note + (f"; outputs not compared: {unchecked}" if unchecked else "")]
-        model = converted
+    for repair in (
+        lambda m: repairs.name_nodes(m, source),
+        lambda m: repairs.fix_input_shapes(m, p.input_shapes, source),
+        lambda m: _convert_checked(m, p, source),
+        lambda m: repairs.free_batch_axis(m, source, keep=p.batch_kept),
+        lambda m: _fold(m, source) if p.fold else (m, None),
+    ):
+        model, note = repair(model)
+        notes += [note] if note else []
     return UserModel(model, tuple(notes))
+
+
+def prepare_for_measurement(
+    model: onnx.ModelProto, source: str, preparation: Preparation = DEFAULTS
+) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    """The repairs ``evaluate`` makes in memory so a file is measured as it is: the static
+    shapes given, the batch axis freed (when it cannot be, the model runs at its fixed batch
+    and a note says so). The nodes are left as they are: the file is what is measured.
+
+    Raises:
+        ModelLoadError: Shapes that do not fit the inputs.
+    """
+    notes = []
+    model, note = repairs.fix_input_shapes(model, preparation.input_shapes, source)
+    notes += [note] if note else []
+    try:
+        model, note = repairs.free_batch_axis(model, source, keep=preparation.batch_kept)
+    except ModelLoadError:
+        batch = repairs.fixed_batch(model)
+        note = (
+            f"{source}: the batch axis stays fixed at {batch:,} (the graph holds the batch "
+            "size); every run feeds that many samples"
+        )
+    notes += [note] if note else []
+    return model, tuple(notes)
+
+
+def _convert_checked(
+    model: onnx.ModelProto, p: Preparation, source: str
+) -> tuple[onnx.ModelProto, str | None]:
+    if p.opset is None:
+        return model, None
+    converted, note = convert_opset(model, p.opset, source, lower=p.lower)
+    if note is None:
+        return model, None
+    before, after = default_opset(model), default_opset(converted)
+    unchecked = check_conversion(model, converted, source, before, after)
+    return converted, note + (f"; outputs not compared: {unchecked}" if unchecked else "")
+
+
+def _fold(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, str | None]:
+    """BatchNorm folded into its Conv/Gemm/MatMul and constants folded, checked at batch 1."""
+    from onnxopt.exporters.prepare import prepare_model
+
+    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        return model, None  # nothing exact to gain: keep the graph as exported
+    prepared = prepare_model(model)
+    if not prepared.batchnorms_folded:
+        return model, None
+    check_unchanged(model, prepared.model, source, "folding BatchNormalization")
+    left = prepared.batchnorms_left
+    left_note = f", {left} left (not exact to fold)" if left else ""
+    return prepared.model, (
+        f"{source}: {prepared.batchnorms_folded} BatchNormalization node(s) folded into the "
+        f"neighbouring Conv/Gemm/MatMul{left_note}"
+    )
 
 
 def _constants_as_weights(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, list[str]]:
@@ -129,47 +222,26 @@ def _constants_as_weights(model: onnx.ModelProto, source: str) -> tuple[onnx.Mod
     return out, notes
 
 
-def _name_unnamed_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give unnamed nodes a unique ``<OpType>_<index>`` name (no note: the reports show the
-    names): the rewrites (quantization by node, width layers) address nodes by name."""
-    unnamed = [i for i, n in enumerate(model.graph.node) if not n.name]
-    if not unnamed:
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    used = {n.name for n in out.graph.node}
-    for i in unnamed:
-        node = out.graph.node[i]
-        name, k = f"{node.op_type}_{i}", 1
-        while name in used:
-            name, k = f"{node.op_type}_{i}_{k}", k + 1
-        node.name = name
-        used.add(name)
-    return out
-
-
-def check_single_float_input(model: onnx.ModelProto, source: str) -> None:
-    """Refuse a model that does not take exactly one float32 tensor of features.
+def check_inputs(model: onnx.ModelProto, source: str) -> None:
+    """Refuse a model without inputs or with an input that is not a tensor.
 
     Raises:
-        ModelLoadError: Naming the inputs (or the input's type) and the fix.
+        ModelLoadError: Naming the input and its type.
     """
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
-    if len(inputs) != 1:
-        listed = f" ({_names([i.name for i in inputs])})" if inputs else ""
+    if not inputs:
         raise ModelLoadError(
-            f"{source} has {len(inputs)} inputs{listed}; onnxopt feeds one tensor of features: "
-            "re-export the model with a single input (fold the others in as constants)"
+            f"{source} has no inputs (every graph input is an initializer); onnxopt measures "
+            "a model on data: re-export it with its inputs"
         )
-    tensor_type = inputs[0].type.tensor_type
-    elem = tensor_type.elem_type if inputs[0].type.HasField("tensor_type") else 0
-    if elem != onnx.TensorProto.FLOAT:
-        kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "not a tensor"
-        raise ModelLoadError(
-            f"{source}: input {inputs[0].name!r} is {kind}; onnxopt feeds float32 features: "
-            "re-export the model with a float32 input (cast inside it if it needs another type)"
-        )
+    for value in inputs:
+        if not value.type.HasField("tensor_type"):
+            kind = value.type.WhichOneof("value") or "no type"
+            raise ModelLoadError(
+                f"{source}: input {value.name!r} is a {kind.replace('_type', '')}, not a "
+                "tensor; re-export the model with tensor inputs"
+            )
 
 
 def convert_opset(
@@ -210,8 +282,6 @@ def _converter_reason(exc: Exception, model: onnx.ModelProto) -> str:
     if unknown:
         return f"op {_names(unknown)} is not (or no longer) part of ONNX"
     return re.sub(r"^.*Assertion `.*` failed: ", "", first_line(exc, 200))
-
-
 
 
 def _names(names: list[str], limit: int = 6) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from onnxopt.metrics import METRICS
 from onnxopt.runtime.cpu import CPU_CLASSES
 
 
@@ -39,10 +40,11 @@ def key_value_table(data: Mapping[str, Any], title: str = "") -> str:
 def evaluation_table(report: Any, title: str = "") -> str:
     """The people's summary of an evaluation report (``--json`` has every figure)."""
     d = report.to_dict()
-    rows: dict[str, Any] = {
-        "accuracy": f"{d['accuracy']:.4f} ({d['n_samples']} samples)",
-        "loss (cross-entropy)": f"{d['loss']:.4f}",
-    }
+    rows: dict[str, Any] = {"task": f"{d['task']} ({d['n_samples']} samples)"}
+    for name, value in d["metrics"].items():
+        spec = METRICS.get(name)
+        label = f"{name} ({spec.description})" if spec is not None else name
+        rows[label] = f"{value:.6g}"
     for batch, stats in (d.get("latency_ms") or {}).items():
         rows[f"latency batch {batch}"] = (
             f"median {stats['median_ms']:.4g} ms, p90 {stats['p90_ms']:.4g} ms "

@@ -140,6 +140,9 @@ class OpenVinoBackend(Backend):
                     "evaluate the .onnx with --runtime openvino"
                 )
             source = str(path)
+        from onnxopt.runtime.contained import check_loads
+
+        check_loads(source, {"backend": self.name, "threads": threads}, label=label)
         with openvino_errors(f"load {label}"):
             compiled = _core().compile_model(_core().read_model(source), "CPU", _config(threads))
         return OpenVinoSession(compiled, label)

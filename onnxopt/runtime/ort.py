@@ -180,6 +180,10 @@ def make_session(
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
     source, label = _model_source(model)
+    from onnxopt.runtime.contained import check_loads
+
+    settings = session_settings(threads, optimization, config, disabled_optimizers)
+    check_loads(model if isinstance(model, onnx.ModelProto) else source, settings, label=label)
     try:
         with ort_errors(f"load {label}", error):
             return ort.InferenceSession(
@@ -190,6 +194,18 @@ def make_session(
         if exc.__cause__ is None:
             raise
         raise _version_refusal(exc.__cause__, label) or exc from exc.__cause__
+
+
+def session_settings(
+    threads: int = 1,
+    optimization: str = "all",
+    config: Mapping[str, str] | None = None,
+    disabled_optimizers: Sequence[str] = (),
+) -> dict[str, Any]:
+    """:func:`make_session`'s settings that decide the kernels, as a contained check
+    (:mod:`onnxopt.runtime.contained`) opens the model with them."""
+    return {"threads": threads, "optimization": optimization, "config": dict(config or {}),
+            "disabled_optimizers": tuple(disabled_optimizers)}  # fmt: skip
 
 
 _IR_REFUSED = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")

@@ -147,17 +147,29 @@ def test_missing_files(tmp_path: Path) -> None:
     _raises(lambda: load_csv(tmp_path), "is a directory")
 
 
-def test_npz_missing_keys_lists_what_is_there(tmp_path: Path) -> None:
+def test_npz_arrays_other_than_x_and_y_are_named_inputs(tmp_path: Path) -> None:
+    """Without ``x`` every array is a model input by its name (``x_<name>`` too); without
+    ``y`` the data are unlabelled. Whether the names fit the model is checked when it is fed."""
+    path = tmp_path / "named.npz"
+    np.savez(path, x_ids=np.arange(40).reshape(20, 2), mask=np.ones((20, 2), np.int64))
+    ds = load_npz(path)
+    assert ds.train.named and set(ds.train.arrays()) == {"ids", "mask"}
+    assert ds.train.arrays()["ids"].dtype == np.int64 and ds.train.y is None
+    assert ds.labels is None and ds.num_classes is None
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 20
+
+
+def test_npz_with_only_labels_says_what_is_there(tmp_path: Path) -> None:
     path = tmp_path / "bad.npz"
-    np.savez(path, features=np.zeros((20, 2)), labels=np.zeros(20))
-    _raises(lambda: load_npz(path), "'x' and 'y'", "'features', 'labels'", "np.savez")
+    np.savez(path, y=np.zeros(20))
+    _raises(lambda: load_npz(path), "holds no feature arrays", "'y'", "np.savez")
 
 
 def test_npz_partial_presplit(tmp_path: Path) -> None:
     x, y = make_xy(20)
     path = tmp_path / "bad.npz"
     np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
-    _raises(lambda: load_npz(path), "'x_val', 'y_val'", "has 'x_test'")
+    _raises(lambda: load_npz(path), "lacks the val split", "x_val/y_val")
 
 
 def test_npz_not_an_archive(tmp_path: Path) -> None:
@@ -231,7 +243,9 @@ def test_csv_negative_or_fractional_labels(tmp_path: Path) -> None:
     pd.DataFrame({"a": np.arange(20.0), "label": [-1, 1] * 10}).to_csv(path, index=False)
     _raises(lambda: load_csv(path), "found -1")
     pd.DataFrame({"a": np.arange(20.0), "label": [0.5, 1] * 10}).to_csv(path, index=False)
-    _raises(lambda: load_csv(path), "labels must be integers")
+    targets = load_csv(path)  # non-integer values are regression targets
+    assert targets.labels == "values" and targets.num_classes is None
+    assert targets.train.y.dtype == np.float32
 
 
 def test_csv_empty_file(tmp_path: Path) -> None:

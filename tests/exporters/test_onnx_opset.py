@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from onnxopt.cli import main
 from onnxopt.errors import ModelLoadError, UsageError
 from onnxopt.exporters.onnx_input import prepare_onnx_file
-from onnxopt.exporters.user_model import prepare_user_model
+from onnxopt.exporters.user_model import Preparation, prepare_user_model
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((8, 3)).astype(np.float32)
@@ -89,8 +89,8 @@ def test_cli_opset_on_an_onnx_file(tmp_path):
 
 def test_quantize_and_scale_keep_minimum_semantics():
     """The shared preparation only raises the opset unless asked to lower it."""
-    prepared = prepare_user_model(_mlp(22), "m.onnx", opset=21)
-    assert _opset(prepared.model) == 22 and not prepared.notes
+    prepared = prepare_user_model(_mlp(22), "m.onnx", Preparation(opset=21))
+    assert _opset(prepared.model) == 22 and not [n for n in prepared.notes if "opset" in n]
 
 
 def _wrong_adapter(real):
@@ -109,24 +109,24 @@ def test_conversion_that_changes_outputs_is_refused(monkeypatch):
     real = onnx.version_converter.convert_version
     monkeypatch.setattr(onnx.version_converter, "convert_version", _wrong_adapter(real))
     with pytest.raises(ModelLoadError) as info:
-        prepare_user_model(_mlp(11), "m.onnx", opset=21)
+        prepare_user_model(_mlp(11), "m.onnx", Preparation(opset=21))
     text = str(info.value)
     assert text.startswith("m.onnx: converting from opset 11 to 21 changes output 'y' (max |diff|")
     assert "re-export the model at opset 21" in text and "\n" not in text
 
 
 def test_correct_conversion_is_checked_and_noted():
-    prepared = prepare_user_model(_mlp(11), "m.onnx", opset=21)
-    assert prepared.notes == ("m.onnx: converted from opset 11 to 21 (onnx version converter)",)
+    prepared = prepare_user_model(_mlp(11), "m.onnx", Preparation(opset=21))
+    assert prepared.notes[-1] == "m.onnx: converted from opset 11 to 21 (onnx version converter)"
     assert _opset(prepared.model) == 21
 
 
 def test_conversion_left_unchecked_says_why():
     model = _mlp(11)
     model.graph.input[0].type.tensor_type.ClearField("shape")
-    prepared = prepare_user_model(model, "m.onnx", opset=21)
+    prepared = prepare_user_model(model, "m.onnx", Preparation(opset=21))
     note = "m.onnx: converted from opset 11 to 21 (onnx version converter); outputs not compared"
-    assert prepared.notes == (f"{note}: the input has no shape",)
+    assert prepared.notes[-1] == f"{note}: an input has no shape"
 
 
 def test_quantize_refuses_a_conversion_that_changes_outputs(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import numpy as np
 from onnxopt.data.shaping import check_batch_bytes
 from onnxopt.errors import EvaluationError, UsageError
 from onnxopt.runtime.base import Session
+from onnxopt.runtime.io import Feeds
 
 SMALL_BATCH = 16
 """Batches up to this size get the longer budget: their runs are short and noisy."""
@@ -146,9 +147,18 @@ def make_batch(sample: np.ndarray, batch_size: int) -> np.ndarray:
     return np.ascontiguousarray(sample[np.arange(batch_size) % len(sample)])
 
 
+def make_feeds(feeds: Feeds, batch_size: int) -> dict[str, np.ndarray]:
+    """``batch_size`` samples taken cyclically from ``feeds``, for every input."""
+    if len(feeds) == 0:
+        raise UsageError("latency needs at least one sample row")
+    for array in feeds.arrays.values():
+        check_batch_bytes(array, batch_size)
+    return feeds.rows(np.arange(batch_size) % len(feeds))
+
+
 def measure_latency(
     session: Session,
-    sample: np.ndarray,
+    sample: Feeds | np.ndarray,
     *,
     batch_sizes: Sequence[int] = (1, 256),
     warmup: int | None = None,
@@ -160,12 +170,13 @@ def measure_latency(
 
     Args:
         session: The session (its thread settings are part of the measurement).
-        sample: Model-ready input rows (:func:`adapt_inputs`); batches repeat them cyclically.
+        sample: Feeds for every input, or model-ready rows of a one-input model; batches
+            repeat them cyclically.
         batch_sizes: Batch sizes to measure.
         warmup: Untimed runs first; None uses :func:`default_budget` per batch size.
         repeats: Minimum timed runs; None uses the default budget.
         min_time_s: Minimum timed seconds; None uses the default budget.
-        input_name: The input fed; needed only when the model has several inputs.
+        input_name: The input an array ``sample`` feeds (default: the only one).
 
     Returns:
         Median, p90 and mean latency in ms per batch size, and throughput at the largest.
@@ -175,7 +186,10 @@ def measure_latency(
         EvaluationError: When onnxruntime fails to run the model.
     """
     sizes = _check_batch_sizes(batch_sizes)
-    name = input_name or _only_input(session)
+    if not isinstance(sample, Feeds):
+        name = input_name or _only_input(session)
+        info = next(i for i in session.inputs if i.name == name)
+        sample = Feeds([info], np.asarray(sample))
     stats = []
     for size in sizes:
         base = default_budget(size)
@@ -184,7 +198,7 @@ def measure_latency(
             repeats=base.repeats if repeats is None else repeats,
             min_time_s=base.min_time_s if min_time_s is None else min_time_s,
         )
-        run = session.runner({name: make_batch(sample, size)})
+        run = session.runner(make_feeds(sample, size))
         with session.errors(f"run the model at batch size {size}"):
             stats.append(summarize(size, time_runs(run, budget)))
     return LatencyResult(tuple(stats))

@@ -18,10 +18,11 @@ class EvaluationReport:
 
     Attributes:
         model_path: The evaluated model file.
-        accuracy: Top-1 accuracy in [0, 1].
-        loss: Mean cross-entropy (natural log).
+        accuracy: Top-1 accuracy in [0, 1] (classification; None for other tasks).
+        loss: Mean cross-entropy (natural log; classification only).
         n_samples: Samples scored.
-        output_kind: "logits" or "probabilities", how the output was read.
+        output_kind: "logits" or "probabilities", how a classifier's output was read
+            ("values" for other tasks).
         latency: Latency per batch size, or None when not measured.
         size_bytes: Model file plus its external data, in bytes.
         parameters: Parameter elements (see :func:`parameter_stats`); None for an ORT-format
@@ -39,8 +40,8 @@ class EvaluationReport:
     """
 
     model_path: str
-    accuracy: float
-    loss: float
+    accuracy: float | None
+    loss: float | None
     n_samples: int
     output_kind: str
     latency: LatencyResult | None
@@ -56,6 +57,11 @@ class EvaluationReport:
     predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
     integer_path: dict[str, Any] = field(default_factory=dict, compare=False)
     runtime: str = "onnxruntime"
+    task: str = "classification"
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Every ``outputs``-tier metric measured (the task's and those asked for)."""
+    notes: tuple[str, ...] = ()
+    """What was repaired in memory to measure the file (a fixed batch axis freed...)."""
 
     @property
     def throughput_sps(self) -> float | None:
@@ -85,8 +91,11 @@ class EvaluationReport:
         """
         data: dict[str, Any] = {
             "model_path": self.model_path,
-            "accuracy": float(self.accuracy),
-            "loss": float(self.loss),
+            "task": self.task,
+            "accuracy": None if self.accuracy is None else float(self.accuracy),
+            "loss": None if self.loss is None else float(self.loss),
+            "metrics": {k: float(v) for k, v in self.metrics.items()},
+            "notes": list(self.notes),
             "n_samples": int(self.n_samples),
             "output_kind": self.output_kind,
             "latency_ms": None if self.latency is None else self.latency.to_dict(),

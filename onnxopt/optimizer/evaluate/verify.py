@@ -14,6 +14,7 @@ the last bit between numpy and onnxruntime; the report lists them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,19 +148,25 @@ def compare(
 
 
 def verify_model(
-    path, x: np.ndarray, *, threads: int = 1, batch_size: int = 256, runtime: str = "onnxruntime"
+    path,
+    x,
+    *,
+    threads: int = 1,
+    batch_size: int = 256,
+    runtime: str = "onnxruntime",
+    fixed_inputs: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
     """Run the model file on a runtime (every optimization on) and in the fixed-point
-    reference on features ``x`` (fitted to the model input), and compare every output value.
+    reference on features ``x`` (one array, or one per input name), and compare every value
+    of every output.
 
     Raises:
         ModelLoadError, DataError, EvaluationError: As :func:`evaluate_model`.
     """
-    from onnxopt.data.shaping import adapt_inputs
     from onnxopt.model_io import load_onnx
     from onnxopt.runtime import get_backend
     from onnxopt.runtime.cpu import integer_path
-    from onnxopt.runtime.io import classifier_io
+    from onnxopt.runtime.io import Feeds, model_io
 
     model = load_onnx(path)
     if not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
@@ -168,18 +175,17 @@ def verify_model(
             "a fixed-point model with its reference: quantize it first (onnxopt quantize)"
         )
     session = get_backend(runtime).load(path, threads=threads)
-    io = classifier_io(session, output_name=session.outputs[0].name)
-    feeds_x = adapt_inputs(x, io.input_shape, dtype=io.input_dtype, input_name=io.input_name)
+    io = model_io(session, output_name=session.outputs[0].name)
+    feeds = Feeds(io.inputs, x, fixed_inputs)
     names = [o.name for o in session.outputs]
     step = io.fixed_batch or batch_size
     totals: list = [0, 0, 0.0, None]
-    for start in range(0, len(feeds_x), step):
-        batch = feeds_x[start : start + step]
-        if io.fixed_batch and len(batch) < io.fixed_batch:
+    for start in range(0, len(feeds), step):
+        if io.fixed_batch and len(feeds) - start < io.fixed_batch:
             break  # a fixed-batch model runs only full batches
-        feeds = {io.input_name: batch}
-        got = session.run(feeds, names)
-        elements, exact, worst, first = compare(got, reference_outputs(model, feeds, names), names)
+        batch = feeds.batch(start, start + step)
+        got = session.run(batch, names)
+        elements, exact, worst, first = compare(got, reference_outputs(model, batch, names), names)
         totals[0] += elements
         totals[1] += exact
         totals[2] = max(totals[2], worst)
@@ -192,7 +198,7 @@ def verify_model(
         exact=int(totals[1]),
         max_abs_diff=float(totals[2]),
         first_mismatch=totals[3],
-        samples=len(feeds_x),
+        samples=len(feeds),
         integer_path=integer_path().as_dict(),
         target_cpu=metadata_value(model, TARGET_CPU_KEY),
         inexact_float_ops=tuple(ops),

@@ -22,6 +22,9 @@ import numpy as np
 import onnx
 
 from onnxopt.errors import RewriteError, first_line
+from onnxopt.runtime.contained import NativeCrash, check_loads, stage
+from onnxopt.runtime.io import Feeds, graph_inputs
+from onnxopt.runtime.ort import session_settings
 
 
 @dataclass(frozen=True)
@@ -41,20 +44,19 @@ class Range:
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over in-memory batches."""
+    """onnxruntime's CalibrationDataReader protocol over in-memory batches of feeds."""
 
-    def __init__(self, input_name: str, batches: Iterable[np.ndarray]) -> None:
-        self._batches: Iterator[np.ndarray] = iter(batches)
-        self._name = input_name
+    def __init__(self, batches: Iterable[dict[str, np.ndarray]]) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {self._name: batch}
+        return next(self._batches, None)
 
 
 def calibrate(
     model: onnx.ModelProto,
-    x: np.ndarray,
+    x: Feeds | np.ndarray,
+    n: int | None = None,
     *,
     method: str = "minmax",
     percentile: float = 99.999,
@@ -64,7 +66,8 @@ def calibrate(
 
     Args:
         model: a float model; it is not modified.
-        x: calibration inputs already shaped for the model's (single) input.
+        x: feeds for every input, or one array shaped for the model's single input.
+        n: how many samples to use (all by default).
         method: ``minmax`` or ``percentile``.
         percentile: the percentile kept by ``percentile`` calibration.
         batch_size: samples per onnxruntime run.
@@ -78,11 +81,14 @@ def calibrate(
     if method == "percentile" and percentile >= 100.0:
         method = "minmax"
     options = {"percentile": percentile, "symmetric": False} if method == "percentile" else {}
-    input_name = model.graph.input[0].name
+    feeds = x if isinstance(x, Feeds) else Feeds(graph_inputs(model), x)
+    n = len(feeds) if n is None else min(n, len(feeds))
     with tempfile.TemporaryDirectory(prefix="onnxopt-calib-") as tmp:
         source = Path(tmp) / "model.onnx"
         onnx.save_model(model, str(source))
         try:
+            with stage("calibrating"):  # the calibrator opens its own sessions
+                check_loads(model, session_settings(), label="the model")
             calibrator = create_calibrator(
                 source, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                 calibrate_method=methods[method], extra_options=options,
@@ -90,9 +96,12 @@ def calibrate(
             with contextlib.redirect_stdout(io.StringIO()):  # the histogram code prints
                 # one batch per call: onnxruntime's histogram collector stacks the outputs
                 # of one call, which fails on a shorter last batch; it merges across calls
-                for start in range(0, len(x), batch_size):
-                    calibrator.collect_data(_Reader(input_name, [x[start : start + batch_size]]))
+                for start in range(0, n, batch_size):
+                    batch = feeds.batch(start, min(start + batch_size, n))
+                    calibrator.collect_data(_Reader([batch]))
                 data = calibrator.compute_data()
+        except NativeCrash:
+            raise
         except Exception as exc:  # onnxruntime raises many kinds here
             raise RewriteError(
                 f"calibration failed in onnxruntime: {first_line(exc)}"

@@ -8,13 +8,15 @@ behind. The same config in the other weight storage is built too, to report both
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from onnxopt.config.quantization import QuantizationConfig
+from onnxopt.data.dataset import Features
+from onnxopt.exporters.user_model import DEFAULTS, Preparation, load_user_model
 from onnxopt.model_io import save_onnx
 from onnxopt.optimizer.evaluate.size import parameter_stats, size_on_disk
 from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
@@ -50,7 +52,13 @@ class QuantizedFile:
 
 
 def quantize_file(
-    model: Path, output: Path, config: QuantizationConfig, calibration_x: np.ndarray | None
+    model: Path,
+    output: Path,
+    config: QuantizationConfig,
+    calibration_x: Features | None,
+    fixed_inputs: Mapping[str, Any] | None = None,
+    *,
+    preparation: Preparation = DEFAULTS,
 ) -> QuantizedFile:
     """Quantize the ONNX file ``model`` with ``config`` into ``output``.
 
@@ -58,10 +66,8 @@ def quantize_file(
         ModelLoadError, ConfigError, RewriteError, EvaluationError: One line each; nothing
             is written then.
     """
-    from onnxopt.exporters.user_model import load_user_model
-
-    prepared = load_user_model(model, opset=DEFAULT_OPSET)
-    quantizer = Quantizer(prepared.model, calibration_x)
+    prepared = load_user_model(model, dataclasses.replace(preparation, opset=DEFAULT_OPSET))
+    quantizer = Quantizer(prepared.model, calibration_x, fixed_inputs)
     candidate = quantizer.quantize(config, kernels=True)
     other = "packed" if config.storage == "container" else "container"
     alternative = quantizer.quantize(config.model_copy(update={"storage": other}))

@@ -7,15 +7,16 @@ any number of quantized candidates from configs on clones of it: what a search t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
+from typing import Any
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
 from onnxopt.config.quantization import QuantizationConfig
-from onnxopt.data.shaping import adapt_inputs, onnx_input_shape
+from onnxopt.data.dataset import Features
 from onnxopt.errors import ConfigError
 from onnxopt.graph import run_pass
 from onnxopt.optimizer.quantization.annotate import Annotation, annotate, needs_calibration
@@ -31,6 +32,7 @@ from onnxopt.optimizer.quantization.qdq_pass import (
     raise_opset,
     required_opset,
 )
+from onnxopt.runtime.io import Feeds, graph_inputs
 from onnxopt.runtime.kernels import KernelFacts, kernel_facts
 
 
@@ -71,33 +73,39 @@ class Quantizer:
 
     Args:
         model: the float base model (kept as given; candidates are built on clones).
-        calibration_x: calibration features (flat or already shaped); needed when any
-            activation fraction is ``"auto"``.
+        calibration_x: calibration features (one array, or one per input name); needed
+            when any activation fraction is ``"auto"``.
+        fixed_inputs: values for inputs the calibration data do not give.
     """
 
-    def __init__(self, model: onnx.ModelProto, calibration_x: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        calibration_x: Features | None = None,
+        fixed_inputs: Mapping[str, Any] | None = None,
+    ) -> None:
         self.model = model
-        self._x = None
+        self._feeds = None
         if calibration_x is not None:
-            self._x = adapt_inputs(
-                calibration_x, onnx_input_shape(model), input_name=model.graph.input[0].name
-            )
+            self._feeds = Feeds(graph_inputs(model), calibration_x, fixed_inputs)
         self._ranges = cache(self._calibrate)
         self._bases: dict[int, tuple[ir.Model, list[str]]] = {}
 
     def _calibrate(self, method: str, percentile: float, num_samples: int) -> dict[str, Range]:
-        assert self._x is not None
-        x, batch = self._x[:num_samples], (onnx_input_shape(self.model) or [None])[0]
-        if isinstance(batch, int) and batch > 0:
+        assert self._feeds is not None
+        n, batch = min(num_samples, len(self._feeds)), _fixed_batch(self.model)
+        if batch is not None:
             # a model exported with a fixed batch size (often 1) runs only that size
-            x = x[: len(x) - len(x) % batch]
-            if not len(x):
+            n -= n % batch
+            if not n:
                 raise ConfigError(
                     f"the model's batch size is fixed to {batch}; calibrate on at least "
                     f"{batch} samples (calibration.num_samples)"
                 )
-            return calibrate(self.model, x, method=method, percentile=percentile, batch_size=batch)
-        return calibrate(self.model, x, method=method, percentile=percentile)
+        return calibrate(
+            self.model, self._feeds, n, method=method, percentile=percentile,
+            batch_size=batch or 64,
+        )  # fmt: skip
 
     @property
     def _graph(self) -> ir.Graph:
@@ -108,7 +116,7 @@ class Quantizer:
         """Calibrated ranges for the config's method (computed once, then cached)."""
         if not needs_calibration(self._graph, config):
             return {}
-        if self._x is None:
+        if self._feeds is None:
             raise ConfigError(
                 "'auto' activation fractions need calibration data; pass --data "
                 'or give data_in_frac_width as a number or "NA"'
@@ -155,3 +163,10 @@ def with_kernels(candidate: QuantizedCandidate) -> QuantizedCandidate:
     op_types = {n.name: n.op_type for n in result.model.graph.node}
     labels = agree_with(result.labels, facts.nodes, op_types)
     return replace(candidate, result=replace(result, labels=labels), kernels=facts)
+
+
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size every input is fixed to, or None when it is dynamic."""
+    sizes = {i.shape[0] for i in graph_inputs(model) if i.shape and isinstance(i.shape[0], int)}
+    size = next(iter(sizes)) if len(sizes) == 1 else None
+    return size if size and size > 0 else None

@@ -72,7 +72,7 @@ def load_base(
         from onnxopt.exporters.user_model import load_user_model
         from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
 
-        prepared = load_user_model(config.model.onnx, opset=DEFAULT_OPSET)
+        prepared = load_user_model(config.model.onnx, config.model.preparation(DEFAULT_OPSET))
         return prepared.model, prepared.notes
     path = Path(run_dir) / BASE_FILE
     if not path.is_file():

@@ -8,7 +8,9 @@ file or touches the base model.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 
@@ -44,11 +46,19 @@ class CandidateBuilder:
         base: The pristine float base model.
         dataset: Its dataset (training data feeds width refits and calibration).
         width: The search's width config (None: no width scaling).
+        fixed_inputs: Values for model inputs the data do not give.
     """
 
-    def __init__(self, base: onnx.ModelProto, dataset: Dataset, width: WidthConfig | None) -> None:
+    def __init__(
+        self,
+        base: onnx.ModelProto,
+        dataset: Dataset,
+        width: WidthConfig | None,
+        fixed_inputs: Mapping[str, Any] | None = None,
+    ) -> None:
         self.base = base
         self._calibration_x = dataset.calibration.x
+        self._fixed = dict(fixed_inputs or {})
         self.width_config = width
         self.scaler = None
         if width is not None:
@@ -72,7 +82,9 @@ class CandidateBuilder:
         """The Quantizer of the point's width choice (built and calibrated once)."""
         key = choice.width_key()
         if key not in self._quantizers:
-            self._quantizers[key] = Quantizer(self.scaled(choice), self._calibration_x)
+            self._quantizers[key] = Quantizer(
+                self.scaled(choice), self._calibration_x, self._fixed
+            )
             if len(self._quantizers) > MAX_CACHED_QUANTIZERS:
                 self._quantizers.popitem(last=False)
         self._quantizers.move_to_end(key)

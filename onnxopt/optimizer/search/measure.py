@@ -9,13 +9,15 @@ already infeasible after the ``model`` and ``outputs`` tiers is never timed.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
+from onnxopt import metrics as registry
 from onnxopt.config.search import Constraints, Evaluation
-from onnxopt.data.dataset import Split
 from onnxopt.optimizer.evaluate.measure import LatencyPlan, Measurer, check_finite
 
 
@@ -33,53 +35,55 @@ class TrialScore:
 
 
 class Evaluator:
-    """Scores candidates on one split against the fp32 baseline's accuracy.
+    """Scores candidates on one split against the fp32 baseline.
 
     Args:
-        split: The validation split (never test).
-        num_classes: The dataset's class count.
+        measurer: The measurement pipeline on the validation split (never test), with the
+            task and the metrics the search needs.
         evaluation: Latency budget, threads and runtime.
         constraints: Feasibility limits.
-        output_name: The class-score output (None: found by its size).
-        baseline_accuracy: The fp32 base model's accuracy on ``split`` (None while measuring
-            the baseline itself).
+        baseline: The fp32 base model's metrics on the same split (None while measuring the
+            baseline itself).
         latency_lock: Held while timing (workers on one machine time one at a time).
     """
 
     def __init__(
         self,
-        split: Split,
-        num_classes: int,
+        measurer: Measurer,
         evaluation: Evaluation,
         constraints: Constraints,
-        output_name: str | None = None,
         *,
-        baseline_accuracy: float | None = None,
+        baseline: Mapping[str, float] | None = None,
         latency_lock: AbstractContextManager | None = None,
-        measurer: Measurer | None = None,
     ) -> None:
-        self.measurer = measurer or Measurer(
-            split, num_classes=num_classes, output_name=output_name,
-            runtime=evaluation.runtime, threads=evaluation.threads,
-        )  # fmt: skip
-        self.split, self.num_classes, self.output_name = split, num_classes, output_name
+        self.measurer = measurer
         self.evaluation = evaluation
         self.limits = constraints
-        self.baseline_accuracy = baseline_accuracy
+        self.baseline = dict(baseline) if baseline is not None else None
         self.latency_lock = latency_lock if latency_lock is not None else contextlib.nullcontext()
         self.plan = LatencyPlan(
             evaluation.batch_sizes, evaluation.warmup, evaluation.repeats, evaluation.min_time_s
         )
 
+    @property
+    def baseline_accuracy(self) -> float | None:
+        return None if self.baseline is None else self.baseline.get("accuracy")
+
+    def reference_outputs(self, model: onnx.ModelProto) -> np.ndarray:
+        """The fp32 model's scored outputs on the split (what fidelity metrics compare with)."""
+        return self.measurer.outputs(self.measurer.load(model))
+
     def for_trials(
-        self, baseline_accuracy: float, latency_lock: AbstractContextManager | None = None
+        self,
+        baseline: Mapping[str, float],
+        reference: np.ndarray,
+        latency_lock: AbstractContextManager | None = None,
     ) -> Evaluator:
-        """An evaluator for the trials: this one with the baseline and the latency lock (the
-        fitted inputs are shared)."""
+        """An evaluator for the trials: the baseline's metrics and outputs bound, and the
+        latency lock (the fitted inputs are shared)."""
         return Evaluator(
-            self.split, self.num_classes, self.evaluation, self.limits, self.output_name,
-            baseline_accuracy=baseline_accuracy, latency_lock=latency_lock,
-            measurer=self.measurer,
+            self.measurer.with_reference(reference), self.evaluation, self.limits,
+            baseline=baseline, latency_lock=latency_lock,
         )  # fmt: skip
 
     def measure(
@@ -120,6 +124,31 @@ class Evaluator:
         if limits.max_accuracy_drop is not None and self.baseline_accuracy is not None:
             drop = self.baseline_accuracy - metrics["accuracy"]
             values["accuracy_drop"] = drop - limits.max_accuracy_drop
+        values.update(metric_drops(metrics, self.baseline, limits.max_metric_drop, self.direction))
         if limits.max_size_bytes is not None:
             values["size"] = metrics["size"] - limits.max_size_bytes
         return values
+
+    def direction(self, name: str) -> str:
+        """A metric's direction (user metrics: as their spec says)."""
+        user = self.measurer.user_metrics.get(name)
+        return user.direction if user is not None else registry.direction(name)
+
+
+def metric_drops(
+    metrics: Mapping[str, float],
+    baseline: Mapping[str, float] | None,
+    limits: Mapping[str, float],
+    direction,
+) -> dict[str, float]:
+    """``<metric>_drop`` constraint values: how much worse than the baseline, minus the
+    allowed drop (a fall for maximized metrics, a rise for minimized ones)."""
+    if baseline is None:
+        return {}
+    out = {}
+    for name, limit in limits.items():
+        worse = baseline[name] - metrics[name]
+        if direction(name) == "minimize":
+            worse = -worse
+        out[f"{name}_drop"] = worse - limit
+    return out

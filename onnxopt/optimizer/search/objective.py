@@ -21,6 +21,7 @@ from onnxopt.errors import CandidateError, OnnxoptError
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
 from onnxopt.optimizer.search.measure import Evaluator
 from onnxopt.optimizer.search.space import Choice, SearchSpace
+from onnxopt.runtime.contained import stage
 
 MAX_CACHED_CANDIDATES = 16
 
@@ -84,10 +85,11 @@ class Objective:
                 candidate; the reason is in ``fail_reason``.
         """
         try:
-            built = self._build(trial, choice)
-            trial.set_user_attr("config", built.config)
-            trial.set_user_attr("model_sha256", built.sha256)
-            measured = self.evaluator.measure(built.model, data=built.data)
+            with stage(f"measuring trial {trial.number}"):
+                built = self._build(trial, choice)
+                trial.set_user_attr("config", built.config)
+                trial.set_user_attr("model_sha256", built.sha256)
+                measured = self.evaluator.measure(built.model, data=built.data)
         except OnnxoptError as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)

@@ -81,31 +81,35 @@ class SearchContext:
         base, notes = load_base(config, dataset, run_dir)
         for note in notes:
             notify(note)
-        builder = CandidateBuilder(base, dataset, config.search.width)
+        fixed = config.model.fixed_values()
+        builder = CandidateBuilder(base, dataset, config.search.width, fixed)
         space = SearchSpace.build(config.search, builder.width_space())
         space.check_points(config.search.strategy.enqueue)
         s = config.search
-        evaluator = Evaluator(
-            dataset.val, dataset.num_classes, s.evaluation, s.constraints,
-            output_name=config.model.output,
-        )  # fmt: skip
+        measurer = search_measurer(config, dataset.val, dataset.num_classes)
+        evaluator = Evaluator(measurer, s.evaluation, s.constraints)
         return cls(config, run_dir, dataset, builder, space, evaluator)
 
     def test_measurer(self) -> Measurer:
-        """A measurer on the test split, with the trials' runtime (exported files only)."""
-        ev = self.config.search.evaluation
-        return Measurer(
-            self.dataset.test, num_classes=self.dataset.num_classes,
-            output_name=self.config.model.output, runtime=ev.runtime, threads=ev.threads,
-        )  # fmt: skip
+        """A measurer on the test split with the fp32 base model's outputs there as the
+        reference (exported files only)."""
+        measurer = search_measurer(self.config, self.dataset.test, self.dataset.num_classes)
+        return measurer.with_reference(measurer.outputs(measurer.load(self.builder.base)))
 
     def base_sha256(self) -> str:
         """SHA-256 of the serialized base model (workers check they search the same one)."""
         return model_hash(self.builder.base.SerializeToString())
 
+    def reference(self):
+        """The fp32 base model's scored outputs on the validation split (fidelity metrics
+        compare every candidate with them)."""
+        return self.evaluator.reference_outputs(self.builder.base)
+
     def baseline(self) -> dict:
-        """fp32 base model metrics on the validation split (latency included)."""
-        return self.evaluator.measure(self.builder.base).metrics
+        """fp32 base model metrics on the validation split (latency included; fidelity
+        metrics against its own outputs: cosine 1, error 0)."""
+        evaluator = self.evaluator.for_trials({}, self.reference())
+        return evaluator.measure(self.builder.base).metrics
 
 
 @dataclass
@@ -124,6 +128,21 @@ class SearchResult:
     @property
     def objectives(self) -> list[str]:
         return objective_names(self.context.config.search)
+
+
+def search_measurer(config: SearchConfig, split, num_classes: int | None) -> Measurer:
+    """The measurement pipeline a search's config asks for, on one split."""
+    from onnxopt.metrics import user_metrics
+
+    s = config.search
+    requested = [*s.metrics, *s.constraints.max_metric_drop]
+    params = {name: {"k": m.k} for name, m in s.metrics.items() if m.k is not None}
+    fixed = config.model.fixed_values()
+    return Measurer(
+        split, task=config.model.task, metrics=requested, user_metrics=user_metrics(s.metrics),
+        num_classes=num_classes, output_name=config.model.output, fixed_inputs=fixed,
+        runtime=s.evaluation.runtime, threads=s.evaluation.threads, metric_params=params,
+    )  # fmt: skip
 
 
 def _open(ctx: SearchContext, spec: str, name: str, *, join: bool, seed_offset: int = 0):
@@ -175,7 +194,7 @@ def _limit(ctx: SearchContext) -> int:
 
 def _loop(ctx: SearchContext, study, storage, spec: str, name: str, callbacks=()) -> int:
     evaluator = ctx.evaluator.for_trials(
-        study.user_attrs["baseline"]["accuracy"], FileLock(ctx.run_dir / LATENCY_LOCK)
+        study.user_attrs["baseline"], ctx.reference(), FileLock(ctx.run_dir / LATENCY_LOCK)
     )
     objective = Objective(ctx.space, ctx.builder, evaluator)
     loop = TrialLoop(

@@ -17,7 +17,7 @@ from onnxopt.optimizer.evaluate import (
     log_probabilities,
     looks_like_probabilities,
 )
-from onnxopt.runtime.io import classifier_io
+from onnxopt.runtime.io import model_io
 from onnxopt.runtime.ort import OrtBackend
 
 load_session = OrtBackend().load
@@ -31,7 +31,7 @@ def _labels_mostly_right(logits: np.ndarray, rng: np.random.Generator) -> np.nda
 
 def _evaluate(model, x, y, **kwargs):
     session = load_session(model)
-    return evaluate_accuracy(session, classifier_io(session), x, y, **kwargs)
+    return evaluate_accuracy(session, model_io(session), x, y, **kwargs)
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 256, 1000])
@@ -109,8 +109,22 @@ def test_labels_outside_class_count_are_data_errors(gemm_builder, gemm_weights, 
         _evaluate(gemm_builder(*gemm_weights), x[:0], y[:0])
 
 
-def test_nan_scores_and_single_column_outputs_are_refused():
+def test_nan_scores_are_refused():
     with pytest.raises(EvaluationError, match="NaN or Inf scores for 1 of 2"):
         classification_metrics(np.array([[0.0, np.nan], [1.0, 2.0]]), np.array([0, 1]))
-    with pytest.raises(DataError, match="1 score per sample"):
-        classification_metrics(np.zeros((3, 1)), np.zeros(3, dtype=np.int64))
+
+
+def test_a_single_score_per_sample_is_a_binary_classifier():
+    """Probabilities in [0, 1] are thresholded at 0.5, logits at 0; the loss is the binary
+    cross-entropy, written out here."""
+    labels = np.array([1, 0, 1, 0])
+    probs = np.array([[0.9], [0.2], [0.4], [0.6]])
+    result = classification_metrics(probs, labels)
+    assert result.accuracy == 0.5 and result.output_kind == "probabilities"
+    bce = -np.mean([np.log(0.9), np.log(0.8), np.log(0.4), np.log(0.4)])
+    assert result.loss == pytest.approx(bce)
+    logits = np.array([2.0, -1.0, -0.5, 3.0])  # a 1-D logit output
+    result = classification_metrics(logits, labels)
+    assert result.accuracy == 0.5 and result.output_kind == "logits"
+    p = 1 / (1 + np.exp(-logits))
+    assert result.loss == pytest.approx(-np.mean(np.where(labels == 1, np.log(p), np.log(1 - p))))

@@ -13,7 +13,7 @@ from onnxopt.errors import DataError
 from onnxopt.optimizer.evaluate import (
     evaluate_accuracy,
 )
-from onnxopt.runtime.io import classifier_io
+from onnxopt.runtime.io import Feeds, model_io
 from onnxopt.runtime.ort import OrtBackend
 
 load_session = OrtBackend().load
@@ -26,12 +26,12 @@ def test_flat_digits_feed_an_image_input(cnn_builder, reference, rng):
     x = rng.random((40, 64), dtype=np.float32)
     y = rng.integers(0, 10, size=40)
     session = load_session(cnn_builder(weight, bias))
-    io = classifier_io(session)
-    assert io.input_shape == ("N", 1, 8, 8)
-    fitted = adapt_inputs(x, io.input_shape, dtype=io.input_dtype, input_name=io.input_name)
+    io = model_io(session)
+    assert io.inputs[0].shape == ("N", 1, 8, 8)
+    fitted = Feeds(io.inputs, x).arrays[io.input_name]
     assert fitted.shape == (40, 1, 8, 8) and fitted.flags.c_contiguous
     np.testing.assert_array_equal(fitted[:, 0], x.reshape(40, 8, 8))
-    result = evaluate_accuracy(session, io, fitted, y)
+    result = evaluate_accuracy(session, io, Feeds(io.inputs, x), y)
     assert result.accuracy == accuracy_score(y, numpy_logits(x, weight, bias).argmax(axis=1))
 
 

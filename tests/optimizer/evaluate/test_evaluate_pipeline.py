@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, log_loss
 
 from onnxopt.data.dataset import Split
 from onnxopt.errors import DataError, UsageError
+from onnxopt.exporters.user_model import Preparation
 from onnxopt.optimizer.evaluate import evaluate_model
 from onnxopt.optimizer.quantization.metadata import BIT_WIDTHS_KEY
 
@@ -82,12 +83,32 @@ def test_quantized_model_with_external_data(tmp_path, data, rng, reference):
 
 
 def test_fixed_batch_model_measures_its_own_batch(tmp_path, gemm_builder, gemm_weights, data):
+    """Kept fixed (--batch-size-fixed, or measured exactly as it is) only that size runs."""
     x, y = data
     path = tmp_path / "fixed.onnx"
     onnx.save_model(gemm_builder(*gemm_weights, batch=1), path)
-    report = evaluate_model(path, Split(x[:20], y[:20]), batch_sizes=(1, 256))
-    assert [s.batch_size for s in report.latency.stats] == [1]
-    assert report.n_samples == 20
+    for preparation in (Preparation(keep_batch=True), None):
+        report = evaluate_model(
+            path, Split(x[:20], y[:20]), batch_sizes=(1, 256), preparation=preparation
+        )
+        assert [s.batch_size for s in report.latency.stats] == [1]
+        assert report.n_samples == 20 and not report.notes
+
+
+def test_fixed_batch_is_freed_in_memory_and_the_file_measured(
+    tmp_path, gemm_builder, gemm_weights, data
+):
+    x, y = data
+    fixed, free = tmp_path / "fixed.onnx", tmp_path / "free.onnx"
+    onnx.save_model(gemm_builder(*gemm_weights, batch=1), fixed)
+    onnx.save_model(gemm_builder(*gemm_weights), free)
+    split = Split(x[:20], y[:20])
+    report = evaluate_model(fixed, split, batch_sizes=(1, 256), measure_latency=True)
+    assert [s.batch_size for s in report.latency.stats] == [1, 256]
+    assert report.notes and "batch axis freed (was fixed at 1" in report.notes[0]
+    assert report.size_bytes == fixed.stat().st_size  # the file, not the repaired graph
+    same = evaluate_model(free, split, measure_latency=False)
+    assert report.metrics == same.metrics and report.accuracy == same.accuracy
 
 
 def test_data_and_model_mismatches_surface_as_onnxopt_errors(tmp_path, gemm_builder, gemm_weights):

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, parser
 
 from onnxopt.errors import DataError, EvaluationError, ModelLoadError, UsageError
 from onnxopt.optimizer.evaluate import predict_scores
-from onnxopt.runtime.io import classifier_io
+from onnxopt.runtime.io import Feeds, model_io
 from onnxopt.runtime.ort import OrtBackend, make_session
 
 load_session = OrtBackend().load
@@ -88,7 +88,7 @@ def test_run_failure_is_evaluation_error():
         "  s = Constant<value = int64[2] {3, 3}>()\n  y = Reshape(x, s)\n}"
     )
     session = load_session(model)
-    io = classifier_io(session)
+    io = model_io(session)
     with pytest.raises(EvaluationError, match="could not run the model: FAIL: .*Reshape") as info:
         predict_scores(session, io, np.zeros((2, 4), np.float32))
     assert "\n" not in str(info.value)
@@ -109,48 +109,55 @@ def test_missing_file_garbage_file_and_bad_options(tmp_path):
         make_session(model, threads=0)
 
 
-def test_classifier_io_symbolic_batch(gemm_builder, gemm_weights):
-    io = classifier_io(load_session(gemm_builder(*gemm_weights)))
-    assert (io.input_name, io.input_shape, io.output_name) == ("x", ("N", 16), "logits")
-    assert io.input_dtype == np.float32 and io.num_classes == 5 and io.fixed_batch is None
-    unnamed = classifier_io(load_session(gemm_builder(*gemm_weights, batch=None)))
-    assert unnamed.input_shape == ("batch", 16)
-    fixed = classifier_io(load_session(gemm_builder(*gemm_weights, batch=4)))
-    assert fixed.input_shape == ("batch", 16) and fixed.fixed_batch == 4
+def test_model_io_symbolic_batch(gemm_builder, gemm_weights):
+    io = model_io(load_session(gemm_builder(*gemm_weights)))
+    assert (io.input_name, io.inputs[0].shape, io.output_name) == ("x", ("N", 16), "logits")
+    assert io.inputs[0].dtype == np.float32 and io.output_width == 5 and io.fixed_batch is None
+    unnamed = model_io(load_session(gemm_builder(*gemm_weights, batch=None)))
+    assert unnamed.inputs[0].shape[1:] == (16,) and unnamed.fixed_batch is None
+    fixed = model_io(load_session(gemm_builder(*gemm_weights, batch=4)))
+    assert fixed.inputs[0].shape == (4, 16) and fixed.fixed_batch == 4
 
 
-def test_several_inputs_must_be_named():
+def test_several_inputs_are_fed_by_name_or_fixed():
     session = load_session(_parse(TWO_INPUTS))
-    with pytest.raises(ModelLoadError, match=r"2 inputs \('a', 'b'\).*single input"):
-        classifier_io(session)
-    assert classifier_io(session, input_name="b").input_name == "b"
-    with pytest.raises(UsageError, match="no input named 'c'"):
-        classifier_io(session, input_name="c")
+    io = model_io(session)
+    x = np.ones((3, 4), np.float32)
+    with pytest.raises(DataError, match=r"2 inputs to feed \('a', 'b'\).*one array per input"):
+        Feeds(io.inputs, x)
+    feeds = Feeds(io.inputs, {"a": x, "b": 2 * x})
+    assert set(feeds.batch(0, 2)) == {"a", "b"}
+    fixed = Feeds(io.inputs, x, {"b": [5.0, 6.0, 7.0, 8.0]})
+    np.testing.assert_array_equal(fixed.batch(0, 3)["b"], [[5.0, 6.0, 7.0, 8.0]] * 3)
+    with pytest.raises(DataError, match="no array for model input 'b'.*x_b.*model.inputs.b"):
+        Feeds(io.inputs, {"a": x})
+    with pytest.raises(UsageError, match="'c', which is not a model input"):
+        Feeds(io.inputs, x, {"c": 1.0})
 
 
 def test_several_outputs_picked_by_name_or_class_count():
     session = load_session(_parse(TWO_OUTPUTS))
     with pytest.raises(UsageError, match=r"2 outputs \('feat' \['N', 4\], 'logits'.*--output-name"):
-        classifier_io(session)
-    assert classifier_io(session, num_classes=3).output_name == "logits"
-    assert classifier_io(session, output_name="feat").output_name == "feat"
+        model_io(session)
+    assert model_io(session, num_classes=3).output_name == "logits"
+    assert model_io(session, output_name="feat").output_name == "feat"
     with pytest.raises(UsageError, match="0 of the model's outputs"):
-        classifier_io(session, num_classes=7)
+        model_io(session, num_classes=7)
     with pytest.raises(UsageError, match="did you mean 'logits'"):
-        classifier_io(session, output_name="logit")
+        model_io(session, output_name="logit")
 
 
-def test_non_float_input_is_data_error():
+def test_an_input_type_onnxopt_cannot_feed_is_a_data_error():
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
-        "int_in",
-        [helper.make_tensor_value_info("x", TensorProto.INT8, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "str_in",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N", 4])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
-    with pytest.raises(DataError, match=r"input 'x' has type tensor\(int8\)"):
-        classifier_io(load_session(model))
+    with pytest.raises(DataError, match=r"input 'x' has type tensor\(string\)"):
+        model_io(load_session(model))
 
 
 def test_fused_dequantize_matmul_keeps_float_activations(rng):

@@ -1,0 +1,201 @@
+"""Native crashes contained: a model is opened and run once in a child process first.
+
+A graph that onnxruntime (or OpenVINO) cannot handle sometimes kills the process instead
+of raising (a folded recurrent model made onnxruntime segfault): the command would die with
+no message, a search with it, its finished trials safe in storage but no summary. Before a
+session is created in this process, :func:`check_loads` opens the same model with the same
+options in a child (multiprocessing's ``forkserver``: a clean process, not a fork of this
+multi-threaded one) and runs it once on random inputs. A child killed by a signal becomes a
+:class:`NativeCrash` (an :class:`~onnxopt.errors.EvaluationError`: exit 1, one line naming
+the model and the stage; in a search, a FAIL trial with that reason). Any other outcome
+lets the caller go on: a Python-level refusal is raised again, with onnxopt's message, when
+the caller opens the model itself.
+
+A model's structure (ops, attributes, tensor types and shapes; not the weight values) is
+checked once per process: the candidates of a search that differ only in weights are not
+run twice. The child inherits nothing but the model bytes and the session settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxopt.errors import EvaluationError
+
+TIMEOUT_SECONDS = 600.0
+"""A child that neither finishes nor crashes in this time is stopped and reported."""
+
+_STAGE: contextvars.ContextVar[str] = contextvars.ContextVar("stage", default="")
+_CHECKED: set[str] = set()
+_IN_CHILD = False
+
+
+class NativeCrash(EvaluationError):
+    """The runtime killed the process that opened or ran a model (a native crash)."""
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Name what is being done, for crash messages ("calibrating", "measuring trial 3")."""
+    token = _STAGE.set(name)
+    try:
+        yield
+    finally:
+        _STAGE.reset(token)
+
+
+def structure_key(model: onnx.ModelProto | bytes | Path | str, settings: Any) -> str:
+    """What decides which kernels run: ops, attributes, tensor types and shapes, settings.
+
+    Weight values are left out (the kernels do not depend on them); a file is keyed by its
+    path, size and modification time.
+    """
+    digest = hashlib.sha256(repr(settings).encode())
+    if isinstance(model, bytes):
+        digest.update(hashlib.sha256(model).digest())
+    elif isinstance(model, onnx.ModelProto):
+        _hash_graph(digest, model.graph)
+        for opset in model.opset_import:
+            digest.update(f"{opset.domain}:{opset.version};".encode())
+    else:
+        stat = Path(os.fspath(model)).stat()
+        digest.update(f"{os.fspath(model)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _hash_graph(digest, graph: onnx.GraphProto) -> None:
+    for tensor in graph.initializer:
+        digest.update(f"{tensor.name}:{tensor.data_type}:{list(tensor.dims)};".encode())
+    for value in (*graph.input, *graph.output):
+        digest.update(value.SerializeToString())
+    for node in graph.node:
+        digest.update(f"{node.domain}:{node.op_type}:{list(node.input)}>{list(node.output)}".encode())
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _hash_graph(digest, attr.g)
+            elif attr.type == onnx.AttributeProto.TENSOR:
+                digest.update(f"{attr.name}:{attr.t.data_type}:{list(attr.t.dims)}".encode())
+                if len(attr.t.raw_data) <= 64:  # shapes and axes, not weights
+                    digest.update(attr.t.raw_data)
+            else:
+                digest.update(attr.SerializeToString())
+
+
+def check_loads(
+    model: onnx.ModelProto | bytes | Path | str,
+    settings: dict[str, Any],
+    *,
+    label: str,
+    target: Callable[..., Any] | None = None,
+) -> None:
+    """Open and run ``model`` once in a child process; raise if the child crashed.
+
+    Args:
+        model: The model (a proto is sent serialized; a file by its path).
+        settings: Keyword arguments of the session (threads, optimization level...).
+        label: How the model is named in messages.
+        target: The child's work (default :func:`open_and_run`); tests swap it.
+
+    Raises:
+        NativeCrash: The child was killed by a signal or did not finish in time.
+    """
+    if _IN_CHILD:
+        return
+    key = structure_key(model, settings)
+    if key in _CHECKED:
+        return
+    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    code = run_contained(target or PROBE, payload, settings)
+    if code is not None and code < 0:
+        raise NativeCrash(_crash_message(label, -code))
+    if code is None:
+        raise NativeCrash(
+            f"{label}: the runtime neither finished nor crashed opening and running the model "
+            f"once within {TIMEOUT_SECONDS:.0f} s{_where()}; check the model in onnxruntime "
+            "directly"
+        )
+    _CHECKED.add(key)
+
+
+def run_contained(fn: Callable[..., Any], *args: Any) -> int | None:
+    """Run ``fn(*args)`` in a clean child process.
+
+    Returns:
+        The child's exit code: 0 when ``fn`` returned, 1 when it raised, ``-signal`` when a
+        signal killed it; None when it was stopped after :data:`TIMEOUT_SECONDS`.
+    """
+    process = _context().Process(target=_child, args=(fn, args), daemon=True)
+    process.start()
+    process.join(TIMEOUT_SECONDS)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        return None
+    return process.exitcode
+
+
+def _context():
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["onnxopt.runtime.contained", "onnxruntime"])
+    return context
+
+
+def _child(fn: Callable[..., Any], args: tuple) -> None:
+    global _IN_CHILD
+    _IN_CHILD = True
+    try:
+        fn(*args)
+    except BaseException:  # a refusal: the parent raises it again with its own message
+        os._exit(1)
+    os._exit(0)
+
+
+def open_and_run(model: bytes | Path | str, settings: dict[str, Any]) -> None:
+    """The child's work: the session the parent will create, run once on random inputs."""
+    from onnxopt.runtime.io import random_session_feeds
+
+    settings = dict(settings)
+    backend = settings.pop("backend", "onnxruntime")
+    if backend == "onnxruntime":
+        from onnxopt.runtime.ort import OrtSession, make_session
+
+        session = OrtSession(make_session(model, **settings))
+    else:
+        from onnxopt.runtime import get_backend
+
+        session = get_backend(backend).load(model, **settings)
+    session.run(random_session_feeds(session.inputs))
+
+
+PROBE: Callable[..., Any] = open_and_run
+"""What the child does (module-level so tests can swap in a crashing function)."""
+
+
+def _crash_message(label: str, number: int) -> str:
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    return (
+        f"{label}: the runtime crashed ({name}) opening and running the model{_where()} (in a "
+        "child process; nothing else was lost): the model uses a graph this runtime cannot "
+        "handle; report it to the runtime with the model, or change the rewrite that made it"
+    )
+
+
+def _where() -> str:
+    name = _STAGE.get()
+    return f" while {name}" if name else ""

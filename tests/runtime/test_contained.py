@@ -1,0 +1,131 @@
+"""Native crashes contained: a model that kills the runtime becomes one line, not a dead
+command, and a FAIL trial in a search, which goes on."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+from optuna.trial import TrialState
+
+from onnxopt.cli import main
+from onnxopt.config.search import load_search_config
+from onnxopt.errors import EvaluationError
+from onnxopt.optimizer.search.run import run_search
+from onnxopt.runtime import contained
+from onnxopt.runtime.ort import make_session
+from tests.runtime import native_crash
+
+
+@pytest.fixture(autouse=True)
+def fresh_checks(monkeypatch):
+    """Every test starts with no model checked (the cache would skip the child)."""
+    monkeypatch.setattr(contained, "_CHECKED", set())
+
+
+def _mlp(op: str = "Relu") -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 10)).astype(np.float32), "w")
+    nodes = [helper.make_node(op, ["x"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], [w],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_a_child_killed_by_a_signal_reports_it_and_this_process_lives():
+    assert contained.run_contained(ctypes.string_at, 0) == -signal.SIGSEGV
+    assert contained.run_contained(native_crash.segfault) == -signal.SIGSEGV
+    assert contained.run_contained(int, "7") == 0
+    assert contained.run_contained(int, "not a number") == 1  # raised: not a crash
+
+
+def test_a_crashing_model_is_a_one_line_runtime_error_naming_model_and_stage(monkeypatch):
+    monkeypatch.setattr(contained, "PROBE", native_crash.segfault)
+    with contained.stage("measuring trial 3"), pytest.raises(contained.NativeCrash) as info:
+        make_session(_mlp())
+    text = str(info.value)
+    assert text.startswith("the model: the runtime crashed (SIGSEGV) opening and running")
+    assert "while measuring trial 3" in text and "\n" not in text
+    assert isinstance(info.value, EvaluationError) and info.value.exit_code == 1
+
+
+def test_a_model_is_checked_once_per_structure(monkeypatch):
+    calls = []
+    real = contained.run_contained
+    monkeypatch.setattr(contained, "run_contained", lambda *a: calls.append(1) or real(*a))
+    make_session(_mlp())
+    other_weights = _mlp()
+    other_weights.graph.initializer[0].CopyFrom(
+        numpy_helper.from_array(np.ones((64, 10), np.float32), "w")
+    )
+    make_session(other_weights)  # same ops and types: no second child
+    assert len(calls) == 1
+    make_session(_mlp("Sigmoid"))
+    make_session(_mlp(), threads=2)  # other settings, other kernels
+    assert len(calls) == 3
+
+
+def test_a_refusal_in_the_child_is_raised_with_onnxruntimes_message_here():
+    broken = _mlp()
+    broken.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(EvaluationError) as info:
+        make_session(broken)
+    assert not isinstance(info.value, contained.NativeCrash)
+    assert "NoSuchOp" in str(info.value)
+
+
+def test_a_hanging_child_is_stopped(monkeypatch):
+    monkeypatch.setattr(contained, "PROBE", native_crash.hang)
+    monkeypatch.setattr(contained, "TIMEOUT_SECONDS", 1.0)
+    with pytest.raises(contained.NativeCrash, match="neither finished nor crashed .* within 1 s"):
+        make_session(_mlp())
+
+
+def test_cli_crash_is_one_line_exit_1(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    onnx.save_model(_mlp(), "m.onnx")
+    monkeypatch.setattr(contained, "PROBE", native_crash.segfault)
+    result = CliRunner().invoke(main, ["evaluate", "m.onnx", "--no-latency"])
+    assert result.exit_code == 1, result.output
+    line = result.stderr.strip()
+    assert line.startswith("error: m.onnx: the runtime crashed (SIGSEGV)") and "\n" not in line
+    assert "while preparing" in line or "while measuring m.onnx" in line
+
+
+SEARCH = """
+[search.quantization.by_type.linear]
+data_in_width = [8]
+weight_width = [4, 8]
+bias_width = [8]
+weight_frac_width = ["NA"]
+data_in_frac_width = ["NA"]
+bias_frac_width = ["NA"]
+[search.strategy]
+sampler = "brute-force"
+n_trials = 4
+[search.metrics.accuracy]
+[search.metrics.size]
+"""
+
+
+def test_in_a_search_a_crashing_candidate_is_a_fail_trial(
+    exported_recipe, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(contained, "PROBE", native_crash.segfault_on_4_bit_weights)
+    config = tmp_path / "s.toml"
+    model = exported_recipe("digits-mlp")
+    config.write_text(f'[model]\nonnx = "{model}"\n[data]\ndataset = "digits"\n{SEARCH}')
+    result = run_search(load_search_config(config), run_dir=tmp_path / "run", progress=False)
+    by_width = {t.params["q.by_type.linear.weight_width"]: t for t in result.study.trials}
+    assert by_width[4].state is TrialState.FAIL
+    reason = by_width[4].user_attrs["fail_reason"]
+    assert "NativeCrash" in reason and "crashed (SIGSEGV)" in reason
+    assert "while measuring trial" in reason
+    assert by_width[8].state is TrialState.COMPLETE and result.best
