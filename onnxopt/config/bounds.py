@@ -60,3 +60,7 @@ MAX_LATENCY_MS = 3_600_000.0
 
 MAX_SIZE_BYTES = 2**53
 """A size constraint (8 PiB: every size a float holds exactly)."""
+
+MAX_STORAGE_RETRY_S = 3_600.0
+"""How long a search retries a lost database connection: an hour rides out a server
+upgrade; a worker waiting longer holds its trial for nothing."""

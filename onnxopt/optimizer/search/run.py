@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -16,96 +15,35 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from onnxopt.atomic import atomic_folder, sweep_stale
 from onnxopt.config.search import SearchConfig
-from onnxopt.data.dataset import Dataset
-from onnxopt.errors import UsageError
-from onnxopt.optimizer.evaluate.measure import Measurer
-from onnxopt.optimizer.search.base import load_base, load_data, prepare_run_dir
-from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
+from onnxopt.optimizer.search.context import SearchContext
 from onnxopt.optimizer.search.export import ExportedTrial, export_trial
 from onnxopt.optimizer.search.locks import LATENCY_LOCK, FileLock, trial_slot_lock
-from onnxopt.optimizer.search.measure import Evaluator
 from onnxopt.optimizer.search.objective import (
     Objective,
     objective_directions,
     objective_names,
 )
+from onnxopt.optimizer.search.opening import open_search, precheck, restart
 from onnxopt.optimizer.search.parallel import spawn_workers, stop_workers, wait_workers
 from onnxopt.optimizer.search.pareto import best_trials, is_feasible
-from onnxopt.optimizer.search.space import SearchSpace
 from onnxopt.optimizer.search.study import (
+    N_TRIALS_ATTR,
     STUDY_NAME,
     counted_trials,
     finished_trials,
     load_study,
-    open_storage,
-    open_study,
     recover_interrupted,
     storage_spec,
-    study_exists,
 )
 from onnxopt.optimizer.search.worker import TrialLoop
-from onnxopt.samplers import make_sampler
+
+__all__ = ["SearchContext", "SearchResult", "export_best", "run_search", "run_worker"]
 
 
 def _quiet(_: str) -> None:
     """Discards notes (library callers that do not print)."""
-
-
-@dataclass
-class SearchContext:
-    """Everything trials share: data, base model, candidate builder, space, evaluator."""
-
-    config: SearchConfig
-    run_dir: Path
-    dataset: Dataset
-    builder: CandidateBuilder
-    space: SearchSpace
-    evaluator: Evaluator
-
-    @classmethod
-    def prepare(
-        cls, config: SearchConfig, run_dir: Path, notify: Callable[[str], None] = _quiet
-    ) -> SearchContext:
-        """Load data and base model and build the space (config errors surface here).
-
-        Args:
-            config: The search config.
-            run_dir: The run directory.
-            notify: Receives one line per change made to the user's model.
-        """
-        source = config.model.onnx
-        model_bytes = source.stat().st_size if source is not None and source.is_file() else 0
-        run_dir = prepare_run_dir(run_dir, model_bytes)
-        dataset = load_data(config)
-        base, notes = load_base(config, dataset, run_dir)
-        for note in notes:
-            notify(note)
-        builder = CandidateBuilder(base, dataset, config.search.width)
-        space = SearchSpace.build(config.search, builder.width_space())
-        space.check_points(config.search.strategy.enqueue)
-        s = config.search
-        evaluator = Evaluator(
-            dataset.val, dataset.num_classes, s.evaluation, s.constraints,
-            output_name=config.model.output,
-        )  # fmt: skip
-        return cls(config, run_dir, dataset, builder, space, evaluator)
-
-    def test_measurer(self) -> Measurer:
-        """A measurer on the test split, with the trials' runtime (exported files only)."""
-        ev = self.config.search.evaluation
-        return Measurer(
-            self.dataset.test, num_classes=self.dataset.num_classes,
-            output_name=self.config.model.output, runtime=ev.runtime, threads=ev.threads,
-        )  # fmt: skip
-
-    def base_sha256(self) -> str:
-        """SHA-256 of the serialized base model (workers check they search the same one)."""
-        return model_hash(self.builder.base.SerializeToString())
-
-    def baseline(self) -> dict:
-        """fp32 base model metrics on the validation split (latency included)."""
-        return self.evaluator.measure(self.builder.base).metrics
 
 
 @dataclass
@@ -126,45 +64,6 @@ class SearchResult:
         return objective_names(self.context.config.search)
 
 
-def _open(ctx: SearchContext, spec: str, name: str, *, join: bool, seed_offset: int = 0):
-    """Open (or join) the study; store the config, space and baseline when creating it."""
-    s = ctx.config.search
-    storage = open_storage(spec)
-    # measured before the study exists: a model or data problem leaves no half-made study
-    baseline = None if study_exists(storage, name) else ctx.baseline()
-    sampler = make_sampler(s.strategy.sampler, s.strategy.seed + seed_offset)
-    # One worker at a time: the first to get here creates the study, stores its attrs and
-    # enqueues the fixed points; the others wait, then check they search the same thing.
-    with trial_slot_lock(spec, storage, name):
-        study, created = open_study(storage, name, objective_directions(s), sampler, join=join)
-        if created or "baseline" not in study.user_attrs:
-            study.set_user_attr("config", ctx.config.model_dump(mode="json"))
-            study.set_user_attr("space", ctx.space.as_dict())
-            study.set_user_attr("data_fingerprint", ctx.dataset.fingerprint())
-            study.set_user_attr("base_sha256", ctx.base_sha256())
-            study.set_user_attr("objectives", objective_names(s))
-            for point in s.strategy.enqueue:
-                study.enqueue_trial(ctx.space.encode(point), skip_if_exists=True)
-            study.set_user_attr("baseline", baseline or ctx.baseline())  # last: marks it done
-        else:
-            _check_same_search(study, ctx)
-    return study, storage
-
-
-def _check_same_search(study: optuna.Study, ctx: SearchContext) -> None:
-    if study.user_attrs.get("data_fingerprint") != ctx.dataset.fingerprint():
-        raise UsageError("the data differ from the stored study's; use the same data files")
-    if study.user_attrs.get("space") != json.loads(json.dumps(ctx.space.as_dict())):
-        raise UsageError("the config's search space differs from the stored study's")
-    stored = study.user_attrs.get("base_sha256")
-    if stored is not None and stored != ctx.base_sha256():
-        raise UsageError(
-            f"the base model differs from the stored study's (sha256 {stored[:12]}...); give "
-            "every worker the same model file (an ONNX file, rather than a recipe trained on "
-            "each machine)"
-        )
-
-
 def _limit(ctx: SearchContext) -> int:
     """n_trials, or the number of points when brute force visits each once."""
     strategy = ctx.config.search.strategy
@@ -173,13 +72,16 @@ def _limit(ctx: SearchContext) -> int:
     return strategy.n_trials
 
 
-def _loop(ctx: SearchContext, study, storage, spec: str, name: str, callbacks=()) -> int:
+def _loop(
+    ctx: SearchContext, study, storage, spec: str, name: str, callbacks=(), limit=None
+) -> int:
     evaluator = ctx.evaluator.for_trials(
         study.user_attrs["baseline"]["accuracy"], FileLock(ctx.run_dir / LATENCY_LOCK)
     )
     objective = Objective(ctx.space, ctx.builder, evaluator)
     loop = TrialLoop(
-        study, storage, objective, _limit(ctx), slot_lock=trial_slot_lock(spec, storage, name),
+        study, storage, objective, _limit(ctx) if limit is None else limit,
+        slot_lock=trial_slot_lock(spec, storage, name),
         timeout=ctx.config.search.strategy.timeout, callbacks=callbacks,
     )  # fmt: skip
     if ctx.config.search.strategy.workers == 1:
@@ -199,8 +101,10 @@ def run_search(
     study_name: str | None = None,
     resume: bool = False,
     reclaim: bool = False,
+    restart: bool = False,
     progress: bool = True,
     notify: Callable[[str], None] = _quiet,
+    say: Callable[[str], None] = _quiet,
 ) -> SearchResult:
     """Run (or resume, or join) the search of ``config`` until n_trials have finished.
 
@@ -215,24 +119,42 @@ def run_search(
         resume: Continue the stored study (trials a kill interrupted are re-run).
         reclaim: Also re-run trials left RUNNING by workers on other hosts (only when no
             other worker is running).
+        restart: Move the run directory's previous search aside first (and allow --resume
+            to find none).
         progress: Show a progress bar with the best values so far.
-        notify: Receives one line per change made to the user's model.
+        notify: Receives one line per change made to the user's model or the storage.
+        say: Receives progress lines (training, baseline, ...).
 
     Raises:
-        ConfigError, UsageError: Before any trial runs, for a config or storage problem.
+        ConfigError, UsageError: Before anything is written, for a config or storage
+            problem (a refused command changes nothing on disk).
         OnnxoptError: When a worker process fails.
     """
     start = time.perf_counter()
-    ctx = SearchContext.prepare(config, run_dir, notify)
     spec = storage_spec(run_dir, storage)
     name = study_name or STUDY_NAME
-    study, store = _open(ctx, spec, name, join=resume or study_name is not None)
+    join = resume or study_name is not None or restart
+    if restart:
+        moved = _restart(run_dir, spec, name, own_journal=storage is None)
+        if moved is not None:
+            say(f"moved the previous search to {moved}")
+    retry_s = config.search.storage.retry_s
+    stored = precheck(spec, name, resume=resume and not restart, join=join, retry_s=retry_s)
+    ctx = SearchContext.prepare(
+        config, run_dir, notify, expected_sha256=stored.base_sha256, progress=say
+    )
+    limit = _limit(ctx)
+    study, store = open_search(
+        ctx, spec, name, join=join, limit=limit, storage=stored.storage, notify=notify,
+        baseline=lambda: _measure_baseline(ctx, say),
+    )  # fmt: skip
     with trial_slot_lock(spec, store, name):  # no live worker is between ask and its tag
         recovered = recover_interrupted(study, store, foreign=reclaim)
-    children = spawn_workers(config.search.strategy.workers - 1, ctx.run_dir, spec, name)
+    left = max(limit - counted_trials(study), 0)
+    helpers = min(config.search.strategy.workers - 1, max(left - 1, 0))
+    children = spawn_workers(helpers, ctx.run_dir, spec, name)
     try:
-        total = max(_limit(ctx) - counted_trials(study), 0)
-        with _Progress(total, ctx, progress, len(finished_trials(study))) as bar:
+        with _Progress(left, ctx, progress, len(finished_trials(study))) as bar:
             _loop(ctx, study, store, spec, name, callbacks=[bar])
     except BaseException:
         stop_workers(children)
@@ -246,10 +168,22 @@ def run_search(
     )  # fmt: skip
 
 
+def _restart(run_dir: Path, spec: str, name: str, *, own_journal: bool) -> Path | None:
+    return restart(Path(run_dir), spec, name, own_journal=own_journal)
+
+
+def _measure_baseline(ctx: SearchContext, say: Callable[[str], None]) -> dict:
+    say("measuring the fp32 baseline on the validation split")
+    baseline = ctx.baseline()
+    say(f"fp32 baseline: accuracy {baseline['accuracy']:.4f}, {int(baseline['size']):,} bytes")
+    return baseline
+
+
 def run_worker(run_dir: Path, storage: str, study_name: str, index: int) -> int:
     """A worker process of ``--workers``: join the study and run trials (no outputs).
 
-    The config comes from the study itself, so every worker searches the same space.
+    The config comes from the study itself, so every worker searches the same space, up to
+    the study's current target (``n_trials`` of the run that started it).
 
     Returns:
         How many trials this worker finished.
@@ -257,25 +191,52 @@ def run_worker(run_dir: Path, storage: str, study_name: str, index: int) -> int:
     from onnxopt.config.base import validate
 
     stored = load_study(storage, study_name)
-    config = validate(SearchConfig, stored.user_attrs["config"], source=storage)
-    ctx = SearchContext.prepare(config, run_dir)
-    study, store = _open(ctx, storage, study_name, join=True, seed_offset=index)
-    return _loop(ctx, study, store, storage, study_name)
+    attrs = stored.user_attrs
+    config = validate(SearchConfig, attrs["config"], source=storage)
+    ctx = SearchContext.prepare(config, run_dir, expected_sha256=attrs.get("base_sha256"))
+    limit = attrs.get(N_TRIALS_ATTR, _limit(ctx))
+    study, store = open_search(
+        ctx, storage, study_name, join=True, limit=limit, seed_offset=index, set_target=False
+    )
+    return _loop(ctx, study, store, storage, study_name, limit=limit)
 
 
-def export_best(result: SearchResult, *, ort_format: bool = True) -> list[ExportedTrial]:
-    """Rebuild and write every best trial into ``run_dir/pareto``."""
+def export_best(
+    result: SearchResult, *, ort_format: bool = True, say: Callable[[str], None] = _quiet
+) -> list[ExportedTrial]:
+    """Rebuild and write every best trial into ``run_dir/pareto``.
+
+    The files are written into a temporary folder that then replaces ``pareto/`` whole: the
+    folder holds exactly the current best set (no file of an earlier, larger set stays
+    behind), and a kill during the export leaves the previous folder as it was.
+    """
     ctx = result.context
     test = ctx.test_measurer()
     folder = ctx.run_dir / "pareto"
+    sweep_stale(ctx.run_dir)
     plan = ctx.evaluator.plan
-    result.exported = [
-        export_trial(
-            t, ctx.space, ctx.builder, test, folder, latency=plan, ort_format=ort_format,
-            export=ctx.config.search.export, preprocessing=ctx.dataset.preprocessing,
-        )  # fmt: skip
-        for t in result.best
-    ]
+    exported = []
+    with atomic_folder(folder) as staging:
+        for i, t in enumerate(result.best, start=1):
+            say(f"exporting trial {t.number} ({i}/{len(result.best)}): .onnx, .ort, card; "
+                "measuring on the test split")  # fmt: skip
+            exported.append(export_trial(
+                t, ctx.space, ctx.builder, test, staging, latency=plan, ort_format=ort_format,
+                export=ctx.config.search.export, preprocessing=ctx.dataset.preprocessing,
+                final_folder=folder,
+            ))  # fmt: skip
+    result.exported = exported
+    return result.exported
+
+
+def exports_on_disk(result: SearchResult) -> list[ExportedTrial]:
+    """``--no-export``: the best trials' exports that an earlier run left in ``pareto/`` (so
+    report.json keeps describing the files on disk)."""
+    from onnxopt.optimizer.search.export import read_exported
+
+    folder = result.context.run_dir / "pareto"
+    found = (read_exported(folder, t) for t in result.best)
+    result.exported = [e for e in found if e is not None]
     return result.exported
 
 
