@@ -180,6 +180,9 @@ class Strategy(StrictModel):
     workers: StrictInt = Field(1, ge=1, le=bounds.MAX_WORKERS)
     enqueue: tuple[dict[str, float | int | str], ...] = ()
     """Points to evaluate first (parameter name -> value, as stored in the study)."""
+    exhaust_small_spaces: StrictBool = True
+    """A space of at most ``n_trials`` points is searched by brute force (each point once),
+    whatever the sampler: a sampler would revisit points and could miss some."""
 
 
     @model_validator(mode="after")

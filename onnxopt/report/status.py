@@ -151,7 +151,8 @@ def _n_trials(attrs: dict[str, Any]) -> int:
     config, space = attrs["config"], attrs.get("space", {})
     # the stored config is the validated model dump, so these keys exist
     strategy = config["search"]["strategy"]
-    if strategy["sampler"] == "brute-force" and "size" in space:
+    sampler = space.get("sampler", strategy["sampler"])
+    if sampler == "brute-force" and "size" in space:
         return min(strategy["n_trials"], space["size"])
     return strategy["n_trials"]
 

@@ -254,7 +254,10 @@ def cut_half_written(path: Path, lock: Callable[[], Any]) -> bytes:
 def cut_note(path: Path, cut: bytes, storage: BaseStorage) -> str:
     """What a cut half-written record was about, for the user (which trial lost an update)."""
     match = _TRIAL_ID.search(cut)
-    about = "a study-level write or a trial being created"
+    about = (
+        "it names no trial (a study-level write, a trial being created, or its trial id was "
+        "cut off); a trial it left unfinished runs again"
+    )
     if match:
         try:
             number = storage.get_trial(int(match.group(1))).number

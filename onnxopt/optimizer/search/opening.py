@@ -158,7 +158,7 @@ def open_search(
     storage = storage or open_storage(spec, retry_s=s.storage.retry_s, notify=notify)
     if first is None and not study_exists(storage, name):
         first = measure()
-    sampler = make_sampler(s.strategy.sampler, s.strategy.seed + seed_offset)
+    sampler = make_sampler(ctx.space.sampler, s.strategy.seed + seed_offset, ctx.space.shape(limit))
     # One worker at a time: the first to get here creates the study, stores its attrs and
     # enqueues the fixed points; the others wait, then check they search the same thing.
     with trial_slot_lock(spec, storage, name):
@@ -195,7 +195,10 @@ def check_same_search(study: optuna.Study, ctx: SearchContext, *, space: bool = 
     """
     if study.user_attrs.get("data_fingerprint") != ctx.dataset.fingerprint():
         raise UsageError("the data differ from the stored study's; use the same data files")
-    if space and study.user_attrs.get("space") != json.loads(json.dumps(ctx.space.as_dict())):
+    keys = ("dimensions", "fixed", "ordinal")
+    stored_space = {k: (study.user_attrs.get("space") or {}).get(k) for k in keys}
+    ours = json.loads(json.dumps({k: ctx.space.as_dict()[k] for k in keys}))
+    if space and stored_space != ours:
         raise UsageError("the config's search space differs from the stored study's")
     stored = study.user_attrs.get("base_sha256")
     if stored is not None and stored != ctx.base_sha256():

@@ -67,7 +67,7 @@ class SearchResult:
 def _limit(ctx: SearchContext) -> int:
     """n_trials, or the number of points when brute force visits each once."""
     strategy = ctx.config.search.strategy
-    if strategy.sampler == "brute-force":
+    if ctx.space.sampler == "brute-force":
         return min(strategy.n_trials, ctx.space.size)
     return strategy.n_trials
 

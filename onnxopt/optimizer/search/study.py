@@ -196,13 +196,16 @@ def recover_interrupted(
         How many trials were recovered.
     """
     count = 0
+    dimensions = set((study.user_attrs.get("space") or {}).get("dimensions", {}))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER)
         # no worker tag: killed between ask and tagging (callers hold the trial slot lock)
         alive = worker_alive(worker) if worker else False
         if alive or (alive is None and not foreign):
             continue
-        if mark_interrupted(study, storage, trial.number, trial.params):
+        # a trial killed while its params were sampled holds only some: not queued again
+        params = trial.params if dimensions <= set(trial.params) else {}
+        if mark_interrupted(study, storage, trial.number, params):
             count += 1
     return count
 
@@ -271,6 +274,11 @@ def resolve_source(source: str) -> str:
     if is_url(source):
         return source
     path = Path(source)
+    if path.is_dir() and path.name == JOURNAL_FILE:
+        raise UsageError(
+            f"{path} is a folder, not a journal file; move it away, or restore the journal "
+            "from a backup"
+        )
     if path.is_dir():
         journal = path / JOURNAL_FILE
         if journal.is_dir():

@@ -108,7 +108,8 @@ class TrialLoop:
         with contextlib.suppress(Exception):
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if t.user_attrs.get(WORKER) in (None, self.worker):
-                    mark_interrupted(self.study, self.storage, t.number, dict(t.params))
+                    # its params may be half sampled: the sampler picks the point again
+                    mark_interrupted(self.study, self.storage, t.number, {})
 
     def _finish(self, trial: optuna.Trial, choice) -> None:
         try:
