@@ -143,7 +143,7 @@ def run_search(
     ctx = SearchContext.prepare(
         config, run_dir, notify, expected_sha256=stored.base_sha256, progress=say
     )
-    limit = _limit(ctx)
+    limit = _target(ctx, stored.attrs)
     study, store = open_search(
         ctx, spec, name, join=join, limit=limit, storage=stored.storage, notify=notify,
         baseline=lambda: _measure_baseline(ctx, say),
@@ -166,6 +166,18 @@ def run_search(
         ctx, study, study.user_attrs["baseline"], best, time.perf_counter() - start, recovered,
         spec,
     )  # fmt: skip
+
+
+def _target(ctx: SearchContext, attrs: dict | None) -> int:
+    """The trial target: the config's (after --n-trials), or, when that is the n_trials the
+    study was made with, the study's current one (a resume keeps an earlier --n-trials)."""
+    limit = _limit(ctx)
+    if not attrs or not isinstance(attrs.get(N_TRIALS_ATTR), int):
+        return limit
+    made_with = (attrs.get("config") or {}).get("search", {}).get("strategy", {}).get("n_trials")
+    if made_with == ctx.config.search.strategy.n_trials:
+        return attrs[N_TRIALS_ATTR]
+    return limit
 
 
 def _restart(run_dir: Path, spec: str, name: str, *, own_journal: bool) -> Path | None:
