@@ -11,6 +11,9 @@
 # run as root, so as root the server runs as the `postgres` user the package creates.
 # When no server can be set up the command still runs, without the URL: the PostgreSQL test
 # then skips locally and fails under CI=1 (it names this script).
+# It also exports ONNXOPT_TEST_POSTGRES_CTL, a script that stops and starts that server
+# (`ctl stop` = pg_ctl stop -m fast, `ctl start`, `ctl kill` = SIGKILL to the postmaster):
+# the restart tests take the server away under a running search.
 # ONNXOPT_TEST_POSTGRES_URL already set: that server is used, nothing is started.
 # ONNXOPT_CI_POSTGRES=0: start nothing.
 set -uo pipefail
@@ -95,7 +98,38 @@ start_postgres() {
     PGPASSWORD=$password "$bin/createdb" -h 127.0.0.1 -p "$port" -U "$PG_USER" "$PG_DB" ||
         { note "createdb failed"; return 1; }
     export ONNXOPT_TEST_POSTGRES_URL="postgresql://$PG_USER:$password@127.0.0.1:$port/$PG_DB"
+    write_ctl "$port" && export ONNXOPT_TEST_POSTGRES_CTL="$PG_TMP/ctl"
     note "PostgreSQL $("$bin/pg_ctl" --version | awk '{print $3}') on 127.0.0.1:$port, database $PG_DB"
+}
+
+write_ctl() {
+    # $PG_TMP/ctl stop|start|kill: the restart tests stop and start this server
+    local port=$1 run_as="" pg_ctl data
+    [[ ${#PG_RUN_AS[@]} -eq 0 ]] || run_as=$(printf '%q ' "${PG_RUN_AS[@]}")
+    pg_ctl=$(printf '%q' "$PG_BIN/pg_ctl")
+    data=$(printf '%q' "$PG_TMP/data")
+    cat >"$PG_TMP/ctl" <<CTL || return 1
+#!/usr/bin/env bash
+# stop | start | kill the throwaway PostgreSQL server of .ci/postgres.sh
+set -uo pipefail
+cd /
+case "\${1:-}" in
+    stop) $run_as$pg_ctl -D $data -m fast -w -t 60 stop ;;
+    start) $run_as$pg_ctl -D $data -l $data/server.log -w -t 60 \\
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $data -c fsync=off" start ;;
+    kill)  # the postmaster and its backends, as an OOM killer or a crash would
+        pid=\$(head -1 $data/postmaster.pid)
+        children=\$(pgrep -P "\$pid" || true)
+        kill -KILL "\$pid" \$children 2>/dev/null
+        for _ in \$(seq 100); do
+            kill -0 "\$pid" \$children 2>/dev/null || exit 0
+            sleep 0.1
+        done
+        exit 1 ;;
+    *) echo "usage: \$0 stop|start|kill" >&2; exit 2 ;;
+esac
+CTL
+    chmod 755 "$PG_TMP/ctl"
 }
 
 stop_postgres() {

@@ -720,31 +720,44 @@ def _sigterm_interrupts():
     is_flag=True,
     help="Also re-run trials left RUNNING by workers on other hosts (none may still run).",
 )
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Move the run directory's previous search (study, base model, outputs) into "
+    "previous-<time>/ and start anew.",
+)
 @click.option("--n-trials", type=click.IntRange(min=1), help="Override strategy.n_trials.")
 @click.option("--no-export", is_flag=True, help="Skip exporting the best models and plots.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of a table.")
 def search_cmd(
-    config_path, run_dir, storage, study_name, workers, resume, reclaim, n_trials, no_export,
-    no_progress, as_json,
+    config_path, run_dir, storage, study_name, workers, resume, reclaim, restart, n_trials,
+    no_export, no_progress, as_json,
 ):  # fmt: skip
     """Search quantization and width choices of a model with Optuna (CONFIG_PATH: TOML)."""
     from onnxopt.config.search import load_search_config
-    from onnxopt.optimizer.search.run import export_best, run_search
+    from onnxopt.optimizer.search.run import export_best, exports_on_disk, run_search
     from onnxopt.report.search_plots import write_plots
     from onnxopt.report.search_report import report_dict, summary, write_reports
 
     config = load_search_config(config_path, n_trials=n_trials, workers=workers)
     run_dir = run_dir or Path("runs") / config_path.stem
+
+    def say(line: str) -> None:
+        if not as_json:
+            click.echo(line, err=True)
+
     with _sigterm_interrupts():
         result = run_search(
             config, run_dir=run_dir, storage=storage, study_name=study_name, resume=resume,
-            reclaim=reclaim, progress=not no_progress,
-            notify=lambda note: _print_notes([note]),
+            reclaim=reclaim, restart=restart, progress=not no_progress,
+            notify=lambda note: _print_notes([note]), say=say,
         )  # fmt: skip
-    if not no_export:
-        export_best(result)
-        write_plots(result)
+        if no_export:
+            exports_on_disk(result)
+        else:
+            export_best(result, say=say)
+            write_plots(result)
     write_reports(result)
     if as_json:
         click.echo(json.dumps(report_dict(result), indent=2))

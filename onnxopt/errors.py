@@ -47,6 +47,15 @@ class EvaluationError(OnnxoptError):
     """onnxruntime refused or failed to run a model."""
 
 
+class StorageDamagedError(UsageError):
+    """A study storage file onnxopt cannot read (a damaged record, an empty or foreign file);
+    the message names the file, the record and the way to recover."""
+
+
+class StorageUnavailableError(OnnxoptError):
+    """The study's database stayed unreachable for longer than the retry budget."""
+
+
 class CandidateError(OnnxoptError):
     """A search candidate that could not be built or measured; its trial fails with this
     reason and the search goes on (only onnxopt and runtime errors become one)."""

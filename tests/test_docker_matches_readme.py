@@ -239,15 +239,15 @@ def test_compose_workers_search_one_postgres_study(compose):
 
 
 def test_compose_workers_have_their_own_identity_and_run_directory(compose):
-    """On the host's network every container has the host's name; onnxopt tells workers
-    apart (and finds dead ones) by host and pid, so they run in the host's pid namespace and
-    name their run directory after their pid ($$ is the shell's, kept by exec)."""
-    worker = compose["services"]["worker"]
-    assert worker["pid"] == "host"
-    assert compose["services"]["onnxopt"]["pid"] == "host"  # status tells live from gone
-    (command,) = worker["command"]
+    """On the host's network every container has the host's name, and each its own pid
+    namespace (pid 1 in each): onnxopt's worker ids carry the pid namespace, so the containers
+    need no `pid: host`; each worker makes its own run directory (mktemp: the pid is no longer
+    unique)."""
+    for name, service in compose["services"].items():
+        assert "pid" not in service, name
+    (command,) = compose["services"]["worker"]["command"]
     assert command.startswith("exec onnxopt search ")
-    assert "--run-dir /runs/$$(hostname)-$$$$ " in command
+    assert '--run-dir "$$(mktemp -d "/runs/$$(hostname)-XXXXXX")" ' in command
 
 
 def test_ci_builds_and_runs_the_docker_files():

@@ -66,3 +66,7 @@ MAX_TOP_K = 1_000
 
 MAX_METRIC_DROP = 1e12
 """A ``max_metric_drop`` limit, in the metric's own units (mse may be large)."""
+
+MAX_STORAGE_RETRY_S = 3_600.0
+"""How long a search retries a lost database connection: an hour rides out a server
+upgrade; a worker waiting longer holds its trial for nothing."""

@@ -40,6 +40,9 @@ TOML shape (``onnxopt search CONFIG.toml``)::
     max_latency_ms = 1.0           # batch-1 median
     max_size_bytes = 40000
 
+    [search.storage]               # a database storage (--storage URL) that restarts
+    retry_s = 60                   # a lost connection is retried this long, then --resume
+
     [search.export]                # what each exported (Pareto / selected) trial is written as
     formats = ["onnx", "ort"]      # also "qonnx", "hls4ml" (the fpga extra)
     [search.export.hls4ml]         # onnxopt.config.fpga.Hls4mlOptions
@@ -180,6 +183,9 @@ class Strategy(StrictModel):
     workers: StrictInt = Field(1, ge=1, le=bounds.MAX_WORKERS)
     enqueue: tuple[dict[str, float | int | str], ...] = ()
     """Points to evaluate first (parameter name -> value, as stored in the study)."""
+    exhaust_small_spaces: StrictBool = True
+    """A space of at most ``n_trials`` points is searched by brute force (each point once),
+    whatever the sampler: a sampler would revisit points and could miss some."""
 
 
     @model_validator(mode="after")
@@ -261,6 +267,14 @@ class SearchExport(StrictModel):
         return value
 
 
+class StorageOptions(StrictModel):
+    """``[search.storage]``: how a database storage (``--storage URL``) rides out a restart."""
+
+    retry_s: StrictFloat = Field(60.0, ge=0, le=bounds.MAX_STORAGE_RETRY_S)
+    """Seconds a call that lost its connection is retried (with backoff) before the worker
+    gives up; ``--resume`` continues after that."""
+
+
 class Search(StrictModel):
     """The ``[search]`` table."""
 
@@ -271,6 +285,7 @@ class Search(StrictModel):
     constraints: Constraints = Constraints()
     evaluation: Evaluation = Evaluation()
     export: SearchExport = SearchExport()
+    storage: StorageOptions = StorageOptions()
 
     @field_validator("metrics")
     @classmethod

@@ -18,8 +18,10 @@ from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.pareto import best_trials
 from onnxopt.optimizer.search.study import (
     FINISHED,
+    N_TRIALS_ATTR,
     STUDY_NAME,
     WORKER,
+    WorkerId,
     is_interrupted,
     load_study,
     redact,
@@ -38,13 +40,13 @@ class WorkerStatus:
     running: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        host, pid, start = self.worker.rsplit(":", 2)
+        who = WorkerId.parse(self.worker)
         alive = worker_alive(self.worker)
         return {
-            "worker": self.worker, "host": host, "pid": int(pid),
-            "started": dt.datetime.fromtimestamp(float(start)).isoformat(timespec="seconds"),
+            "worker": self.worker, "host": who.host, "pid": who.pid, "pid_namespace": who.pidns,
+            "started": dt.datetime.fromtimestamp(float(who.start)).isoformat(timespec="seconds"),
             "finished": self.finished, "running": self.running,
-            "alive": alive,  # None: another host, this machine cannot tell
+            "alive": alive,  # None: another host or container, this process cannot tell
         }  # fmt: skip
 
 
@@ -93,7 +95,7 @@ class StudyStatus:
             f"workers seen: {len(self.workers)}",
         ]
         for w in map(WorkerStatus.as_dict, self.workers):
-            alive = {True: "alive", False: "gone", None: "other host"}[w["alive"]]
+            alive = {True: "alive", False: "gone", None: "other host or container"}[w["alive"]]
             lines.append(
                 f"  {w['host']} pid {w['pid']} (started {w['started']}, {alive}): "
                 f"{w['finished']} finished, {w['running']} running"
@@ -142,10 +144,15 @@ def _workers(trials: list[FrozenTrial]) -> list[WorkerStatus]:
     return list(seen.values())
 
 
-def _n_trials(config: dict[str, Any], space: dict[str, Any]) -> int:
+def _n_trials(attrs: dict[str, Any]) -> int:
+    """The study's current target: what the last run set (``--n-trials``), else the config's."""
+    if isinstance(attrs.get(N_TRIALS_ATTR), int):
+        return attrs[N_TRIALS_ATTR]
+    config, space = attrs["config"], attrs.get("space", {})
     # the stored config is the validated model dump, so these keys exist
     strategy = config["search"]["strategy"]
-    if strategy["sampler"] == "brute-force" and "size" in space:
+    sampler = space.get("sampler", strategy["sampler"])
+    if sampler == "brute-force" and "size" in space:
         return min(strategy["n_trials"], space["size"])
     return strategy["n_trials"]
 
@@ -170,7 +177,7 @@ def study_status(source: str, study_name: str | None = None) -> StudyStatus:
     directions = [d.name.lower() for d in study.directions]
     return StudyStatus(
         study=name, storage=redact(spec), counts=_counts(trials),
-        n_trials=_n_trials(attrs["config"], attrs.get("space", {})),
+        n_trials=_n_trials(attrs),
         objectives=attrs.get("objectives", []), baseline=attrs.get("baseline"),
         best=_best(trials, directions, search), workers=_workers(trials),
     )  # fmt: skip

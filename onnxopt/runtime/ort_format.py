@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +49,28 @@ def save_ort_format(onnx_path: Path, ort_path: Path) -> OrtArtifacts:
     Raises:
         ExportError: onnxruntime could not load or convert the model.
     """
+    onnx_path, ort_path = Path(onnx_path), Path(ort_path)
+    config_path = ort_path.with_name(ort_path.stem + CONFIG_SUFFIX)
+    try:
+        str(ort_path).encode("utf-8")
+    except UnicodeEncodeError:
+        # onnxruntime and its config generator take paths as UTF-8 text: write both files
+        # in a folder with a plain name, then copy their bytes to the real names
+        with tempfile.TemporaryDirectory(prefix="onnxopt-ort-") as folder:
+            made = _save(onnx_path, Path(folder) / "model.ort")
+            with atomic_path(ort_path) as tmp:
+                shutil.copyfile(made.model, tmp)
+            with atomic_path(config_path) as tmp:
+                shown = str(ort_path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                text = made.operators.read_text().replace(str(made.model), shown)
+                tmp.write_text(text)
+        return OrtArtifacts(ort_path, config_path)
+    return _save(onnx_path, ort_path)
+
+
+def _save(onnx_path: Path, ort_path: Path) -> OrtArtifacts:
     from onnxruntime.tools.ort_format_model import create_config_from_models
 
-    onnx_path, ort_path = Path(onnx_path), Path(ort_path)
     config_path = ort_path.with_name(ort_path.stem + CONFIG_SUFFIX)
     with atomic_path(ort_path) as tmp:
         make_session(
@@ -56,7 +78,9 @@ def save_ort_format(onnx_path: Path, ort_path: Path) -> OrtArtifacts:
             config={"session.save_model_format": "ORT", "session.qdqisint8allowed": "0"},
             disabled_optimizers=PORTABLE_EXCLUDED, error=ExportError,
         )  # fmt: skip
-    # the converter's config generator reads the finished file (its header names it)
+    # the converter's config generator reads the finished file (its header names it); it
+    # logs every file at INFO level on a handler of its own
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
     with atomic_path(config_path) as cfg, contextlib.redirect_stdout(io.StringIO()):
         create_config_from_models([ort_path], Path(cfg), enable_type_reduction=True)
     return OrtArtifacts(ort_path, config_path)

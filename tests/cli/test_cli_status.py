@@ -107,7 +107,7 @@ def test_status_json_matches_the_study(run_dir):
 def test_status_counts_running_and_interrupted_trials(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    study = load_study(str(copy / JOURNAL_FILE))
+    study = load_study(str(copy / JOURNAL_FILE), read_only=False)
     running = study.ask()
     running.set_user_attr(WORKER, this_worker())
     killed = study.ask()

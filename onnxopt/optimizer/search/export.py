@@ -105,6 +105,7 @@ def export_trial(
     export: SearchExport | None = None,
     strict: bool = False,
     preprocessing: tuple[dict[str, Any], ...] = (),
+    final_folder: Path | None = None,
 ) -> ExportedTrial:
     """Rebuild one trial's candidate, write its files and measure them on the test split.
 
@@ -120,6 +121,8 @@ def export_trial(
         export: The config's ``[search.export]``: QONNX / hls4ml files too.
         strict: Fail on a QONNX / hls4ml problem instead of recording it.
         preprocessing: The dataset's preprocessing steps (for the deployment card).
+        final_folder: Where ``folder`` will be moved once every trial is written (the
+            paths reported name that folder).
     """
     candidate = builder.build(space, space.decode(trial.params))
     stem = Path(folder) / f"trial_{trial.number:04d}"
@@ -147,6 +150,24 @@ def export_trial(
         versions={k: v for k, v in package_versions().items() if v},
     )  # fmt: skip
     card_path, _ = write_card(card, stem)
+    final = Path(final_folder) if final_folder is not None else Path(folder)
+
+    def moved(path: Path | None) -> Path | None:
+        return None if path is None else final / path.name
+
+    exported = ExportedTrial(
+        number=trial.number,
+        onnx_path=final / onnx_path.name,
+        ort_path=moved(ort_path),
+        operators_path=moved(operators),
+        config_path=final / stem.with_suffix(".json").name,
+        artifacts=figures,
+        hash_matches=model_hash(onnx_path.read_bytes()) == trial.user_attrs.get("model_sha256"),
+        ort_matches_onnx=same,
+        fpga=_relocated(fpga, Path(folder), final),
+        card_path=moved(card_path),
+        verified=None if verified is None else verified.as_dict(),
+    )
     info = {
         "trial": trial.number,
         "params": dict(trial.params),
@@ -155,25 +176,53 @@ def export_trial(
         "test_metrics": figures,
         "ort_matches_onnx": same,
         "verified": None if verified is None else verified.as_dict(),
+        "model_sha256": trial.user_attrs.get("model_sha256"),
         # kept for readers of earlier reports
         "test_accuracy": figures["onnx"]["accuracy"],
         "test_loss": figures["onnx"]["loss"],
-        **({"fpga": fpga} if fpga else {}),
+        **({"fpga": exported.fpga} if fpga else {}),
+        "export": exported.as_dict(),
     }
-    config_path = write_text(stem.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+    write_text(stem.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+    return exported
+
+
+def _relocated(value: Any, old: Path, new: Path) -> Any:
+    """``value`` with every path string under ``old`` moved under ``new``."""
+    if isinstance(value, dict):
+        return {k: _relocated(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocated(v, old, new) for v in value]
+    if isinstance(value, str) and value.startswith(str(old)):
+        return str(new) + value[len(str(old)) :]
+    return value
+
+
+def read_exported(folder: Path, trial: FrozenTrial) -> ExportedTrial | None:
+    """The export of ``trial`` already on disk in ``folder`` (its ``trial_<n>.json``), when
+    it is the same model (same sha256) and its files are still there; else None."""
+    path = Path(folder) / f"trial_{trial.number:04d}.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        data = info["export"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if info.get("model_sha256") != trial.user_attrs.get("model_sha256"):
+        return None
+    onnx_path = Path(data["onnx_path"])
+    if not onnx_path.is_file():
+        return None
+
+    def path_of(key: str) -> Path | None:
+        return None if data.get(key) is None else Path(data[key])
+
     return ExportedTrial(
-        number=trial.number,
-        onnx_path=onnx_path,
-        ort_path=ort_path,
-        operators_path=operators,
-        config_path=config_path,
-        artifacts=figures,
-        hash_matches=model_hash(onnx_path.read_bytes()) == trial.user_attrs.get("model_sha256"),
-        ort_matches_onnx=same,
-        fpga=fpga,
-        card_path=card_path,
-        verified=None if verified is None else verified.as_dict(),
-    )
+        number=trial.number, onnx_path=onnx_path, ort_path=path_of("ort_path"),
+        operators_path=path_of("operators_path"), config_path=path,
+        artifacts=data["artifacts"], hash_matches=data["hash_matches"],
+        ort_matches_onnx=data["ort_matches_onnx"], fpga=data.get("fpga"),
+        card_path=path_of("card_path"), verified=data.get("verified"),
+    )  # fmt: skip
 
 
 def _verify(onnx_path: Path, test: Measurer) -> VerifyReport | None:

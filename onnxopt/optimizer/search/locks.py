@@ -48,30 +48,55 @@ class FileLock:
 
 
 class PostgresAdvisoryLock:
-    """``pg_advisory_lock`` held on one connection of an engine (the storage's)."""
+    """``pg_advisory_lock`` held on one connection of an engine (the storage's).
 
-    def __init__(self, engine, key: str) -> None:
+    Taking it retries a lost or refused connection like every storage call (a server
+    restart); a server that dropped the session released the lock with it, so releasing
+    then is a no-op.
+    """
+
+    def __init__(self, engine, key: str, retry_s: float | None = None) -> None:
+        from onnxopt.optimizer.search.storage import DEFAULT_RETRY_S
+
         self.engine = engine
         self.lock_id = zlib.crc32(key.encode())
+        self.retry_s = DEFAULT_RETRY_S if retry_s is None else retry_s
         self._con = None
 
-    def __enter__(self) -> PostgresAdvisoryLock:
+    def _acquire(self):
         from sqlalchemy import text
 
-        self._con = self.engine.connect()
-        self._con.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.lock_id})
+        con = self.engine.connect()
+        try:
+            con.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.lock_id})
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def __enter__(self) -> PostgresAdvisoryLock:
+        from onnxopt.optimizer.search.storage import redact, retry
+
+        label = redact(str(self.engine.url))
+        self._con = retry(self._acquire, label, self.retry_s)
         return self
 
     def __exit__(self, *exc) -> None:
         from sqlalchemy import text
 
+        from onnxopt.optimizer.search.storage import is_connection_error
+
         assert self._con is not None
+        con, self._con = self._con, None
         try:
-            self._con.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.lock_id})
-            self._con.commit()
+            con.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.lock_id})
+            con.commit()
+        except Exception as err:
+            if not is_connection_error(err):
+                raise
         finally:
-            self._con.close()
-            self._con = None
+            with contextlib.suppress(Exception):
+                con.close()
 
 
 def trial_slot_lock(spec: str, storage: BaseStorage, study_name: str):
@@ -81,7 +106,8 @@ def trial_slot_lock(spec: str, storage: BaseStorage, study_name: str):
     if spec.startswith("sqlite:///"):
         return FileLock(Path(spec.removeprefix("sqlite:///") + ".slots.lock"))
     if spec.startswith("postgresql"):
-        return PostgresAdvisoryLock(storage.engine, f"onnxopt:{study_name}")  # type: ignore[attr-defined]
+        engine = storage.engine  # type: ignore[attr-defined]
+        return PostgresAdvisoryLock(engine, f"onnxopt:{study_name}", storage.retry_s)  # type: ignore[attr-defined]
     return contextlib.nullcontext()
 
 
@@ -103,32 +129,3 @@ class FlockJournalLock(JournalFileOpenLock):
 
     def release(self) -> None:
         self._lock.__exit__(None, None, None)
-
-
-def repair_journal(journal: Path) -> bool:
-    """Cut a record a killed writer left half-written at the end of a journal file.
-
-    Writers append whole lines under the lock, so under the lock a last line without its
-    newline can only be a dead writer's. Optuna skips such a line but would glue the next
-    record onto it and then fail to read the file.
-
-    Returns:
-        Whether the file was cut.
-    """
-    journal = Path(journal)
-    if not journal.is_file():
-        return False
-    with FileLock(Path(f"{journal}.lock")), open(journal, "rb+") as f:
-        size = f.seek(0, 2)
-        if size == 0:
-            return False
-        f.seek(max(size - 65536, 0))
-        tail = f.read()
-        if tail.endswith(b"\n"):
-            return False
-        cut = tail.rfind(b"\n")
-        keep = size - len(tail) + cut + 1 if cut >= 0 else 0
-        if cut < 0 and size > len(tail):
-            return False  # a record longer than the window: leave it to Optuna's reader
-        f.truncate(keep)
-        return True

@@ -112,8 +112,9 @@ def select_and_export(
 
     from onnxopt.config.base import validate
     from onnxopt.config.search import SearchConfig
+    from onnxopt.optimizer.search.context import SearchContext
     from onnxopt.optimizer.search.export import export_trial
-    from onnxopt.optimizer.search.run import SearchContext
+    from onnxopt.optimizer.search.opening import check_same_search
     from onnxopt.optimizer.search.study import load_study, resolve_source
 
     url = resolve_source(source)
@@ -124,7 +125,12 @@ def select_and_export(
     study = load_study(url, study_name or STUDY_NAME)
     config = validate(SearchConfig, study.user_attrs["config"], source=url)
     trial = select_trial(study.get_trials(), rule, study.user_attrs["baseline"]["accuracy"])
-    ctx = SearchContext.prepare(config, Path(run_dir))
+    ctx = SearchContext.prepare(
+        config, Path(run_dir), expected_sha256=study.user_attrs.get("base_sha256")
+    )
+    # the model is rebuilt from the trial's params on this base and data: they must be the
+    # study's, byte for byte (a base.onnx another search replaced, a changed data file)
+    check_same_search(study, ctx, space=False)
     folder = Path(out_dir) if out_dir else Path(run_dir) / "selected"
     export = config.search.export
     if formats is not None or verify is not None:

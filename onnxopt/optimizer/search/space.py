@@ -9,6 +9,7 @@ as the index into its sorted numeric choices; the others see the choices themsel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import optuna
 from onnxopt.config.quantization import QuantizationConfig
 from onnxopt.config.search import Search
 from onnxopt.errors import ConfigError, did_you_mean
-from onnxopt.samplers import SAMPLERS
+from onnxopt.samplers import SAMPLERS, SpaceShape
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class SearchSpace:
     dimensions: tuple[Dimension, ...]
     fixed: dict[str, Any]
     ordinal: bool = False
+    sampler: str = "tpe"
+    """The sampler that runs: the config's, or brute force for a space of at most n_trials
+    points (``strategy.exhaust_small_spaces``)."""
 
     @classmethod
     def build(
@@ -68,10 +72,22 @@ class SearchSpace:
             values[f"w.{group}"] = tuple(float(c) for c in choices)
         dims = tuple(Dimension(n, c) for n, c in values.items() if len(c) > 1)
         fixed = {n: c[0] for n, c in values.items() if len(c) == 1}
-        ordinal = SAMPLERS[search.strategy.sampler].ordinal
-        space = cls(search, dims, fixed, ordinal)
+        size = math.prod(len(d.choices) for d in dims)
+        strategy = search.strategy
+        sampler = strategy.sampler
+        if strategy.exhaust_small_spaces and dims and size <= strategy.n_trials:
+            sampler = "brute-force"
+        space = cls(search, dims, fixed, SAMPLERS[sampler].ordinal, sampler)
         space.check_sampler()
         return space
+
+    def shape(self, n_trials: int) -> SpaceShape:
+        """The dimensions as the trials suggest them (indices for ordinal samplers)."""
+        dims = {
+            d.name: tuple(range(len(d.choices))) if self.ordinal else d.choices
+            for d in self.dimensions
+        }
+        return SpaceShape(dims, n_trials)
 
     def check_sampler(self) -> None:
         """Refuse samplers the space does not suit (``cmaes``/``gp`` need numeric choices).
@@ -79,7 +95,7 @@ class SearchSpace:
         Raises:
             ConfigError: With the dimension that does not fit.
         """
-        spec = SAMPLERS[self.search.strategy.sampler]
+        spec = SAMPLERS[self.sampler]
         if not self.dimensions:
             raise ConfigError("the search space has no open choice; give a list somewhere")
         if self.ordinal:
@@ -179,4 +195,5 @@ class SearchSpace:
             "fixed": dict(self.fixed),
             "size": self.size,
             "ordinal": self.ordinal,
+            "sampler": self.sampler,
         }

@@ -26,7 +26,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from onnxopt.errors import CandidateError
+from onnxopt.errors import CandidateError, StorageUnavailableError
 from onnxopt.optimizer.search.objective import Objective
 from onnxopt.optimizer.search.study import WORKER, counted_trials, mark_interrupted, this_worker
 
@@ -86,25 +86,48 @@ class TrialLoop:
         with self.slot_lock:
             if counted_trials(self.study) >= self.limit:
                 return None
-            trial = self.study.ask()
-            trial.set_user_attr(WORKER, self.worker)
             try:
+                trial = self.study.ask()
+                trial.set_user_attr(WORKER, self.worker)
                 choice = self.objective.suggest(trial)
             except BaseException:
-                mark_interrupted(self.study, self.storage, trial.number, {})
+                self._fail_unfinished_asks()
                 raise
+            if counted_trials(self.study) > self.limit:
+                # a database restart dropped the lock's session and another worker took the
+                # last slot meanwhile: this trial is one too many, and its point waits again
+                mark_interrupted(self.study, self.storage, trial.number, trial.params)
+                return self._start()
         return trial, choice
+
+    def _fail_unfinished_asks(self) -> None:
+        """Ctrl-C, SIGTERM or a lost server inside ``ask``, the tagging or the sampling: fail
+        the trials left RUNNING as interrupted. Under the slot lock, a trial no worker has
+        tagged, or one tagged by this worker (it runs one trial at a time), can only be the one
+        this worker was asking for (or a dead worker's)."""
+        with contextlib.suppress(Exception):
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if t.user_attrs.get(WORKER) in (None, self.worker):
+                    # its params may be half sampled: the sampler picks the point again
+                    mark_interrupted(self.study, self.storage, t.number, {})
 
     def _finish(self, trial: optuna.Trial, choice) -> None:
         try:
             values = self.objective.evaluate(trial, choice)
         except CandidateError:
             frozen = self.study.tell(trial, state=TrialState.FAIL)
-        except BaseException:
+        except BaseException as exc:
             # Ctrl-C, SIGTERM, a lost server, or a bug in onnxopt: the point runs again later
-            mark_interrupted(self.study, self.storage, trial.number, trial.params)
+            try:
+                mark_interrupted(self.study, self.storage, trial.number, trial.params)
+            except StorageUnavailableError as lost:
+                first = exc if isinstance(exc, StorageUnavailableError) else lost
+                raise StorageUnavailableError(
+                    f"{first}; trial {trial.number} stays RUNNING until then"
+                ) from None
             raise
         else:
             frozen = self.study.tell(trial, values)
         for callback in self.callbacks:
             callback(self.study, frozen)
+

@@ -53,8 +53,10 @@ def test_cmaes_needs_numeric_choices(write_config):
 
 
 def test_gp_uses_indices(write_config):
-    config = load_search_config(write_config(QUANT_18 + '[search.strategy]\nsampler = "gp"\n'))
+    body = QUANT_18 + '[search.strategy]\nsampler = "gp"\nn_trials = 10\n'  # < 18 points
+    config = load_search_config(write_config(body))
     space = SearchSpace.build(config.search)
+    assert space.sampler == "gp" and space.ordinal
     choice = space.decode({d.name: len(d.choices) - 1 for d in space.dimensions})
     assert choice.quant["by_type.linear"]["weight_width"] == 8
 

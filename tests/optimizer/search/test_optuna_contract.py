@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 import tomllib
+import warnings
 from pathlib import Path
 
 import optuna
+import pytest
 from packaging.version import Version
 
-from onnxopt.samplers import SAMPLERS, make_sampler
+from onnxopt.samplers import SAMPLERS, SpaceShape, make_sampler, population_size
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -22,41 +23,64 @@ def test_installed_optuna_is_in_the_declared_range():
     assert Version(low) <= Version(optuna.__version__) < Version(high)
 
 
-def test_optunas_brute_force_stops_the_study_itself_which_the_loop_replaces():
-    """Optuna's BruteForceSampler calls Study.stop() once the grid is done, which only works
-    inside Study.optimize; onnxopt's sampler keeps everything else and leaves stopping to its
-    loop (which caps the trials at the number of points)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.BruteForceSampler(seed=0))
-    study.optimize(lambda t: t.suggest_categorical("a", [1, 2]), n_trials=10)
-    assert len(study.trials) == 2  # Optuna stopped it
-    ours = make_sampler("brute-force", 0)
-    assert isinstance(ours, optuna.samplers.BruteForceSampler)
-    base = inspect.signature(optuna.samplers.BruteForceSampler.after_trial)
-    assert list(inspect.signature(type(ours).after_trial).parameters) == list(base.parameters)
-    overridden = {
-        name for name, value in vars(type(ours)).items()
-        if callable(value) and not name.startswith("__")
-    }  # fmt: skip
-    assert overridden == {"after_trial"}
-    study = optuna.create_study(sampler=ours)
-    for _ in range(2):  # the ask/tell loop: no stop() outside optimize, every point once
+def _half_sampled_trial_then_more(sampler) -> optuna.Study:
+    """A study in which a kill interrupted a trial after one of its two params was sampled
+    (it was failed as interrupted), then the ask/tell loop runs the four points."""
+    study = optuna.create_study(sampler=sampler)
+    half = study.ask()
+    half.suggest_categorical("a", [1, 2])
+    half.set_user_attr("interrupted", True)
+    study.tell(half, state=optuna.trial.TrialState.FAIL)
+    for _ in range(4):
         trial = study.ask()
-        study.tell(trial, trial.suggest_categorical("a", [1, 2]))
-    assert sorted(t.params["a"] for t in study.trials) == [1, 2]
+        study.tell(trial, trial.suggest_categorical("a", [1, 2])
+                   + trial.suggest_categorical("b", [10, 20]))  # fmt: skip
+    return study
+
+
+def test_optunas_brute_force_cannot_take_a_half_sampled_trial_which_ours_can():
+    """Optuna's BruteForceSampler builds its grid from every trial's params, so a trial a kill
+    interrupted mid-sampling breaks it for good; it also stops the study itself, which works
+    only inside Study.optimize. onnxopt's brute force knows the space and skips such trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    class NoStop(optuna.samplers.BruteForceSampler):  # its grid, without the Study.stop() call
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        theirs = NoStop(seed=0)
+    with pytest.raises(ValueError, match="param_name mismatch"):
+        _half_sampled_trial_then_more(theirs)
+    shape = SpaceShape({"a": (1, 2), "b": (10, 20)}, n_trials=4)
+    study = _half_sampled_trial_then_more(make_sampler("brute-force", 0, shape))
+    done = [t for t in study.trials if t.state is optuna.trial.TrialState.COMPLETE]
+    assert sorted((t.params["a"], t.params["b"]) for t in done) == [
+        (1, 10), (1, 20), (2, 10), (2, 20)]  # every point once  # fmt: skip
 
 
 def test_every_registered_sampler_builds_and_samples_a_point():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name, spec in SAMPLERS.items():
-        study = optuna.create_study(sampler=make_sampler(name, 0), directions=["maximize"])
+        a_choices = (0, 1, 2, 3) if spec.ordinal else (1, 2, 3)
+        shape = SpaceShape({"a": a_choices, "b": (0, 1, 2, 3)}, n_trials=3)
+        study = optuna.create_study(sampler=make_sampler(name, 0, shape), directions=["maximize"])
         for _ in range(3):
             trial = study.ask()
             a = trial.suggest_int("a", 0, 3) if spec.ordinal else trial.suggest_categorical(
                 "a", [1, 2, 3])  # fmt: skip
-            b = trial.suggest_int("b", 0, 3)
+            b = trial.suggest_int("b", 0, 3) if spec.ordinal else trial.suggest_categorical(
+                "b", [0, 1, 2, 3])  # fmt: skip
             study.tell(trial, float(a + b))
         assert len(study.trials) == 3, name
+
+
+def test_genetic_populations_are_sized_to_the_space():
+    assert population_size(SpaceShape({"a": tuple(range(12))}, 30)) == 10  # the floor
+    joint = SpaceShape({f"d{i}": (0, 1) for i in range(9)}, n_trials=200)  # 512 points
+    assert population_size(joint) == 23  # about sqrt(512): the first generation spreads
+    assert population_size(SpaceShape({"a": tuple(range(10**6))}, 200)) == 40  # 5 generations
 
 
 def test_the_storage_api_the_loop_uses_is_public():

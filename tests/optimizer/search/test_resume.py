@@ -45,6 +45,14 @@ def _trials(run_dir):
         return []
 
 
+def _has_study(run_dir) -> bool:
+    try:
+        load_study(str(run_dir / JOURNAL_FILE))
+    except UsageError:
+        return False
+    return True
+
+
 def _kill(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -92,15 +100,16 @@ def test_sigkill_at_random_moments_then_resume_completes(write_config, tmp_path)
     run_dir = tmp_path / "run"
     rng = random.Random(8)
     seen: dict[int, dict] = {}
-    for round_ in range(3):
-        extra = ("--resume",) if round_ else ()
+    for _ in range(3):
+        # --resume once the study exists: before that, a resume finds nothing and says so
+        extra = ("--resume",) if _has_study(run_dir) else ()
         proc = _start(config_path, run_dir, *extra)
         time.sleep(rng.uniform(0.3, 3.5))
         _kill(proc)
         now = {t.number: t.params for t in _trials(run_dir) if t.state is TrialState.COMPLETE}
         assert now.items() >= seen.items(), "a finished trial was lost"
         seen = now
-    final = _start(config_path, run_dir, "--resume")
+    final = _start(config_path, run_dir, *(("--resume",) if _has_study(run_dir) else ()))
     _, err = final.communicate(timeout=120)
     assert final.returncode == 0, err.decode()[-2000:]
     trials = _trials(run_dir)
@@ -134,7 +143,7 @@ def test_trials_of_other_hosts_are_reclaimed_only_when_asked(write_config, tmp_p
     config = load_search_config(write_config(SLOW_TRIALS.replace("n_trials = 12", "n_trials = 2")))
     run_dir = tmp_path / "run"
     space = run_search(config, run_dir=run_dir, progress=False).context.space
-    study = load_study(str(run_dir / JOURNAL_FILE))
+    study = load_study(str(run_dir / JOURNAL_FILE), read_only=False)
     foreign = study.ask()
     foreign.set_user_attr("worker", "another-host:123:1.000")
     space.suggest(foreign)
