@@ -1,229 +1,274 @@
-"""Search throughput on digits-mlp: trials per second and time to the first trial.
+"""Search throughput against a bare Optuna + onnxruntime loop, side by side in one process.
 
-Usage: python benchmarks/search_throughput.py [--trials 200] [--repeats 3]
+Usage: nice python benchmarks/search_throughput.py [--trials 40] [--repeats 1]
+    [--only mlp-lab-random ...] [--bare-storage memory|journal]
     [--out benchmarks/results/search_throughput.json]
+Full run: --trials 150 --repeats 3.
 
-digits-mlp is trained (seed 0) and exported to ONNX once, outside the timings, so each
-search starts from an ONNX file and never imports torch. Every search is the real command,
-``python -m onnxopt search CONFIG --no-progress --no-export``, started as a subprocess, on:
+For every cell (model digits-mlp or digits-wide x space ``lab`` or ``joint`` x sampler
+random, TPE or NSGA-II) the same process runs, one after the other (the order alternating
+between repeats, so drift in the machine's load hits both alike):
 
-* the lab's space (``lab``, 18 points: data_in width 4/8 x weight 2/4/8 x bias 2/4/8 on every
-  linear layer by type, fractions ``"NA"``), where samplers revisit points and the build
-  cache serves them; and a 216-point space (``-216``: three linear layers by name, each with
-  data_in width 4/8 and weight width 2/4/8) where most trials build a new candidate;
-* two objectives, validation accuracy (the full 360-sample split) and batch-1 latency, so
-  latency is measured in every trial (``batch_sizes = [1]``, 2 warm-up runs, 10 timed runs);
-* the default storage (Optuna's journal file in the run directory) unless said otherwise.
+* **onnxopt**: ``run_search`` (what ``onnxopt search --no-export`` runs) on the default
+  journal storage in a fresh run directory;
+* **bare**: the loop of :mod:`bare_loop` (Optuna + ``onnxruntime.quantization``), doing the
+  same work per trial.
 
-Figures per run, read back from the study's own timestamps:
+Both score validation accuracy (the full 360-sample split) and latency with one protocol
+(one intra-op thread, 2 warm-up and 20 timed runs, batch 1 on ``lab``, 256 on ``joint``);
+objectives accuracy and latency, no constraints. ``lab`` is the lab's 18 points (data_in
+4/8 x weight 2/4/8 x bias 2/4/8 on every linear layer; onnxopt keeps the configured sampler
+there, ``exhaust_small_spaces = false``, as the bare loop does); ``joint`` adds width
+multipliers on the hidden linear layers (activation importance, ridge refit) to weight 4/8 x
+data_in 4/8.
 
-* ``first_trial_s``: from just before the command starts to the end of the first trial
-  (interpreter start, imports, data, base model, baseline measurement included);
-* ``trials_per_s``: trials divided by the time from the first trial's start to the last
-  trial's end (the search loop: sampling, building, measuring and storing);
-* ``wall_s``: the whole command, reports included.
-
-Configurations: random, NSGA-II and TPE with one worker; SQLite storage (random) for
-comparison; and random with two local workers (``--workers 2``) against one. Each is run
-``--repeats`` times and the median is reported. ``--wide`` adds heavier trials: the example
-joint search on digits-wide (``configs/search-digits-wide-joint.toml``, 100 trials, latency at
-batch 256) with one and with two workers.
+Figures per run, from each study's own timestamps: ``trials_per_s`` = trials / (first
+trial's start to last trial's end) and the median trial; the ratio is onnxopt's trials/s
+over the bare loop's (medians over repeats). ``fsyncs_per_trial``: ``os.fsync`` calls in
+onnxopt's trial window (the benchmark wraps ``os.fsync``) per trial. Base models are trained
+(seed 0) and exported once, outside the timings, into ``--models``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import onnx
+import optuna
+from bare_loop import BareLoop, Protocol
 from bench_common import git_state, machine_info
 
-from onnxopt.optimizer.search.study import JOURNAL_FILE, load_study
-
-RUNS = {  # name: (sampler, space, workers, storage kind)
-    "random": ("random", "lab", 1, "journal"),
-    "nsgaii": ("nsgaii", "lab", 1, "journal"),
-    "tpe": ("tpe", "lab", 1, "journal"),
-    "random-216": ("random", "by-name", 1, "journal"),
-    "nsgaii-216": ("nsgaii", "by-name", 1, "journal"),
-    "tpe-216": ("tpe", "by-name", 1, "journal"),
-    "random-sqlite": ("random", "lab", 1, "sqlite"),
-    "random-2-workers": ("random", "lab", 2, "journal"),
+MODELS = ("digits-mlp", "digits-wide")
+SPACES = ("lab", "joint")
+SAMPLERS = ("random", "tpe", "nsgaii")
+MULTIPLIERS = {
+    "digits-mlp": (0.125, 0.25, 0.5, 1.0),
+    "digits-wide": (0.0625, 0.125, 0.25, 0.5, 1.0),
 }
-TARGETS = {"random": 100.0, "nsgaii": 100.0, "tpe": 50.0}
-TARGETS.update({f"{k}-216": v for k, v in list(TARGETS.items())})
-FIRST_TRIAL_TARGET_S = 2.0
+BATCH = {"lab": 1, "joint": 256}
+WARMUP, REPEATS = 2, 20
+TARGETS = {"lab": 0.9, "joint": 0.8}
+FSYNC_TARGET = 4.0
 
 
-def export_base(folder: Path) -> tuple[Path, tuple[str, ...]]:
-    """Train and export digits-mlp; return the file and its linear layers' node names."""
-    import onnx
+class FsyncCounter:
+    """Wraps ``os.fsync`` in this process and keeps the time of every call."""
 
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._real = os.fsync
+
+    def __enter__(self) -> FsyncCounter:
+        def counted(fd):
+            self.times.append(time.time())
+            return self._real(fd)
+
+        os.fsync = counted
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.fsync = self._real
+
+    def between(self, start: float, end: float) -> int:
+        return sum(start <= t <= end for t in self.times)
+
+
+def export_models(folder: Path) -> dict[str, Path]:
+    """Train and export each model once (kept in ``folder`` for later runs)."""
     from onnxopt.data.digits import load_digits
     from onnxopt.exporters.torch_onnx import export_module
     from onnxopt.models.training import train
 
-    path = folder / "digits-mlp.onnx"
-    trained = train("digits-mlp", load_digits(), seed=0, progress=False)
-    export_module(trained.module, trained.input_shape, path)
-    nodes = onnx.load(path).graph.node
-    return path, tuple(n.name for n in nodes if n.op_type in ("Gemm", "MatMul"))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in MODELS:
+        path = folder / f"{name}.onnx"
+        if not path.is_file():
+            trained = train(name, load_digits(), seed=0, progress=False)
+            export_module(trained.module, trained.input_shape, path)
+        paths[name] = path
+    return paths
 
 
-LAB_SPACE = """[search.quantization.by_type.linear]
-data_in_width = [4, 8]
-weight_width = [2, 4, 8]
-bias_width = [2, 4, 8]
-data_in_frac_width = ["NA"]
-weight_frac_width = ["NA"]
-bias_frac_width = ["NA"]
-"""
+def hidden_layers(path: Path) -> list[str]:
+    """Linear layers but the last (the output layer keeps its classes)."""
+    nodes = [n.name for n in onnx.load(path).graph.node if n.op_type in ("Gemm", "MatMul")]
+    return nodes[:-1]
 
 
-def config_text(model: Path, layers: tuple[str, ...], sampler: str, space: str, trials: int) -> str:
-    body = f'[model]\nonnx = "{model}"\n[data]\ndataset = "digits"\n'
+def config_text(model: str, path: Path, space: str, sampler: str, trials: int) -> str:
+    body = f'[model]\nonnx = "{path}"\n[data]\ndataset = "digits"\n'
     if space == "lab":
-        body += LAB_SPACE
-    for name in layers if space == "by-name" else ():
-        body += (f"[search.quantization.by_name.{name}]\n"
-                 "data_in_width = [4, 8]\nweight_width = [2, 4, 8]\n")  # fmt: skip
-    return (
-        body
-        + f"""
-[search.strategy]
-sampler = "{sampler}"
-n_trials = {trials}
-seed = 0
-[search.metrics.accuracy]
-[search.metrics.latency]
-[search.evaluation]
-batch_sizes = [1]
-warmup = 2
-repeats = 10
-min_time_s = 0
-"""
+        body += (
+            "[search.quantization.by_type.linear]\ndata_in_width = [4, 8]\n"
+            'weight_width = [2, 4, 8]\nbias_width = [2, 4, 8]\ndata_in_frac_width = ["NA"]\n'
+            'weight_frac_width = ["NA"]\nbias_frac_width = ["NA"]\n'
+        )
+    else:
+        body += '[search.width]\nimportance = "activation"\nrefit = "ridge"\n'
+        for layer in hidden_layers(path):
+            body += (f'[search.width.layers.{layer}]\nmode = "output_only"\n'
+                     f"channel_multiplier = {list(MULTIPLIERS[model])}\n")  # fmt: skip
+        body += (
+            "[search.quantization.by_type.linear]\nweight_width = [4, 8]\ndata_in_width = [4, 8]\n"
+        )
+    return body + (
+        f'[search.strategy]\nsampler = "{sampler}"\nn_trials = {trials}\nseed = 0\n'
+        "exhaust_small_spaces = false\n"
+        "[search.metrics.accuracy]\n[search.metrics.latency]\n"
+        f"[search.evaluation]\nbatch_sizes = [{BATCH[space]}]\nwarmup = {WARMUP}\n"
+        f"repeats = {REPEATS}\nmin_time_s = 0\nthreads = 1\n"
     )
 
 
-def run_once(config: Path, run_dir: Path, workers: int, storage: str, clean: bool = True) -> dict:
-    """One search command; figures from the study's trial timestamps."""
-    if clean:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "onnxopt", "search", str(config), "--run-dir", str(run_dir),
-           "--no-progress", "--no-export", "--workers", str(workers)]  # fmt: skip
-    spec = str(run_dir / JOURNAL_FILE)
-    if storage == "sqlite":
-        spec = f"sqlite:///{run_dir / 'study.db'}"
-        cmd += ["--storage", spec]
-    start = time.time()
-    subprocess.run(cmd, check=True, capture_output=True)
-    wall = time.time() - start
-    trials = load_study(spec).get_trials(deepcopy=False)
-    first_start = min(t.datetime_start for t in trials).timestamp()
-    ends = sorted(t.datetime_complete.timestamp() for t in trials)
+def window(trials) -> tuple[float, float, float, float]:
+    """(trials/s, median trial ms, window start, window end) from a study's timestamps."""
+    start = min(t.datetime_start for t in trials).timestamp()
+    end = max(t.datetime_complete for t in trials).timestamp()
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
+    return len(trials) / (end - start), statistics.median(durations) * 1e3, start, end
+
+
+def run_onnxopt(config_path: Path, run_dir: Path, fsyncs: FsyncCounter) -> dict:
+    from onnxopt.config.search import load_search_config
+    from onnxopt.optimizer.search.run import run_search
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    result = run_search(load_search_config(config_path), run_dir=run_dir, progress=False)
+    trials = result.study.get_trials(deepcopy=False)
+    rate, median_ms, start, end = window(trials)
     return {
-        "trials": len(trials),
+        "trials": len(trials), "trials_per_s": rate, "trial_median_ms": median_ms,
+        "fsyncs_per_trial": fsyncs.between(start, end) / len(trials),
         "complete": sum(t.state.name == "COMPLETE" for t in trials),
-        "unique_points": len({tuple(sorted(t.params.items())) for t in trials}),
-        "first_trial_s": ends[0] - start,
-        "trials_per_s": len(trials) / (ends[-1] - first_start),
-        "trial_median_ms": statistics.median(durations) * 1e3,
-        "wall_s": wall,
-    }
+    }  # fmt: skip
 
 
-def wide_workers(folder: Path, repeats: int) -> dict:
-    """The digits-wide joint search with 1 and 2 workers (the base trained once, copied)."""
-    config = Path("configs/search-digits-wide-joint.toml")
-    seed_dir = folder / "wide-seed"
-    run_once(config, seed_dir, 1, "journal")  # trains and exports base.onnx once
-    out: dict[str, dict] = {}
-    for _ in range(repeats):
-        for workers in (1, 2):
-            run_dir = folder / f"wide-{workers}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir()
-            shutil.copy(seed_dir / "base.onnx", run_dir / "base.onnx")
-            run = run_once(config, run_dir, workers, "journal", clean=False)
-            out.setdefault(f"wide-{workers}-workers", {"workers": workers, "runs": []})[
-                "runs"
-            ].append(run)
-    return out
+def bare_loop(model: str, path: Path, space: str, config_path: Path) -> BareLoop:
+    """The bare loop of one cell (the width scaler built as onnxopt's config says)."""
+    from onnxopt.config.search import load_search_config
+    from onnxopt.data.digits import load_digits
+    from onnxopt.optimizer.width import WidthScaler, refit_inputs
+
+    data = load_digits()
+    base = onnx.load(path)
+    dims: dict[str, tuple] = {"data_in": (4, 8), "weight": (2, 4, 8), "bias": (2, 4, 8)}
+    scaler = width = None
+    if space == "joint":
+        width = load_search_config(config_path).search.width
+        scaler = WidthScaler(base, refit_inputs(data))
+        groups = scaler.search_space(width)
+        dims = {**{f"w.{g}": c for g, c in groups.items()}, "data_in": (4, 8), "weight": (4, 8)}
+    protocol = Protocol(BATCH[space], WARMUP, REPEATS)
+    return BareLoop(base, dims, data.calibration.x, data.val.x, data.val.y, protocol,
+                    scaler, width)  # fmt: skip
 
 
-def summarize(runs: list[dict]) -> dict:
-    keys = ("first_trial_s", "trials_per_s", "trial_median_ms", "wall_s")
-    out = {k: statistics.median(r[k] for r in runs) for k in keys}
-    out.update({k: runs[0][k] for k in ("trials", "complete", "unique_points")})
-    out["runs"] = runs
-    return out
+def run_bare(loop: BareLoop, sampler: str, trials: int, storage: str, folder: Path) -> dict:
+    store = None
+    if storage == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        journal = folder / "bare.journal"
+        journal.unlink(missing_ok=True)
+        store = JournalStorage(JournalFileBackend(str(journal)))
+    study = loop.run(sampler, trials, store)
+    rate, median_ms, _, _ = window(study.get_trials(deepcopy=False))
+    return {"trials": trials, "trials_per_s": rate, "trial_median_ms": median_ms}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", nargs="*", choices=sorted(RUNS), help="a subset of runs")
-    parser.add_argument("--wide", action="store_true", help="also digits-wide, 1 vs 2 workers")
-    default_out = Path("benchmarks/results/search_throughput.json")
-    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=1)
+    cells = [f"{m.removeprefix('digits-')}-{s}-{a}" for m, s, a in
+             itertools.product(MODELS, SPACES, SAMPLERS)]  # fmt: skip
+    parser.add_argument("--only", nargs="*", choices=cells, help="a subset of cells")
+    parser.add_argument("--bare-storage", choices=("memory", "journal"), default="memory")
+    parser.add_argument(
+        "--models", type=Path, default=Path(tempfile.gettempdir()) / "onnxopt-bench-models"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/search_throughput.json")
+    )
     args = parser.parse_args()
-    names = args.only or list(RUNS)
-    with tempfile.TemporaryDirectory() as tmp:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from threadpoolctl import threadpool_limits
+
+    paths = export_models(args.models)
+    chosen = args.only or cells
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp, FsyncCounter() as fsyncs, threadpool_limits(1):
         folder = Path(tmp)
-        model, layers = export_base(folder)
-        results: dict[str, dict] = {}
-        for rep in range(args.repeats):  # interleaved: drift in load hits every config alike
-            for name in names:
-                sampler, space, workers, storage = RUNS[name]
-                config = folder / f"{name}.toml"
-                config.write_text(config_text(model, layers, sampler, space, args.trials))
-                run = run_once(config, folder / f"run-{name}", workers, storage)
-                entry = {"sampler": sampler, "space": space, "workers": workers, "storage": storage}
-                results.setdefault(name, {**entry, "runs": []})["runs"].append(run)
-                print(f"[{rep + 1}/{args.repeats}] {name}: {run['trials_per_s']:.1f} trials/s, "
-                      f"first trial {run['first_trial_s']:.2f} s", file=sys.stderr)  # fmt: skip
-        if args.wide:
-            results.update(wide_workers(folder, args.repeats))
+        loops = {}
+        for rep in range(args.repeats):
+            for cell in chosen:
+                short, space, sampler = cell.split("-")
+                model = f"digits-{short}"
+                config = folder / f"{cell}.toml"
+                config.write_text(config_text(model, paths[model], space, sampler, args.trials))
+                key = (model, space)
+                if key not in loops:
+                    loops[key] = bare_loop(model, paths[model], space, config)
+                entry = results.setdefault(
+                    cell,
+                    {"model": model, "space": space, "sampler": sampler, "onnxopt": [], "bare": []},
+                )
+                order = ("onnxopt", "bare") if rep % 2 == 0 else ("bare", "onnxopt")
+                for which in order:
+                    if which == "onnxopt":
+                        run = run_onnxopt(config, folder / f"run-{cell}", fsyncs)
+                    else:
+                        run = run_bare(loops[key], sampler, args.trials, args.bare_storage, folder)
+                    entry[which].append(run)
+                print(f"[{rep + 1}/{args.repeats}] {cell}: onnxopt "
+                      f"{entry['onnxopt'][-1]['trials_per_s']:.1f} trials/s, bare "
+                      f"{entry['bare'][-1]['trials_per_s']:.1f}", file=sys.stderr)  # fmt: skip
     for entry in results.values():
-        entry.update(summarize(entry.pop("runs")))
-    report(results, args.trials)
+        summarize(entry)
+    report(results, args)
     payload = {"benchmark": "search_throughput", "git": git_state(), "machine": machine_info(),
                "n_trials": args.trials, "repeats": args.repeats,
-               "space_points": {"lab": 18, "by-name": 6 ** len(layers)},
-               "targets_trials_per_s": TARGETS, "target_first_trial_s": FIRST_TRIAL_TARGET_S,
+               "bare_storage": args.bare_storage, "targets_ratio": TARGETS,
+               "target_fsyncs_per_trial": FSYNC_TARGET,
+               "protocol": {"warmup": WARMUP, "repeats": REPEATS, "batch": BATCH, "threads": 1},
                "results": results}  # fmt: skip
-    for one, two in (("random", "random-2-workers"), ("wide-1-workers", "wide-2-workers")):
-        if one in results and two in results:
-            payload.setdefault("two_worker_speedup", {})[one] = (
-                results[two]["trials_per_s"] / results[one]["trials_per_s"]
-            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp_out = args.out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp_out.replace(args.out)
     print(f"-> {args.out}")
 
 
-def report(results: dict, trials: int) -> None:
-    print(f"\n{trials} trials on digits-mlp (latency in every trial), medians of the repeats")
-    print(f"{'run':18s} {'trials/s':>9s} {'target':>7s} {'1st trial s':>11s} "
-          f"{'trial ms':>9s} {'wall s':>7s} {'unique':>7s}")  # fmt: skip
-    for name, r in results.items():
-        target = TARGETS.get(name)
-        print(
-            f"{name:18s} {r['trials_per_s']:9.1f} {target or '':>7} {r['first_trial_s']:11.2f} "
-            f"{r['trial_median_ms']:9.2f} {r['wall_s']:7.2f} {r['unique_points']:7d}"
-        )
-    for one, two in (("random", "random-2-workers"), ("wide-1-workers", "wide-2-workers")):
-        if one in results and two in results:
-            ratio = results[two]["trials_per_s"] / results[one]["trials_per_s"]
-            print(f"2 workers vs 1 ({one}): {ratio:.2f}x")
+def summarize(entry: dict) -> None:
+    """Medians over repeats, and the ratio of the medians."""
+    for which in ("onnxopt", "bare"):
+        runs = entry[which]
+        keys = [k for k in runs[0] if k not in ("trials", "complete")]
+        entry[which] = {**{k: statistics.median(r[k] for r in runs) for k in keys}, "runs": runs}
+    entry["ratio"] = entry["onnxopt"]["trials_per_s"] / entry["bare"]["trials_per_s"]
+    entry["target"] = TARGETS[entry["space"]]
+
+
+def report(results: dict, args) -> None:
+    print(f"\n{args.trials} trials per run, medians of {args.repeats} repeat(s); bare storage "
+          f"{args.bare_storage}")  # fmt: skip
+    print(f"{'cell':22s} {'onnxopt/s':>9s} {'bare/s':>7s} {'ratio':>6s} {'target':>6s} "
+          f"{'trial ms':>8s} {'bare ms':>7s} {'fsync/trial':>11s}")  # fmt: skip
+    for cell, r in results.items():
+        o, b = r["onnxopt"], r["bare"]
+        print(f"{cell:22s} {o['trials_per_s']:9.1f} {b['trials_per_s']:7.1f} {r['ratio']:6.2f} "
+              f"{r['target']:6.1f} {o['trial_median_ms']:8.1f} {b['trial_median_ms']:7.1f} "
+              f"{o['fsyncs_per_trial']:11.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ the caller opens the model itself.
 
 A model's structure (ops, attributes, tensor types and shapes; not the weight values) is
 checked once per process: the candidates of a search that differ only in weights are not
-run twice. The child inherits nothing but the model bytes and the session settings.
+run twice. The child inherits nothing from this process: it receives the model bytes and
+the session settings of each probe over a pipe, and it is kept for the next probe (a new
+child would cost an interpreter start per candidate) until a probe kills or hangs it.
 """
 
 from __future__ import annotations
@@ -79,7 +81,9 @@ def _hash_graph(digest, graph: onnx.GraphProto) -> None:
     for value in (*graph.input, *graph.output):
         digest.update(value.SerializeToString())
     for node in graph.node:
-        digest.update(f"{node.domain}:{node.op_type}:{list(node.input)}>{list(node.output)}".encode())
+        digest.update(
+            f"{node.domain}:{node.op_type}:{list(node.input)}>{list(node.output)}".encode()
+        )
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
                 _hash_graph(digest, attr.g)
@@ -128,20 +132,56 @@ def check_loads(
 
 
 def run_contained(fn: Callable[..., Any], *args: Any) -> int | None:
-    """Run ``fn(*args)`` in a clean child process.
+    """Run ``fn(*args)`` in a clean child process (one kept for the next call while it lives).
 
     Returns:
-        The child's exit code: 0 when ``fn`` returned, 1 when it raised, ``-signal`` when a
-        signal killed it; None when it was stopped after :data:`TIMEOUT_SECONDS`.
+        0 when ``fn`` returned, 1 when it raised, ``-signal`` when a signal killed the child;
+        None when it was stopped after :data:`TIMEOUT_SECONDS`.
     """
-    process = _context().Process(target=_child, args=(fn, args), daemon=True)
-    process.start()
-    process.join(TIMEOUT_SECONDS)
-    if process.exitcode is None:
-        process.kill()
-        process.join()
+    return _prober().run(fn, args)
+
+
+class _Prober:
+    """One clean child that runs probes sent over a pipe, one at a time.
+
+    A search probes every new candidate structure: starting a child for each costs an
+    interpreter start and onnxruntime's import (a tenth of a second to seconds on a busy
+    machine), so the child stays up between probes. A probe that kills the child (a native
+    crash) or hangs takes only the child with it; the next probe starts a new one.
+    """
+
+    def __init__(self) -> None:
+        parent, child = _context().Pipe()
+        self.process = _context().Process(target=_serve, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self.pid = os.getpid()
+
+    def run(self, fn: Callable[..., Any], args: tuple) -> int | None:
+        global _PROBER
+        try:
+            self.conn.send((fn, args))
+            if self.conn.poll(TIMEOUT_SECONDS):
+                return int(self.conn.recv())
+        except (EOFError, OSError):  # the child died: a signal killed it
+            _PROBER = None
+            self.process.join()
+            return self.process.exitcode
+        _PROBER = None
+        self.process.kill()
+        self.process.join()
         return None
-    return process.exitcode
+
+
+_PROBER: _Prober | None = None
+
+
+def _prober() -> _Prober:
+    global _PROBER
+    if _PROBER is None or _PROBER.pid != os.getpid() or not _PROBER.process.is_alive():
+        _PROBER = _Prober()
+    return _PROBER
 
 
 def _context():
@@ -153,14 +193,21 @@ def _context():
     return context
 
 
-def _child(fn: Callable[..., Any], args: tuple) -> None:
+def _serve(conn) -> None:
+    """The child: run each probe received; answer 0 (returned) or 1 (raised)."""
     global _IN_CHILD
     _IN_CHILD = True
-    try:
-        fn(*args)
-    except BaseException:  # a refusal: the parent raises it again with its own message
-        os._exit(1)
-    os._exit(0)
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):  # the parent went away
+            os._exit(0)
+        try:
+            fn(*args)
+            code = 0
+        except BaseException:  # a refusal: the parent raises it again with its own message
+            code = 1
+        conn.send(code)
 
 
 def open_and_run(model: bytes | Path | str, settings: dict[str, Any]) -> None:
