@@ -129,3 +129,13 @@ def test_in_a_search_a_crashing_candidate_is_a_fail_trial(
     assert "NativeCrash" in reason and "crashed (SIGSEGV)" in reason
     assert "while measuring trial" in reason
     assert by_width[8].state is TrialState.COMPLETE and result.best
+
+
+def test_one_child_serves_probes_until_a_crash_takes_it():
+    first = contained.run_contained(int, "1")
+    child = contained._prober().process.pid
+    assert first == 0 and contained.run_contained(int, "2") == 0
+    assert contained._prober().process.pid == child  # kept between probes
+    assert contained.run_contained(native_crash.segfault) == -signal.SIGSEGV
+    assert contained.run_contained(int, "3") == 0
+    assert contained._prober().process.pid != child  # a new one after the crash

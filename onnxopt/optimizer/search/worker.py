@@ -12,6 +12,10 @@ on; Ctrl-C, SIGTERM or any other exception (a bug in onnxopt is one) fails the r
 trial as interrupted, queues its params again for a resumed run, and re-raises: the search
 stops.
 
+On the journal storage the writes of each step (asking, tagging and sampling; evaluating and
+telling) are fsync'ed once when the step ends (:func:`~.storage.write_batch`): two fsyncs a
+trial, and every write is in the file, for the other workers, as soon as it is made.
+
 Only public Optuna API is used: ``ask``/``tell``, the storage's trial methods, and a
 brute-force sampler that leaves stopping to this loop (:mod:`.samplers`).
 """
@@ -28,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from onnxopt.errors import CandidateError, StorageUnavailableError
 from onnxopt.optimizer.search.objective import Objective
+from onnxopt.optimizer.search.storage import write_batch
 from onnxopt.optimizer.search.study import WORKER, counted_trials, mark_interrupted, this_worker
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -83,7 +88,7 @@ class TrialLoop:
         return done
 
     def _start(self):
-        with self.slot_lock:
+        with self.slot_lock, write_batch(self.storage):
             if counted_trials(self.study) >= self.limit:
                 return None
             try:
@@ -112,6 +117,12 @@ class TrialLoop:
                     mark_interrupted(self.study, self.storage, t.number, {})
 
     def _finish(self, trial: optuna.Trial, choice) -> None:
+        with write_batch(self.storage):  # the trial's results and its state: one fsync
+            frozen = self._evaluate_and_tell(trial, choice)
+        for callback in self.callbacks:
+            callback(self.study, frozen)
+
+    def _evaluate_and_tell(self, trial: optuna.Trial, choice) -> FrozenTrial:
         try:
             values = self.objective.evaluate(trial, choice)
         except CandidateError:
@@ -128,6 +139,5 @@ class TrialLoop:
             raise
         else:
             frozen = self.study.tell(trial, values)
-        for callback in self.callbacks:
-            callback(self.study, frozen)
+        return frozen
 
