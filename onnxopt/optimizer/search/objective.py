@@ -19,11 +19,12 @@ import optuna
 from onnxopt.config.search import Search
 from onnxopt.errors import CandidateError, OnnxoptError
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
-from onnxopt.optimizer.search.measure import Evaluator
+from onnxopt.optimizer.search.measure import Evaluator, TrialScore
 from onnxopt.optimizer.search.space import Choice, SearchSpace
 from onnxopt.runtime.contained import stage
 
 MAX_CACHED_CANDIDATES = 16
+MAX_CACHED_SCORES = 4096
 
 
 def objective_names(search: Search) -> list[str]:
@@ -60,8 +61,11 @@ class Objective:
     """Builds and measures one trial's candidate (``suggest`` then ``evaluate``).
 
     Built candidates are kept in a small cache keyed by the trial's parameters, so a sampler
-    that revisits a point (TPE, random on a small space) skips the rebuild; every trial is
-    still measured (accuracy, latency) on a fresh onnxruntime session.
+    that revisits a point (TPE, random on a small space) skips the rebuild; and scores by
+    the model's SHA-256, so a model already measured in this process (a revisited point, or
+    another point that builds the same bytes) is not measured again: its accuracy is the
+    same and its latency is a measurement of the same bytes (the report measures the final
+    front again).
     """
 
     def __init__(self, space: SearchSpace, builder: CandidateBuilder, evaluator: Evaluator):
@@ -69,6 +73,7 @@ class Objective:
         self.builder = builder
         self.evaluator = evaluator
         self._built: OrderedDict[tuple, _Built] = OrderedDict()
+        self._scores: OrderedDict[str, TrialScore] = OrderedDict()
 
     def suggest(self, trial: optuna.Trial) -> Choice:
         """Sample the trial's point (stored in the study as its params)."""
@@ -89,7 +94,7 @@ class Objective:
                 built = self._build(trial, choice)
                 trial.set_user_attr("config", built.config)
                 trial.set_user_attr("model_sha256", built.sha256)
-                measured = self.evaluator.measure(built.model, data=built.data)
+                measured = self._measure(built)
         except OnnxoptError as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
@@ -102,6 +107,15 @@ class Objective:
         if measured.latency_skipped:
             trial.set_user_attr("latency_skipped", measured.latency_skipped)
         return objective_values(self.space.search, measured.metrics)
+
+    def _measure(self, built: _Built) -> TrialScore:
+        """The model's score, measured once per distinct model (failures are not kept)."""
+        if built.sha256 not in self._scores:
+            self._scores[built.sha256] = self.evaluator.measure(built.model, data=built.data)
+            if len(self._scores) > MAX_CACHED_SCORES:
+                self._scores.popitem(last=False)
+        self._scores.move_to_end(built.sha256)
+        return self._scores[built.sha256]
 
     def _build(self, trial: optuna.Trial, choice: Choice) -> _Built:
         key = tuple(sorted((k, repr(v)) for k, v in trial.params.items()))
