@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ from onnxopt.optimizer.width.activations import Calibration, model_feeds, run_va
 from onnxopt.optimizer.width.analysis import analyze_channels
 from onnxopt.optimizer.width.groups import ChannelAnalysis, ChannelGroup, WeightNode
 from onnxopt.optimizer.width.plan import channel_map, choose, importance, new_width, resolve
-from onnxopt.optimizer.width.refit import fit_consumer
+from onnxopt.optimizer.width.refit import Fit, fit_consumer
 from onnxopt.optimizer.width.rewrite import ChannelMap, WidthPassResult, WidthScalingPass
 from onnxopt.optimizer.width.validate import validate_scaled
 from onnxopt.optimizer.width.writeback import write_fit
@@ -114,6 +115,19 @@ class _Stats:
     outputs: dict[str, np.ndarray]
 
 
+MAX_CACHED_FITS = 32
+"""Refits kept for reuse (a fit holds one consumer's weights: megabytes on wide layers)."""
+
+
+@dataclass(frozen=True)
+class _FitKey:
+    """One point's refit settings: group index -> multiplier, importance and ridge."""
+
+    chosen: Mapping[int, float]
+    importance: Importance
+    ridge: float
+
+
 class WidthScaler:
     """Scale channel groups of one base model, as often as a search asks, never mutating it.
 
@@ -138,6 +152,7 @@ class WidthScaler:
         self._feeds = None if calibration is None else model_feeds(base, calibration)
         self._stats: _Stats | None = None
         self._norms: dict[tuple[str, str], np.ndarray] = {}
+        self._fits: OrderedDict[tuple, Fit] = OrderedDict()
 
     def search_space(
         self, config: WidthConfig, *, source: str | None = None
@@ -214,7 +229,8 @@ class WidthScaler:
         changed = set(result.changed_nodes)
         refits: list[RefitReport] = []
         if shrunk and config.refit is Refit.RIDGE:
-            refits = self._refit(model, nodes, maps, shrunk, config.ridge)
+            key = _FitKey(chosen, config.importance, config.ridge)
+            refits = self._refit(model, nodes, maps, shrunk, key)
             changed |= {self.analysis.weight_nodes[r.node].index for r in refits}
         changes = tuple(
             GroupChange(self.analysis.groups[gi].name, cm.old_width, cm.new_width, chosen[gi])
@@ -270,8 +286,11 @@ class WidthScaler:
         return gi is not None and not self.analysis.groups[gi].frozen
 
     def _refit(
-        self, model: ir.Model, nodes, maps, shrunk: set[int], ridge: float
+        self, model: ir.Model, nodes, maps, shrunk: set[int], point: _FitKey
     ) -> list[RefitReport]:
+        """Refit the consumers of shrunk groups, upstream first; a consumer's fit is kept for
+        the next point that gives it the same inputs and outputs (:meth:`_fit_key`)."""
+        ridge = point.ridge
         stats, names = self._calibration(), Namer(model.graph)
         todo = sorted(
             (
@@ -285,14 +304,20 @@ class WidthScaler:
         while todo:
             pending = {w.name for w in todo}
             ready = [w for w in todo if not self.analysis.ancestors[w.name] & pending]
-            acts = run_values(model, self._feeds, [w.input_name for w in ready])
+            keys = {w.name: self._fit_key(w, point) for w in ready}
+            missing = [w.input_name for w in ready if keys[w.name] not in self._fits]
+            acts = run_values(model, self._feeds, missing) if missing else {}
             for w in ready:
-                y = stats.outputs[w.name]
-                out_map = maps.get(self.analysis.output_group[w.name])
-                if out_map is not None:
-                    y = np.take(y, out_map.index, axis=-1 if w.op_type == "MatMul" else 1)
                 intercept = w.op_type != "MatMul" or w.bias is not None
-                fit = fit_consumer(w, acts[w.input_name], y, ridge=ridge, intercept=intercept)
+                fit = self._fits.get(keys[w.name])
+                if fit is None:
+                    y = stats.outputs[w.name]
+                    out_map = maps.get(self.analysis.output_group[w.name])
+                    if out_map is not None:
+                        y = np.take(y, out_map.index, axis=-1 if w.op_type == "MatMul" else 1)
+                    fit = fit_consumer(w, acts[w.input_name], y, ridge=ridge, intercept=intercept)
+                    self._keep_fit(keys[w.name], fit)
+                self._fits.move_to_end(keys[w.name])
                 write_fit(model.graph, nodes, w, fit, names)
                 reports.append(
                     RefitReport(
@@ -305,6 +330,23 @@ class WidthScaler:
                 )
             todo = [w for w in todo if w.name not in {r.name for r in ready}]
         return reports
+
+
+    def _fit_key(self, w: WeightNode, point: _FitKey) -> tuple:
+        """What a consumer's refit depends on: the multipliers of its input and output groups
+        and of every group upstream of it (they change the activations it reads), the
+        importance (which channels are kept) and the ridge."""
+        chosen, a = point.chosen, self.analysis
+        upstream = {a.input_group.get(n) for n in a.ancestors[w.name]}
+        upstream |= {a.output_group.get(n) for n in a.ancestors[w.name]}
+        upstream |= {a.input_group.get(w.name), a.output_group.get(w.name)}
+        groups = sorted((gi, chosen[gi]) for gi in upstream if gi in chosen)
+        return (w.name, tuple(groups), point.importance, point.ridge)
+
+    def _keep_fit(self, key: tuple, fit: Fit) -> None:
+        self._fits[key] = fit
+        if len(self._fits) > MAX_CACHED_FITS:
+            self._fits.popitem(last=False)
 
 
 @contextlib.contextmanager
