@@ -133,7 +133,8 @@ class BatchedJournalBackend(JournalFileBackend):
     workers and a killed writer's successor see it at once (a killed process loses nothing
     it wrote: the data is in the kernel's page cache). Outside a batch each append is
     fsync'ed, as Optuna does; inside :meth:`batch` (the steps of one trial) the file is
-    fsync'ed once when the batch ends, which is what durability across a power loss needs.
+    fsync'ed once when the batch ends, which is what durability across a power loss needs
+    (a batch that need not be durable by itself leaves the fsync to the next one).
     """
 
     def __init__(self, file_path: str, lock_obj: JournalFileOpenLock) -> None:
@@ -153,14 +154,16 @@ class BatchedJournalBackend(JournalFileBackend):
         self._unsynced = True
 
     @contextlib.contextmanager
-    def batch(self) -> Generator[None, None, None]:
-        """Appends inside are fsync'ed once, when the outermost batch ends."""
+    def batch(self, durable: bool = True) -> Generator[None, None, None]:
+        """Appends inside are fsync'ed once, when the outermost batch ends; a batch that
+        need not survive a power loss (``durable=False``: a trial being started, which would
+        run again) leaves its fsync to the next durable write (fsync covers the whole file)."""
         self._depth += 1
         try:
             yield
         finally:
             self._depth -= 1
-            if self._depth == 0 and self._unsynced:
+            if self._depth == 0 and self._unsynced and durable:
                 self._unsynced = False
                 with open(self._path, "ab") as f:
                     os.fsync(f.fileno())
@@ -182,9 +185,10 @@ class BatchedJournalStorage(JournalStorage):
         super().__init__(backend)
         self.batched_backend = backend
 
-    def batch(self) -> contextlib.AbstractContextManager[None]:
-        """Writes inside are durable (fsync'ed) when the batch ends."""
-        return self.batched_backend.batch()
+    def batch(self, durable: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Writes inside are durable (fsync'ed) when the batch ends (``durable=False``: when
+        the next durable batch ends)."""
+        return self.batched_backend.batch(durable)
 
 
 class RecordsBackend(BaseJournalBackend):

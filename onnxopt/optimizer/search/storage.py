@@ -107,13 +107,19 @@ def _journal(path: Path, read_only: bool, notify: Callable[[str], None]) -> Base
     return storage
 
 
-def write_batch(storage: BaseStorage) -> contextlib.AbstractContextManager[None]:
+def write_batch(
+    storage: BaseStorage, *, durable: bool = True
+) -> contextlib.AbstractContextManager[None]:
     """Writes that are made durable together when the block ends (one fsync on a journal
-    opened by :func:`open_storage`; other storages write each call as before)."""
+    opened by :func:`open_storage`; other storages write each call as before).
+
+    ``durable=False``: the writes need not survive a power loss on their own (they are in
+    the file at once for every reader; the next durable block's fsync covers them).
+    """
     from onnxopt.optimizer.search.journal import BatchedJournalStorage
 
     if isinstance(storage, BatchedJournalStorage):
-        return storage.batch()
+        return storage.batch(durable)
     return contextlib.nullcontext()
 
 

@@ -12,8 +12,8 @@ on; Ctrl-C, SIGTERM or any other exception (a bug in onnxopt is one) fails the r
 trial as interrupted, queues its params again for a resumed run, and re-raises: the search
 stops.
 
-On the journal storage the writes of each step (asking, tagging and sampling; evaluating and
-telling) are fsync'ed once when the step ends (:func:`~.storage.write_batch`): two fsyncs a
+On the journal storage a trial's writes (asking, tagging and sampling; evaluating and
+telling) are fsync'ed once, when it is told (:func:`~.storage.write_batch`): one fsync a
 trial, and every write is in the file, for the other workers, as soon as it is made.
 
 Only public Optuna API is used: ``ask``/``tell``, the storage's trial methods, and a
@@ -88,7 +88,9 @@ class TrialLoop:
         return done
 
     def _start(self):
-        with self.slot_lock, write_batch(self.storage):
+        # a trial being started need not survive a power loss (it would run again): its
+        # writes are fsync'ed with the trial's results
+        with self.slot_lock, write_batch(self.storage, durable=False):
             if counted_trials(self.study) >= self.limit:
                 return None
             try:

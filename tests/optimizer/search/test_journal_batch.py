@@ -44,7 +44,23 @@ def test_a_batch_of_trial_writes_is_one_fsync_and_outside_each_write_is_one(
     assert len(calls) == 3  # outside a batch: every write fsync'ed, as Optuna does
 
 
-def test_a_search_loop_makes_at_most_two_fsyncs_per_trial(tmp_path, monkeypatch):
+def test_a_batch_that_need_not_be_durable_leaves_its_fsync_to_the_next(tmp_path, monkeypatch):
+    storage = open_storage(str(tmp_path / "study.journal"))
+    study = optuna.create_study(storage=storage, study_name="s")
+    calls = _count_fsyncs(monkeypatch)
+    with write_batch(storage, durable=False):
+        trial = study.ask()
+        trial.suggest_int("a", 0, 9)
+    assert calls == []
+    with write_batch(storage):
+        study.tell(trial, 1.0)
+    assert len(calls) == 1
+    with write_batch(storage):  # nothing written: nothing to fsync
+        study.get_trials()
+    assert len(calls) == 1
+
+
+def test_a_search_loop_makes_one_fsync_per_trial(tmp_path, monkeypatch):
     from onnxopt.optimizer.search.worker import TrialLoop
 
     storage = open_storage(str(tmp_path / "study.journal"))
@@ -62,7 +78,7 @@ def test_a_search_loop_makes_at_most_two_fsyncs_per_trial(tmp_path, monkeypatch)
     calls = _count_fsyncs(monkeypatch)
     done = TrialLoop(study, storage, Objective(), limit=5).run()
     assert done == 5
-    assert len(calls) == 2 * 5
+    assert len(calls) == 5
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 5
     assert all(t.user_attrs["metrics"] == t.value for t in trials)
