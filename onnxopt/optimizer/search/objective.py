@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 import optuna
@@ -115,7 +115,9 @@ class Objective:
             if len(self._scores) > MAX_CACHED_SCORES:
                 self._scores.popitem(last=False)
         self._scores.move_to_end(built.sha256)
-        return self._scores[built.sha256]
+        score = self._scores[built.sha256]
+        # a copy per trial: trials never share (or change) the kept dicts
+        return replace(score, metrics=dict(score.metrics), constraints=dict(score.constraints))
 
     def _build(self, trial: optuna.Trial, choice: Choice) -> _Built:
         key = tuple(sorted((k, repr(v)) for k, v in trial.params.items()))

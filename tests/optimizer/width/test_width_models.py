@@ -102,7 +102,7 @@ def test_calibration_is_required_only_when_read():
     check(scale_width(model, data_free).model)
 
 
-def test_base_activations_are_read_once_per_scaler(monkeypatch):
+def test_base_activations_are_read_once_per_scaler_and_refits_once_per_choice(monkeypatch):
     import onnxopt.optimizer.width.scaler as scaler_module
 
     calls = []
@@ -111,10 +111,12 @@ def test_base_activations_are_read_once_per_scaler(monkeypatch):
     x = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
     scaler = WidthScaler(jsc_three_linear_layers(), x)
     config = WidthConfig(layers={"fc1": {"channel_multiplier": 0.5, "mode": "both"}})
-    scaler.scale(config)
+    first = scaler.scale(config)
     assert len(calls) == 3  # base activations once, then one run per refitted layer
-    scaler.scale(config)
-    assert len(calls) == 5 and calls[3:] == [["relu0_out"], ["relu1_out"]]
+    again = scaler.scale(config)
+    assert len(calls) == 3  # the same group choice: its refits are reused, nothing is run
+    assert again.model.SerializeToString() == first.model.SerializeToString()
+    assert [r.node for r in again.refits] == [r.node for r in first.refits]
 
 
 def test_result_reports_changes_refits_and_frozen_groups_as_json():
