@@ -657,9 +657,11 @@ def quantize_cmd(
 )
 @_data_options
 @_preparation_options
+@_input_value_option
 @_rewrite_output_options("Scaled ONNX file to write.")
 def scale_cmd(
-    model, preparation, config_path, data_spec, data_format, label_column, output, as_json
+    model, preparation, config_path, data_spec, data_format, label_column, input_values, output,
+    as_json,
 ) -> None:
     """Scale the channel widths of MODEL's Gemm/MatMul/Conv layers consistently."""
     from onnxopt.config import load_toml
@@ -674,7 +676,9 @@ def scale_cmd(
     calibration = None
     if config.needs_calibration():
         calibration = refit_inputs(_load_data(data_spec, data_format, label_column))
-    result = scale_width(base, config, calibration, source=str(config_path))
+    result = scale_width(
+        base, config, calibration, source=str(config_path), fixed_inputs=input_values
+    )
     save_onnx(result.model, output)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
