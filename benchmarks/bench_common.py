@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxopt.optimizer.evaluate import measure_latency
-from onnxopt.runtime import get_backend
+from onnxopt.runtime import DEFAULT_RUNTIME, get_backend
 from onnxopt.runtime.io import Feeds
 
 BATCH_SIZES = (1, 256)
@@ -24,11 +24,16 @@ def interleaved_latency(
     sample: Feeds | np.ndarray,
     rounds: int,
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
+    runtimes: dict[str, str] | None = None,
 ) -> dict:
     """Median over rounds of each model's per-round median latency (ms) per batch size
-    (``sample``: rows of a one-input model, or Feeds for every input)."""
-    backend = get_backend()
-    sessions = {label: backend.load(path, threads=1) for label, path in paths.items()}
+    (``sample``: rows of a one-input model, or Feeds for every input; ``runtimes``: the
+    runtime per label, onnxruntime by default)."""
+    runtimes = runtimes or {}
+    sessions = {
+        label: get_backend(runtimes.get(label, DEFAULT_RUNTIME)).load(path, threads=1)
+        for label, path in paths.items()
+    }
     labels = list(sessions)
     per_round: dict[str, dict[int, list[float]]] = {
         label: {b: [] for b in batch_sizes} for label in labels
