@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from reliability_helpers import CHEAP_EVALUATION
 
 from onnxopt.atomic import atomic_path, sweep_stale
 from onnxopt.config.search import load_search_config
@@ -27,13 +28,8 @@ from onnxopt.optimizer.search.storage import open_storage
 from onnxopt.optimizer.search.study import is_interrupted
 from onnxopt.optimizer.search.worker import TrialLoop
 
-CHEAP = """
-[search.evaluation]
-batch_sizes = [1]
-warmup = 1
-repeats = 2
-min_time_s = 0
-"""
+CHEAP = f"""
+{CHEAP_EVALUATION}"""
 TWO_POINTS = (
     """
 [search.quantization.by_type.linear]
