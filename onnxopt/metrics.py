@@ -314,6 +314,16 @@ def latency_name(batch_size: int) -> str:
     return f"latency_b{batch_size}"
 
 
+def headline(figures: Mapping[str, Any]) -> str:
+    """The task figure a one-line summary shows: the first task metric of :data:`TASKS` in
+    ``figures`` (``"accuracy 0.9750"``, ``"mse 0.4724"``), or "" when there is none."""
+    for task in TASKS.values():
+        for name in task.defaults:
+            if isinstance(figures.get(name), int | float):
+                return f"{name} {figures[name]:.4f}"
+    return ""
+
+
 def metric_names() -> tuple[str, ...]:
     """The registered names (for config validation and hints)."""
     return tuple(METRICS)

@@ -42,6 +42,9 @@ MAX_FRAC = 32
 
 Width = Annotated[StrictInt, Field(ge=2, le=16)]
 FracWidth = Annotated[StrictInt, Field(ge=-MAX_FRAC, le=MAX_FRAC)] | Literal["auto", "NA"]
+WeightFracWidth = FracWidth | Literal["mse"]
+"""Weights may also take ``"mse"``: per tensor or channel, the range fraction or one finer,
+whichever loses less (:func:`~onnxopt.optimizer.quantization.fixed_point.frac_for_mse`)."""
 OpTypeKey = Literal["gemm", "matmul", "conv", "linear", "gather"]
 StorageMode = Literal["container", "packed"]
 TargetCpu = Annotated[str, registered(target_names, "target CPU")]
@@ -72,7 +75,7 @@ class LayerQuant(StrictModel):
     data_in_width: Width = 8
     data_in_frac_width: FracWidth = "auto"
     weight_width: Width = 8
-    weight_frac_width: FracWidth = "auto"
+    weight_frac_width: WeightFracWidth = "auto"
     bias_width: Width = 16
     bias_frac_width: FracWidth = "auto"
     data_out_width: Width | None = None

@@ -93,6 +93,7 @@ from onnxopt.config.quantization import (
     QuantizationConfig,
     StorageMode,
     TargetCpu,
+    WeightFracWidth,
     WeightGranularity,
     Width,
 )
@@ -125,7 +126,7 @@ class LayerChoices(StrictModel):
     data_in_width: Choices[Width] | None = None
     data_in_frac_width: Choices[FracWidth] | None = None
     weight_width: Choices[Width] | None = None
-    weight_frac_width: Choices[FracWidth] | None = None
+    weight_frac_width: Choices[WeightFracWidth] | None = None
     bias_width: Choices[Width] | None = None
     bias_frac_width: Choices[FracWidth] | None = None
     data_out_width: Choices[Width] | None = None

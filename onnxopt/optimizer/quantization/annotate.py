@@ -20,7 +20,12 @@ from onnxopt.errors import ConfigError, did_you_mean
 from onnxopt.optimizer.quantization.calibration import Range
 from onnxopt.optimizer.quantization.fixed_point import frac_for_range, na_frac
 from onnxopt.optimizer.quantization.graph_analysis import is_embedding
-from onnxopt.optimizer.quantization.spec import ActivationMode, NodeQuantSpec, TensorSpec
+from onnxopt.optimizer.quantization.spec import (
+    ActivationMode,
+    FracFit,
+    NodeQuantSpec,
+    TensorSpec,
+)
 
 DEFAULT_OPS = ("Gemm", "MatMul", "Conv")
 """Op types ``[default]`` reaches; Gather tables need a ``gather`` or by-name entry."""
@@ -141,10 +146,12 @@ def _needs_output_q(node: ir.Node, quantized: set[str]) -> bool:
 
 
 def _weight_spec(layer: LayerQuant, granularity: str) -> TensorSpec:
+    mse = layer.weight_frac_width == "mse"
     return TensorSpec(
         width=layer.weight_width,
         granularity=layer.weight_granularity or granularity,
-        frac=_weight_frac(layer.weight_frac_width, layer.weight_width),
+        frac=None if mse else _weight_frac(layer.weight_frac_width, layer.weight_width),
+        fit=FracFit.MSE if mse else FracFit.RANGE,
     )
 
 

@@ -80,9 +80,10 @@ def weight_input(node: ir.Node) -> int:
 
 
 def weight_channel_axis(node: ir.Node) -> int:
-    """The output-channel axis of the node's weight (a Gather table's: its columns)."""
+    """The output-channel axis of the node's weight (a Gather table's: its rows, one scale
+    per token)."""
     if node.op_type == "Gather":
-        return 1
+        return 0
     if node.op_type == "Conv":
         return 0
     if node.op_type == "Gemm":

@@ -10,8 +10,10 @@ The activation scale comes from the tensor's own range at run time; the weight k
 fixed-point scale ``2**-f`` (per tensor or per output column). The float bias is added after.
 
 Weight-only (an embedding Gather) looks rows up in the integer table and dequantizes what it
-read: ``Gather(T_q, ids) -> DequantizeLinear`` (per column along the last axis when per
-channel); packed INT4/INT2 tables are cast to 8 bits at load, like packed weights.
+read: ``Gather(T_q, ids) -> DequantizeLinear`` per tensor; per channel, each row (token) has
+its own scale, looked up with it: ``Cast(Gather(T_q, ids)) * Gather(scales, ids)`` (a
+DequantizeLinear cannot take per-row scales after the lookup). Packed INT4/INT2 tables are
+cast to 8 bits at load, like packed weights.
 """
 
 from __future__ import annotations
@@ -114,8 +116,8 @@ def dynamic_matmul(
 def quantized_gather(
     graph: ir.Graph, names: Namer, table: WeightCodes, ids: ir.Value, name: str
 ) -> tuple[list[ir.Node], ir.Value, StoredCodes]:
-    """``Gather(T_q, ids) -> DequantizeLinear`` for a ``[V, D]`` table (per column when
-    per channel). The Gather keeps the name ``name``.
+    """``Gather(T_q, ids) -> DequantizeLinear`` for a ``[V, D]`` table, or with one scale
+    per row ``Cast(Gather(T_q, ids)) * Gather(scales, ids)``. The Gather keeps ``name``.
 
     Returns:
         The nodes (not inserted), the float output, and the stored table codes.
@@ -126,6 +128,18 @@ def quantized_gather(
     looked_up = gather.outputs[0]
     looked_up.name = names(f"{name}_codes")
     looked_up.dtype = ir.DataType.from_numpy(stored.container.numpy_dtype)
-    axis = -1 if table.per_channel else None
-    dq, out = dequantize(graph, names, stored, looked_up, table.fracs, axis, f"{name}_table")
-    return [*stored.nodes, gather, dq], out, stored
+    if not table.per_channel:
+        dq, out = dequantize(graph, names, stored, looked_up, table.fracs, None, f"{name}_table")
+        return [*stored.nodes, gather, dq], out, stored
+    assert stored.zero_point == 0  # tables are stored signed (a lookup has no u8s8 kernel)
+    rows = np.ldexp(np.float32(1.0), -np.asarray(table.fracs, np.int32)).astype(np.float32)
+    scales = add_initializer(graph, names, f"{name}_row_scale", rows.reshape(-1, 1))
+    scale_of = ir.node("Gather", [scales, ids], attributes={"axis": 0},
+                       name=names(f"{name}_row_scale_Gather"))  # fmt: skip
+    scale_of.outputs[0].name = names(f"{name}_row_scales")
+    scale_of.outputs[0].dtype = ir.DataType.FLOAT
+    cast = ir.node("Cast", [looked_up], attributes={"to": ir.DataType.FLOAT},
+                   name=names(f"{name}_Cast"))  # fmt: skip
+    cast.outputs[0].name, cast.outputs[0].dtype = names(f"{name}_codes_float"), ir.DataType.FLOAT
+    mul, out = _float_node("Mul", [cast.outputs[0], scale_of.outputs[0]], names, f"{name}_rows")
+    return [*stored.nodes, gather, scale_of, cast, mul], out, stored

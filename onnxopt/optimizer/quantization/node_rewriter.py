@@ -11,7 +11,11 @@ import onnx_ir as ir
 
 from onnxopt.errors import ConfigError, RewriteError
 from onnxopt.graph import Namer, const_array
-from onnxopt.optimizer.quantization.fixed_point import frac_for_range, quantize_fixed
+from onnxopt.optimizer.quantization.fixed_point import (
+    frac_for_mse,
+    frac_for_range,
+    quantize_fixed,
+)
 from onnxopt.optimizer.quantization.graph_analysis import (
     is_nonneg,
     weight_channel_axis,
@@ -33,6 +37,7 @@ from onnxopt.optimizer.quantization.qdq_nodes import (
 from onnxopt.optimizer.quantization.spec import (
     ActivationMode,
     Container,
+    FracFit,
     NodeQuantSpec,
     Role,
     Storage,
@@ -69,6 +74,8 @@ def constant_fracs(
 ) -> int | np.ndarray:
     """The spec's fraction(s) for a constant: one int, or one per channel along ``axis``."""
     channels = array.shape[axis]
+    if spec.frac is None and spec.fit is FracFit.MSE:
+        return frac_for_mse(array, spec.width, signed, axis=axis if spec.per_channel else None)
     if not spec.per_channel:
         if spec.frac is None:
             return frac_for_range(float(np.max(np.abs(array), initial=0.0)), spec.width, signed)

@@ -52,6 +52,13 @@ class ActivationMode(enum.StrEnum):
     WEIGHT_ONLY = "weight_only"
 
 
+class FracFit(enum.StrEnum):
+    """How an "auto" constant fraction is chosen: to cover the range, or for least error."""
+
+    RANGE = "range"
+    MSE = "mse"
+
+
 class Role(enum.StrEnum):
     """Which input of a quantized node a tensor spec describes."""
 
@@ -149,6 +156,7 @@ class TensorSpec:
             producer is a Relu or the value is known non-negative; weights/bias: signed).
         granularity: ``per_tensor`` or ``per_channel`` (weights and bias only).
         container: The storage type; ``None`` lets :func:`choose_container` decide.
+        fit: How an "auto" (``None``) fraction of a constant is chosen (:class:`FracFit`).
     """
 
     width: int
@@ -156,6 +164,7 @@ class TensorSpec:
     signed: bool | None = None
     granularity: Granularity = Granularity.PER_TENSOR
     container: Container | None = None
+    fit: FracFit = FracFit.RANGE
 
     def __post_init__(self) -> None:
         if not _is_int(self.width) or not MIN_WIDTH <= self.width <= MAX_WIDTH:
@@ -166,6 +175,9 @@ class TensorSpec:
             raise ConfigError(f"signed must be true, false or unset, got {self.signed!r}")
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "frac", _coerce_frac(self.frac))
+        object.__setattr__(self, "fit", _coerce_enum(FracFit, self.fit, "fit"))
+        if self.fit is FracFit.MSE and self.frac is not None:
+            raise ConfigError("fit 'mse' chooses the fraction: leave frac unset")
         gran = _coerce_enum(Granularity, self.granularity, "granularity")
         object.__setattr__(self, "granularity", gran)
         if self.container is not None:
@@ -194,6 +206,8 @@ def _check_activation(spec: TensorSpec, what: str) -> None:
         raise ConfigError(f"{what}: activations are quantized per tensor only")
     if spec.frac is None:
         raise ConfigError(f"{what}: activation frac must be set (calibrate before quantizing)")
+    if spec.fit is not FracFit.RANGE:
+        raise ConfigError(f"{what}: fit 'mse' applies to constants (weights) only")
     if spec.container is not None and spec.container.bits not in (8, 16):
         raise ConfigError(
             f"{what}: activation container must be 8 or 16 bits, got {spec.container}"

@@ -78,7 +78,7 @@ def _reference(model: onnx.ModelProto, ids, *, table_width, granularity, dynamic
         return _fixed(array, width, frac if not per_channel or axis == 1 else frac[:, None])
 
     act = _dynamic if dynamic else (lambda x: x)
-    e = weight(w["E"], 1, table_width)[ids]
+    e = weight(w["E"], 0, table_width)[ids]  # a table has one scale per row (token)
     m = np.maximum(act(e.reshape(-1, D)) @ weight(w["W"], 1), 0)
     return act(m) @ weight(w["G"], 0).T + w["b"]
 
