@@ -205,3 +205,17 @@ def test_search_space_picks_up_the_new_keys():
     layer = config.for_node("mm", "MatMul")
     assert (layer.activation, layer.weight_granularity) == ("dynamic", "per_channel")
     assert config.for_node("emb", "Gather").weight_width == 4
+
+
+def test_mse_fraction_golden_cases():
+    from onnxopt.optimizer.quantization.fixed_point import frac_for_mse
+
+    # 4-bit signed, max 1.0: the range fraction is 2 (steps of 1/4, 7/4 >= 1). One finer
+    # (1/8) saturates 1.0 to 7/8 (error 1/64) but puts 0.35 at 3/8 (error 1/1600) instead
+    # of 1/4 (error 1/100): with ten of them finer wins, with one it does not.
+    many = np.array([1.0] + [0.35] * 10)
+    few = np.array([1.0, 0.35])
+    assert frac_for_mse(many, 4) == 3 and frac_for_mse(few, 4) == 2
+    padded = np.stack([many, np.r_[few, np.zeros(9)]], axis=1)  # channels along axis 1
+    assert frac_for_mse(padded, 4, axis=1).tolist() == [3, 2]
+    assert frac_for_mse(np.zeros(4), 4) == 3  # all zero: the range fraction (width - 1)
