@@ -19,8 +19,8 @@ from onnxopt.optimizer.quantization.spec import ActivationMode, Container
 CONV_NEEDS_OUTPUT_Q = "Conv without an 8-bit data_out: QLinearConv needs a quantized output"
 NOT_FUSED = "onnxruntime does not fuse it into an integer kernel: it runs DQ + float {op}"
 WEIGHT_ONLY = (
-    "weight-only: the table is stored as integers, the lookup reads codes and a "
-    "DequantizeLinear follows (no integer kernel; the table's memory and file size shrink)"
+    "weight-only: the table is stored as integers and the lookup reads codes, dequantized "
+    "after it (no integer kernel; the table's memory and file size shrink)"
 )
 
 @dataclasses.dataclass(frozen=True)
