@@ -323,8 +323,8 @@ def train_cmd(
     )
     save_weights(trained, output)
     click.echo(
-        f"trained {recipe} on {dataset.name}: best validation accuracy "
-        f"{trained.val_accuracy:.4f} after {trained.epochs} epochs (seed {seed}) -> {output}"
+        f"trained {recipe} on {dataset.name}: best validation {trained.val_metric} "
+        f"{trained.val_score:.4f} after {trained.epochs} epochs (seed {seed}) -> {output}"
     )
 
 
@@ -816,7 +816,7 @@ def select_cmd(
         formats=tuple(formats) or None, verify=verify or None,
     )  # fmt: skip
     click.echo(
-        f"trial {trial.number} ({rule}): test accuracy {exported.test_accuracy:.4f}, "
+        f"trial {trial.number} ({rule}): test {exported.test_headline or 'figures'}, "
         f"{exported.size_bytes:,} bytes -> {exported.onnx_path}"
     )
     for fmt, info in (exported.fpga or {}).items():

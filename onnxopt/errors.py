@@ -47,6 +47,12 @@ class EvaluationError(OnnxoptError):
     """onnxruntime refused or failed to run a model."""
 
 
+class MetricError(UsageError):
+    """A metric could not be computed: a user metric function raised or returned no finite
+    number, or a value is NaN/Inf. On the fp32 baseline it stops the command before any
+    study exists (exit 2); on a search candidate its trial fails with the reason."""
+
+
 class StorageDamagedError(UsageError):
     """A study storage file onnxopt cannot read (a damaged record, an empty or foreign file);
     the message names the file, the record and the way to recover."""

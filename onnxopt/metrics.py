@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from onnxopt.errors import UsageError, did_you_mean
+from onnxopt.errors import MetricError, UsageError, did_you_mean
 
 Direction = Literal["maximize", "minimize"]
 Tier = Literal["model", "outputs", "latency"]
@@ -314,6 +314,16 @@ def latency_name(batch_size: int) -> str:
     return f"latency_b{batch_size}"
 
 
+def headline(figures: Mapping[str, Any]) -> str:
+    """The task figure a one-line summary shows: the first task metric of :data:`TASKS` in
+    ``figures`` (``"accuracy 0.9750"``, ``"mse 0.4724"``), or "" when there is none."""
+    for task in TASKS.values():
+        for name in task.defaults:
+            if isinstance(figures.get(name), int | float):
+                return f"{name} {figures[name]:.4f}"
+    return ""
+
+
 def metric_names() -> tuple[str, ...]:
     """The registered names (for config validation and hints)."""
     return tuple(METRICS)
@@ -329,13 +339,24 @@ def user_metric(name: str, fn: Callable[..., Any], direction: Direction) -> Metr
 
     def compute(m: MetricInputs, p: Mapping[str, Any]) -> float:
         targets = m.labels if m.labels is not None else m.targets
-        value = fn(_need(m.outputs, "outputs"), targets)
         try:
-            return float(value)
+            value = fn(_need(m.outputs, "outputs"), targets)
+        except Exception as exc:  # the user's code may raise anything: one line names it
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise MetricError(
+                f"metric {name!r}: its function raised {type(exc).__name__}"
+                f"{': ' + detail if detail else ''}; it is called as fn(outputs, targets)"
+            ) from None
+        try:
+            number = float(value)
         except (TypeError, ValueError):
-            raise UsageError(
+            raise MetricError(
                 f"metric {name!r}: the function returned {type(value).__name__}, not a number"
             ) from None
+        if not np.isfinite(number):
+            raise MetricError(f"metric {name!r}: the function returned {number}, not a finite "
+                              "number")  # fmt: skip
+        return number
 
     return MetricSpec(name, direction, "outputs", "", f"user metric {name}", "software",
                       compute=compute)  # fmt: skip

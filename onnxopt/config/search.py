@@ -85,6 +85,7 @@ from onnxopt.config import bounds
 from onnxopt.config.base import StrictModel, registered
 from onnxopt.config.fpga import ExportFormat, Hls4mlOptions
 from onnxopt.config.quantization import (
+    ActivationMode,
     Calibration,
     FracWidth,
     LayerQuant,
@@ -92,6 +93,7 @@ from onnxopt.config.quantization import (
     QuantizationConfig,
     StorageMode,
     TargetCpu,
+    WeightFracWidth,
     WeightGranularity,
     Width,
 )
@@ -119,10 +121,12 @@ class LayerChoices(StrictModel):
     keys as :class:`~onnxopt.config.quantization.LayerQuant`; a test ties the two)."""
 
     enabled: Choices[StrictBool] | None = None
+    activation: Choices[ActivationMode] | None = None
+    weight_granularity: Choices[WeightGranularity] | None = None
     data_in_width: Choices[Width] | None = None
     data_in_frac_width: Choices[FracWidth] | None = None
     weight_width: Choices[Width] | None = None
-    weight_frac_width: Choices[FracWidth] | None = None
+    weight_frac_width: Choices[WeightFracWidth] | None = None
     bias_width: Choices[Width] | None = None
     bias_frac_width: Choices[FracWidth] | None = None
     data_out_width: Choices[Width] | None = None

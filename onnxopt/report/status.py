@@ -14,6 +14,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from onnxopt import metrics as registry
 from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.pareto import best_trials
 from onnxopt.optimizer.search.study import (
@@ -111,7 +112,7 @@ class StudyStatus:
 def _baseline_line(base: dict[str, float] | None) -> str:
     if not base:
         return "fp32 baseline: not measured yet (the first worker is still starting)"
-    parts = [f"accuracy {base['accuracy']:.4f}", f"size {int(base['size']):,} bytes"]
+    parts = [p for p in (registry.headline(base), f"size {int(base['size']):,} bytes") if p]
     if "latency" in base:
         parts.append(f"latency {base['latency']:.4f} ms (batch 1)")
     return "fp32 baseline (validation): " + ", ".join(parts)

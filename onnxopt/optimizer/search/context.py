@@ -8,6 +8,7 @@ from pathlib import Path
 
 from onnxopt.config.search import SearchConfig
 from onnxopt.data.dataset import Dataset
+from onnxopt.errors import MetricError
 from onnxopt.optimizer.evaluate.measure import Measurer
 from onnxopt.optimizer.search.base import load_base, load_data
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
@@ -87,7 +88,10 @@ class SearchContext:
         """fp32 base model metrics on the validation split (latency included; fidelity
         metrics against its own outputs: cosine 1, error 0)."""
         evaluator = self.evaluator.for_trials({}, self.reference())
-        return evaluator.measure(self.builder.base).metrics
+        try:
+            return evaluator.measure(self.builder.base).metrics
+        except MetricError as exc:  # before the study exists: nothing was written
+            raise MetricError(f"on the fp32 baseline, {exc}") from None
 
 
 def search_measurer(config: SearchConfig, split, num_classes: int | None) -> Measurer:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from onnxopt import metrics as registry
 from onnxopt.atomic import write_text
 from onnxopt.config.search import SearchExport
 from onnxopt.errors import UsageError
@@ -62,12 +63,19 @@ class ExportedTrial:
     """The ``.onnx`` against the fixed-point reference on this CPU (quantized models)."""
 
     @property
-    def test_accuracy(self) -> float:
-        return self.artifacts["onnx"]["accuracy"]
+    def test_accuracy(self) -> float | None:
+        """Test accuracy (classifiers; None for other tasks)."""
+        return self.artifacts["onnx"].get("accuracy")
 
     @property
-    def test_loss(self) -> float:
-        return self.artifacts["onnx"]["loss"]
+    def test_loss(self) -> float | None:
+        """Test cross-entropy (classifiers; None for other tasks)."""
+        return self.artifacts["onnx"].get("loss")
+
+    @property
+    def test_headline(self) -> str:
+        """The task figure on the test split, for one-line summaries."""
+        return registry.headline(self.artifacts["onnx"])
 
     @property
     def size_bytes(self) -> int:
@@ -178,8 +186,8 @@ def export_trial(
         "verified": None if verified is None else verified.as_dict(),
         "model_sha256": trial.user_attrs.get("model_sha256"),
         # kept for readers of earlier reports
-        "test_accuracy": figures["onnx"]["accuracy"],
-        "test_loss": figures["onnx"]["loss"],
+        "test_accuracy": figures["onnx"].get("accuracy"),
+        "test_loss": figures["onnx"].get("loss"),
         **({"fpga": exported.fpga} if fpga else {}),
         "export": exported.as_dict(),
     }

@@ -188,7 +188,9 @@ def _measure_baseline(ctx: SearchContext, say: Callable[[str], None]) -> dict:
     say("measuring the fp32 baseline on the validation split")
     baseline = ctx.baseline()
     named = ctx.config.search.metrics
-    scores = ", ".join(f"{name} {v:.4g}" for name, v in baseline.items() if name in named)
+    scores = ", ".join(
+        f"{name} {v:.4g}" for name, v in baseline.items() if name in named and name != "size"
+    )
     say(f"fp32 baseline: {scores}, {int(baseline['size']):,} bytes")
     return baseline
 

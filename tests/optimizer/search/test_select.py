@@ -10,7 +10,7 @@ from optuna.trial import TrialState, create_trial
 from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.select import Rule, parse_rule, select_trial
 
-BASE = 0.98
+BASE = {"accuracy": 0.98}
 
 
 def _trial(number: int, accuracy: float, size: float, feasible: bool = True, state=None):
