@@ -175,9 +175,8 @@ def free_batch_axis(
         if batch <= LARGE_BATCH
         else f"each row's outputs checked the same at batch sizes {sizes}"
     )
-    return freed, f"{source}: batch axis freed (was fixed at {batch:,}; {how}; " + (
-        "--batch-size-fixed keeps it)"
-    )
+    note = f"{source}: batch axis freed (was fixed at {batch:,}; {how}; "
+    return freed, note + "--batch-size-fixed keeps it)"
 
 
 def _check_freed(original: onnx.ModelProto, freed: onnx.ModelProto, batch: int, source: str):
