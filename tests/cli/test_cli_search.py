@@ -42,8 +42,8 @@ def test_search_writes_outputs_and_select_exports(config, tmp_path):
                                        "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Pareto set" in result.output and "software_metrics" in result.output
-    for name in ("study.journal", "trials.csv", "report.json", "manifest.json", "pareto.html",
-                 "pareto.png"):  # fmt: skip
+    for name in ("study.journal", "trials.csv", "report.json", "manifest.json", "report.html",
+                 "quantize_static.onnx"):  # fmt: skip
         assert (run / name).is_file(), name
     report = json.loads((run / "report.json").read_text())
     assert report["best"] and all(b["export"]["test_accuracy"] > 0 for b in report["best"])
