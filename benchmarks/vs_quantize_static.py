@@ -21,7 +21,8 @@ The pick is the exported model a user would ship on validation figures alone: th
 validation accuracy, then the smallest, then the fastest. It *dominates* a variant when its
 test accuracy is at least the variant's, its file at most as large and its batch-256
 latency at most as long, one of them strictly. Win rates count seeds: how often the pick
-dominates, and how often any exported Pareto model does.
+dominates, and how often any exported Pareto model does. ``--update`` re-runs some models
+and keeps the other models' runs of an earlier ``--out`` file (each run records its machine).
 """
 
 from __future__ import annotations
@@ -183,6 +184,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     default_out = Path("benchmarks/results/vs_quantize_static.json")
     parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--update", action="store_true",
+                        help="replace only these models' runs in an existing --out file")
     args = parser.parse_args()
     if args.n_trials is not None and not 1 <= args.n_trials <= MAX_TRIALS:
         parser.error(f"--n-trials must be 1..{MAX_TRIALS}")
@@ -192,7 +195,13 @@ def main() -> None:
         for model in args.models:
             for seed in args.seeds:
                 runs.append(one_run(model, seed, args.n_trials, args.rounds, Path(tmp)))
+                runs[-1]["machine"] = machine
                 print_run(runs[-1])
+    if args.update and args.out.is_file():
+        earlier = json.loads(args.out.read_text())
+        kept = [{"machine": earlier["machine"], **r} for r in earlier["runs"]
+                if r["model"] not in args.models]  # fmt: skip
+        runs = kept + runs
     summary = summarize(runs)
     print("\nwin rates (seeds where the pick / any Pareto model dominates):")
     for model, by_variant in summary.items():
