@@ -740,8 +740,9 @@ def search_cmd(
 ):  # fmt: skip
     """Search quantization and width choices of a model with Optuna (CONFIG_PATH: TOML)."""
     from onnxopt.config.search import load_search_config
+    from onnxopt.optimizer.search.reference_points import reference_points
     from onnxopt.optimizer.search.run import export_best, exports_on_disk, run_search
-    from onnxopt.report.search_plots import write_plots
+    from onnxopt.report.html_report import write_html_report
     from onnxopt.report.search_report import report_dict, summary, write_reports
 
     config = load_search_config(config_path, n_trials=n_trials, workers=workers)
@@ -761,7 +762,7 @@ def search_cmd(
             exports_on_disk(result)
         else:
             export_best(result, say=say)
-            write_plots(result)
+            write_html_report(result, reference_points(result, say=say))
     write_reports(result)
     if as_json:
         click.echo(json.dumps(report_dict(result), indent=2))

@@ -49,6 +49,9 @@ TOML shape (``onnxopt search CONFIG.toml``)::
     reuse_factor = 1
     verify = false                 # compile each project and compare it with onnxruntime
 
+    [search.report]                # report.html in the run directory
+    quantize_static = true         # draw onnxruntime's quantize_static model in (measured once)
+
 From the lab's MASE config
 --------------------------
 The lab wrote ``[search.search_space.seed.default.config]`` (the seed config every trial
@@ -271,6 +274,15 @@ class SearchExport(StrictModel):
         return value
 
 
+class SearchReport(StrictModel):
+    """``[search.report]``: what ``report.html`` compares the search's models with."""
+
+    quantize_static: StrictBool = True
+    """Quantize the base model once with onnxruntime's ``quantize_static`` (per-tensor QDQ,
+    int8 weights, uint8 activations, the search's calibration split), measure it like a
+    trial and draw it in every plot and the table."""
+
+
 class StorageOptions(StrictModel):
     """``[search.storage]``: how a database storage (``--storage URL``) rides out a restart."""
 
@@ -290,6 +302,7 @@ class Search(StrictModel):
     evaluation: Evaluation = Evaluation()
     export: SearchExport = SearchExport()
     storage: StorageOptions = StorageOptions()
+    report: SearchReport = SearchReport()
 
     @field_validator("metrics")
     @classmethod

@@ -1,7 +1,7 @@
 """Search outputs: the lab's best-trials table, trials.csv, report.json and manifest.json.
 
-Every file is written atomically (:mod:`onnxopt.atomic`). Plots are in
-:mod:`onnxopt.report.search_plots`.
+Every file is written atomically (:mod:`onnxopt.atomic`). The page with the plots,
+``report.html``, is :mod:`onnxopt.report.html_report`.
 """
 
 from __future__ import annotations
