@@ -183,6 +183,8 @@ def _describe_study(study: optuna.Study, ctx: SearchContext) -> None:
     study.set_user_attr("data_fingerprint", ctx.dataset.fingerprint())
     study.set_user_attr("base_sha256", ctx.base_sha256())
     study.set_user_attr("objectives", objective_names(s))
+    # counted metrics' drops are whole samples of this split (select compares them so)
+    study.set_user_attr("validation_samples", len(ctx.dataset.val))
     for point in s.strategy.enqueue:
         study.enqueue_trial(ctx.space.encode(point), skip_if_exists=True)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial
 
 from onnxopt.errors import UsageError
+from onnxopt.metrics import samples_of
 from onnxopt.optimizer.search.pareto import is_feasible
 from onnxopt.optimizer.search.study import STUDY_NAME
 
@@ -57,21 +58,35 @@ def parse_rule(text: str) -> Rule:
     return Rule(words[0], words[1], tuple(conditions))
 
 
-def trial_metrics(trial: FrozenTrial, baseline_accuracy: float) -> dict[str, float]:
-    """A trial's stored metrics plus ``accuracy_drop``."""
+def trial_metrics(
+    trial: FrozenTrial, baseline_accuracy: float, samples: int | None = None
+) -> dict[str, float]:
+    """A trial's stored metrics plus ``accuracy_drop``.
+
+    With the validation split's size ``samples``, the drop is whole samples over it (8 of
+    400 is exactly 0.02, as a rule's ``accuracy_drop <= 0.02`` means), not a float
+    difference that lands a rounding error above.
+    """
     metrics = dict(trial.user_attrs.get("metrics", {}))
     if "accuracy" in metrics:
-        metrics["accuracy_drop"] = baseline_accuracy - metrics["accuracy"]
+        drop = baseline_accuracy - metrics["accuracy"]
+        if samples:
+            drop = samples_of(drop, samples) / samples
+        metrics["accuracy_drop"] = drop
     return metrics
 
 
-def select_trial(trials: list[FrozenTrial], rule: Rule, baseline_accuracy: float) -> FrozenTrial:
+def select_trial(
+    trials: list[FrozenTrial], rule: Rule, baseline_accuracy: float, samples: int | None = None
+) -> FrozenTrial:
     """The feasible trial that best meets ``rule`` (lowest number on ties).
 
     Raises:
         UsageError: For an unknown metric or when no trial meets the conditions.
     """
-    scored = [(t, trial_metrics(t, baseline_accuracy)) for t in trials if is_feasible(t)]
+    scored = [
+        (t, trial_metrics(t, baseline_accuracy, samples)) for t in trials if is_feasible(t)
+    ]
     known = set().union(*(m.keys() for _, m in scored)) if scored else set()
     for name in (rule.metric, *(c[0] for c in rule.conditions)):
         if scored and name not in known:
@@ -124,7 +139,10 @@ def select_and_export(
         run_dir = Path(source)
     study = load_study(url, study_name or STUDY_NAME)
     config = validate(SearchConfig, study.user_attrs["config"], source=url)
-    trial = select_trial(study.get_trials(), rule, study.user_attrs["baseline"]["accuracy"])
+    attrs = study.user_attrs
+    trial = select_trial(
+        study.get_trials(), rule, attrs["baseline"]["accuracy"], attrs.get("validation_samples")
+    )
     ctx = SearchContext.prepare(
         config, Path(run_dir), expected_sha256=study.user_attrs.get("base_sha256")
     )
