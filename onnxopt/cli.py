@@ -18,7 +18,7 @@ import click
 
 from onnxopt import __version__
 from onnxopt.config import bounds
-from onnxopt.errors import OnnxoptError, UsageError, first_line
+from onnxopt.errors import OnnxoptError, SearchFailedError, UsageError, first_line
 
 PathArg = click.Path(path_type=Path)
 
@@ -739,6 +739,7 @@ def search_cmd(
     from onnxopt.optimizer.search.run import export_best, exports_on_disk, run_search
     from onnxopt.report.search_plots import write_plots
     from onnxopt.report.search_report import report_dict, summary, write_reports
+    from onnxopt.report.ship import all_failed, shipping_summary, trial_counts
 
     config = load_search_config(config_path, n_trials=n_trials, workers=workers)
     run_dir = run_dir or Path("runs") / config_path.stem
@@ -753,16 +754,22 @@ def search_cmd(
             reclaim=reclaim, restart=restart, progress=not no_progress,
             notify=lambda note: _print_notes([note]), say=say,
         )  # fmt: skip
+        failed = all_failed(trial_counts(result.study.get_trials(deepcopy=False)))
+        if failed:
+            write_reports(result)  # trials.csv keeps every reason
+            raise SearchFailedError(f"{failed}; see {run_dir / 'trials.csv'}")
         if no_export:
             exports_on_disk(result)
         else:
             export_best(result, say=say)
+            say("drawing the plots")
             write_plots(result)
     write_reports(result)
     if as_json:
         click.echo(json.dumps(report_dict(result), indent=2))
     else:
         click.echo(summary(result))
+        click.echo(shipping_summary(result, study_name))
         click.echo(f"-> {run_dir}")
 
 

@@ -18,6 +18,7 @@ import onnx
 
 from onnxopt import metrics as registry
 from onnxopt.config.search import Constraints, Evaluation
+from onnxopt.optimizer.evaluate.latency import LatencyResult
 from onnxopt.optimizer.evaluate.measure import LatencyPlan, Measurer, check_finite
 
 
@@ -28,6 +29,8 @@ class TrialScore:
     metrics: dict[str, float] = field(default_factory=dict)
     constraints: dict[str, float] = field(default_factory=dict)
     latency_skipped: str | None = None
+    latency_spread: dict[str, dict[str, float]] | None = None
+    """Per batch size (a string key) the median, quartiles and runs behind each latency."""
 
     @property
     def feasible(self) -> bool:
@@ -112,7 +115,9 @@ class Evaluator:
                 out.constraints["latency"] = 0.0
         else:
             with self.latency_lock:
-                out.metrics.update(self.measurer.latency_metrics(loaded, self.plan)[0])
+                timed, result = self.measurer.latency_metrics(loaded, self.plan)
+            out.metrics.update(timed)
+            out.latency_spread = latency_spread(result)
             if self.limits.max_latency_ms is not None:
                 out.constraints["latency"] = out.metrics["latency"] - self.limits.max_latency_ms
         check_finite(out.metrics)
@@ -138,6 +143,15 @@ class Evaluator:
     def direction(self, name: str) -> str:
         """A metric's direction (user metrics: as their spec says)."""
         return self.spec(name).direction
+
+
+def latency_spread(result: LatencyResult) -> dict[str, dict[str, float]]:
+    """Plain JSON per batch size: median, quartiles (the spread) and runs, in ms."""
+    return {
+        str(r.batch_size): {"median_ms": r.median_ms, "q1_ms": r.q1_ms, "q3_ms": r.q3_ms,
+                            "runs": r.runs}
+        for r in result.stats
+    }  # fmt: skip
 
 
 def drop_value(worse: float, limit: float, n: int, *, counted: bool) -> float:

@@ -58,6 +58,9 @@ class SearchResult:
     recovered: int = 0
     storage: str = ""
     exported: list[ExportedTrial] = field(default_factory=list)
+    fp32_test: dict | None = None
+    """The fp32 base model on the test split, measured like the exports: ``metrics`` and
+    ``latency_ms`` (per batch size: median, quartiles)."""
 
     @property
     def objectives(self) -> list[str]:
@@ -230,6 +233,13 @@ def export_best(
     sweep_stale(ctx.run_dir)
     plan = ctx.evaluator.plan
     exported = []
+    if result.best:
+        say("measuring the fp32 base model on the test split (what the exports compare with)")
+        base = test.measure(ctx.builder.base, latency=plan)
+        result.fp32_test = {
+            "metrics": dict(base.metrics),
+            "latency_ms": base.latency.to_dict() if base.latency else {},
+        }
     with atomic_folder(folder) as staging:
         for i, t in enumerate(result.best, start=1):
             say(f"exporting trial {t.number} ({i}/{len(result.best)}): .onnx, .ort, card; "
