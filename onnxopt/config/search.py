@@ -252,6 +252,9 @@ class Evaluation(StrictModel):
     min_time_s: StrictFloat = Field(0.005, ge=0, le=bounds.MAX_MIN_TIME_S)
     runtime: Annotated[str, registered(_runtime_names, "runtime")] = "onnxruntime"
     """The backend every candidate is measured on (:data:`onnxopt.runtime.BACKENDS`)."""
+    remeasure_rounds: StrictInt = Field(30, ge=0, le=bounds.MAX_REPEATS)
+    """Before export, the front and the points within its noise are timed again interleaved
+    for up to this many rounds and the front recomputed on those figures (0: off)."""
 
 
 class SearchExport(StrictModel):

@@ -134,13 +134,20 @@ def _latency(stats: dict[str, float]) -> str:
     return f"{stats['median_ms']:.4g} ({stats['q1_ms']:.3g}-{stats['q3_ms']:.3g})"
 
 
+def _latencies(result: SearchResult, e) -> tuple[dict, dict]:
+    """Per batch size the model's and the fp32 model's latency: the interleaved figures when
+    the front was timed again, else those of the exported file on the test split."""
+    again = result.remeasured
+    if again is not None and str(e.number) in again.latency:
+        return again.latency[str(e.number)], again.latency.get("fp32", {})
+    return e.latency_ms.get("onnx") or {}, (result.fp32_test or {}).get("latency_ms", {})
+
+
 def ship_rows(result: SearchResult) -> list[dict[str, Any]]:
     """One row per exported model: validation and test metric, change vs fp32 on test,
     bytes and x smaller, latency per batch size (median, IQR) and x faster, file."""
     name = primary_metric(result)
-    fp32 = result.fp32_test or {}
-    base_metrics = fp32.get("metrics", {})
-    base_latency = fp32.get("latency_ms", {})
+    base_metrics = (result.fp32_test or {}).get("metrics", {})
     trials = {t.number: t for t in result.best}
     rows = []
     for e in result.exported:
@@ -155,14 +162,27 @@ def ship_rows(result: SearchResult) -> list[dict[str, Any]]:
         row["bytes"] = f"{e.size_bytes:,}"
         if base_metrics.get("size"):
             row["smaller"] = f"{base_metrics['size'] / e.size_bytes:.2f}x"
-        for batch, stats in (e.latency_ms.get("onnx") or {}).items():
+        ours, fp32 = _latencies(result, e)
+        for batch, stats in ours.items():
             row[f"b{batch} ms (IQR)"] = _latency(stats)
-            base = base_latency.get(batch)
+            base = fp32.get(batch)
             if base:
                 row[f"b{batch} faster"] = f"{base['median_ms'] / stats['median_ms']:.2f}x"
         row["file"] = str(e.onnx_path)
         rows.append(row)
     return rows
+
+
+def tie_lines(result: SearchResult) -> list[str]:
+    """The pairs whose latencies the interleaved rounds could not tell apart."""
+    again = result.remeasured
+    if again is None:
+        return []
+    return [
+        f"tie: trials {t['faster']} and {t['tied']} ({', '.join(t['metrics'])}: intervals "
+        "overlap; both kept, not ranked by noise)"
+        for t in again.ties
+    ]
 
 
 def _num(value: float | None) -> str:
@@ -213,6 +233,11 @@ def shipping_summary(result: SearchResult, study_name: str | None = None) -> str
         if fp32:
             shown = f"{name} {fp32[name]:.4f}, " if name in fp32 else ""
             head += f"; fp32 {shown}{int(fp32['size']):,} bytes"
-        lines += [head + "):", render(ship_rows(result))]
+        again = result.remeasured
+        if again is not None:
+            rounds = {iv["rounds"] for b in again.latency.values() for iv in b.values()}
+            head += (f"; latency timed again interleaved, {min(rounds)}-{max(rounds)} rounds, "
+                     "95% interval of the median")  # fmt: skip
+        lines += [head + "):", render(ship_rows(result)), *tie_lines(result)]
     lines += ["next:", *next_commands(result, study_name)]
     return "\n".join(lines)
