@@ -34,9 +34,11 @@ def test_layers_ranked_by_their_drop_with_json(exported_recipe, tmp_path):
         assert x["drop"]["8"] <= 0.02  # 8-bit weights of one layer barely matter
         assert x["metric"]["2"] == pytest.approx(data["baseline"] - x["drop"]["2"])
     assert layers[0]["drop"]["2"] > 0.1  # 2-bit weights break the most sensitive layer
-    table = result.output.splitlines()
-    assert table[1].split()[:4] == ["rank", "node", "op", "params"]
-    assert table[2].split()[1] == layers[0]["node"] and f"-> {out}" in result.output
+    lines = result.output.splitlines()  # progress lines (stderr) come first
+    assert [x for x in lines if x.startswith("layer ")][-1].startswith(f"layer {len(gemms)}/")
+    table = lines[next(i for i, x in enumerate(lines) if x.startswith("rank")):]
+    assert table[0].split()[:4] == ["rank", "node", "op", "params"]
+    assert table[1].split()[1] == layers[0]["node"] and f"-> {out}" in result.output
     assert not list(tmp_path.glob("*.tmp*"))
 
 

@@ -157,6 +157,24 @@ class Remeasured:
         }  # fmt: skip
 
 
+def _time_all(loaded: Mapping[str, Any], sizes: Sequence[int], max_rounds: int):
+    """Per model key, per batch size, its interleaved interval (each batch size on its own)."""
+    measured: dict[str, dict[int, Interval]] = {k: {} for k in loaded}
+    for size in sizes:
+        runners = {
+            k: m.session.runner(make_feeds(m.feeds, size)) for k, m in loaded.items()
+            if size in runnable_batch_sizes(m.io, (size,))
+        }  # fmt: skip
+        if not runners:  # every model has another fixed batch size
+            continue
+        with next(iter(loaded.values())).session.errors(f"time batch size {size}"):
+            result = measure_interleaved(runners, min_rounds=min(5, max_rounds),
+                                         max_rounds=max_rounds)  # fmt: skip
+        for k, iv in result.items():
+            measured[k][size] = iv
+    return measured
+
+
 def _load_average() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -202,20 +220,9 @@ def remeasure_front(
     loaded = {str(t.number): measurer.load(build(t)) for t in chosen}
     loaded[FP32] = measurer.load(base)
     before = _load_average()
-    figures: dict[str, dict[str, dict[str, float | int]]] = {k: {} for k in loaded}
-    measured: dict[str, dict[int, Interval]] = {k: {} for k in loaded}
     with lock:
-        for size in sizes:
-            runners = {
-                k: m.session.runner(make_feeds(m.feeds, size)) for k, m in loaded.items()
-                if size in runnable_batch_sizes(m.io, (size,))
-            }  # fmt: skip
-            with next(iter(loaded.values())).session.errors(f"time batch size {size}"):
-                result = measure_interleaved(runners, min_rounds=min(5, max_rounds),
-                                             max_rounds=max_rounds)  # fmt: skip
-            for k, iv in result.items():
-                measured[k][size] = iv
-                figures[k][str(size)] = iv.as_dict()
+        measured = _time_all(loaded, sizes, max_rounds)
+    figures = {k: {str(b): iv.as_dict() for b, iv in per.items()} for k, per in measured.items()}
     kept, tied = list(best), []
     if recompute:
         points = front(_points(chosen, search, lambda t: {

@@ -276,6 +276,11 @@ def remeasure_best(result: SearchResult, say: Callable[[str], None] = _quiet) ->
         say(f"best set on the interleaved figures: trials {info.front_after} "
             f"(was {info.front_before})")  # fmt: skip
     result.best, result.remeasured = best, info
+    # the trials' values stay what the search measured (Optuna's best_trials, the dashboard);
+    # the exported set and its figures are kept with the study for status
+    result.study.set_user_attr("remeasured", {
+        k: v for k, v in info.as_dict().items() if k in ("front_before", "front_after", "ties")
+    })  # fmt: skip
 
 
 def write_remeasured(result: SearchResult) -> Path | None:

@@ -100,6 +100,8 @@ def test_the_front_is_timed_again_before_export_and_recorded(write_config, tmp_p
     again = result.remeasured
     assert again is not None and again.front_before == before
     assert [t.number for t in result.best] == again.front_after
+    kept = result.study.user_attrs["remeasured"]  # status reads it from the study
+    assert kept["front_after"] == again.front_after and kept["front_before"] == before
     assert {str(n) for n in again.front_after} <= set(again.latency) - {"fp32"}
     for per_batch in again.latency.values():
         assert set(per_batch) == {"1", "32"}
