@@ -53,9 +53,10 @@ def optuna_front(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> li
         )  # fmt: skip
     finally:
         optuna.logging.set_verbosity(level)
-    study.add_trials(trials)
+    complete = [t for t in trials if t.state is TrialState.COMPLETE]  # all best_trials reads
+    study.add_trials(complete)
     copies = study.get_trials(deepcopy=False)
-    by_copy = {c.number: t for c, t in zip(copies, trials, strict=True)}
+    by_copy = {c.number: t for c, t in zip(copies, complete, strict=True)}
     return [by_copy[c.number] for c in study.best_trials]
 
 
