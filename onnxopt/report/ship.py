@@ -131,7 +131,7 @@ def primary_metric(result: SearchResult) -> str | None:
 
 
 def _latency(stats: dict[str, float]) -> str:
-    return f"{stats['median_ms']:.4g} ({stats['q1_ms']:.3g}-{stats['q3_ms']:.3g})"
+    return f"{stats['median_ms']:.4g} ({stats['q1_ms']:.4g}-{stats['q3_ms']:.4g})"
 
 
 def _latencies(result: SearchResult, e) -> tuple[dict, dict]:

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +27,7 @@ MIN_BLOCK_RUNS = 3
 MAX_BLOCK_RUNS = 200
 BOOTSTRAP = 1000
 CONFIDENCE = 0.95
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,14 @@ def _runs_per_block(run: Callable[[], object], warmup: int) -> int:
 
 
 def measure_interleaved(
-    runners: Mapping[Hashable, Callable[[], object]],
+    runners: Mapping[K, Callable[[], object]],
     *,
     min_rounds: int = 5,
     max_rounds: int = 30,
     rel_width: float = 0.05,
     warmup: int = 5,
     seed: int = 0,
-) -> dict[Hashable, Interval]:
+) -> dict[K, Interval]:
     """Time every runner (one model at one batch size each) in interleaved rounds.
 
     Args:
@@ -121,7 +123,7 @@ def measure_interleaved(
         )
     keys = list(runners)
     n = {k: _runs_per_block(runners[k], warmup) for k in keys}
-    samples: dict[Hashable, list[float]] = {k: [] for k in keys}
+    samples: dict[K, list[float]] = {k: [] for k in keys}
     was_enabled = gc.isenabled()
     gc.disable()
     try:

@@ -49,7 +49,7 @@ def optuna_front(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> li
     try:
         study = optuna.create_study(
             storage=InMemoryStorage(), sampler=optuna.samplers.RandomSampler(),
-            directions=list(directions),
+            directions=[optuna.study.StudyDirection[d.upper()] for d in directions],
         )  # fmt: skip
     finally:
         optuna.logging.set_verbosity(level)
