@@ -88,3 +88,7 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
     shown = ", ".join(repr(c) for c in pool[:8])
     more = f" (and {len(pool) - 8} more)" if len(pool) > 8 else ""
     return f"valid names: {shown}{more}"
+
+
+class SearchFailedError(OnnxoptError):
+    """Every trial of a search failed: the message gives the top failure reasons."""

@@ -27,6 +27,7 @@ TOML shape (``onnxopt search CONFIG.toml``)::
     n_trials = 20
     seed = 0
     sum_scaled_metrics = false     # true: one objective, the signed sum of scaled metrics
+    enqueue_obvious = true         # the default 8-bit and the narrowest point go first
 
     [search.metrics.accuracy]
     direction = "maximize"
@@ -190,6 +191,9 @@ class Strategy(StrictModel):
     workers: StrictInt = Field(1, ge=1, le=bounds.MAX_WORKERS)
     enqueue: tuple[dict[str, float | int | str], ...] = ()
     """Points to evaluate first (parameter name -> value, as stored in the study)."""
+    enqueue_obvious: StrictBool = True
+    """After ``enqueue``, also evaluate the base model's default 8-bit point (full width) and
+    the narrowest point first, so no sampler misses them."""
     exhaust_small_spaces: StrictBool = True
     """A space of at most ``n_trials`` points is searched by brute force (each point once),
     whatever the sampler: a sampler would revisit points and could miss some."""
@@ -255,6 +259,9 @@ class Evaluation(StrictModel):
     min_time_s: StrictFloat = Field(0.005, ge=0, le=bounds.MAX_MIN_TIME_S)
     runtime: Annotated[str, registered(_runtime_names, "runtime")] = "onnxruntime"
     """The backend every candidate is measured on (:data:`onnxopt.runtime.BACKENDS`)."""
+    remeasure_rounds: StrictInt = Field(30, ge=0, le=bounds.MAX_REPEATS)
+    """Before export, the front and the points within its noise are timed again interleaved
+    for up to this many rounds and the front recomputed on those figures (0: off)."""
 
 
 class SearchExport(StrictModel):

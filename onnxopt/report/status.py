@@ -63,6 +63,8 @@ class StudyStatus:
     baseline: dict[str, float] | None
     best: list[dict[str, Any]]
     workers: list[WorkerStatus] = field(default_factory=list)
+    remeasured: dict[str, Any] | None = None
+    """The last export's interleaved re-measurement: the best set it exported and the ties."""
 
     @property
     def finished(self) -> int:
@@ -80,6 +82,7 @@ class StudyStatus:
             "finished": self.finished, "done": self.done,
             "counts": self.counts, "objectives": self.objectives, "baseline": self.baseline,
             "workers": [w.as_dict() for w in self.workers], "best": self.best,
+            "remeasured": self.remeasured,
         }  # fmt: skip
 
     def render(self) -> str:
@@ -106,6 +109,13 @@ class StudyStatus:
         so_far = "" if self.done else " so far"
         lines.append(f"{kind}{so_far} (feasible, by {', '.join(self.objectives)}):")
         lines.append(render_table(self.best) if self.best else "  no feasible trial yet")
+        again = self.remeasured
+        if again and again.get("front_after") != again.get("front_before"):
+            tied = "".join(f"; {t['faster']} ties {t['tied']}" for t in again.get("ties", []))
+            lines.append(
+                f"exported after timing the set again interleaved: trials {again['front_after']}"
+                f" (the search's figures gave {again['front_before']}){tied}"
+            )
         return "\n".join(lines)
 
 
@@ -181,6 +191,7 @@ def study_status(source: str, study_name: str | None = None) -> StudyStatus:
         n_trials=_n_trials(attrs),
         objectives=attrs.get("objectives", []), baseline=attrs.get("baseline"),
         best=_best(trials, directions, search), workers=_workers(trials),
+        remeasured=attrs.get("remeasured"),
     )  # fmt: skip
 
 

@@ -67,7 +67,8 @@ def test_ctrl_c_inside_ask_fails_the_trial_as_interrupted(config, tmp_path):
     storage = open_storage(str(tmp_path / "s.journal"))
     study = optuna.create_study(storage=storage, study_name="s", sampler=InterruptedAsk(),
                                 direction="maximize")  # fmt: skip
-    objective = Objective(ctx.space, ctx.builder, ctx.evaluator.for_trials(0.9))
+    evaluator = ctx.evaluator.for_trials({"accuracy": 0.9}, ctx.reference())
+    objective = Objective(ctx.space, ctx.builder, evaluator)
     with pytest.raises(KeyboardInterrupt):
         TrialLoop(study, storage, objective, limit=2).run()
     (trial,) = study.trials

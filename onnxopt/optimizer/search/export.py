@@ -61,6 +61,8 @@ class ExportedTrial:
     card_path: Path | None = None
     verified: dict[str, Any] | None = None
     """The ``.onnx`` against the fixed-point reference on this CPU (quantized models)."""
+    latency_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """Per file kind, per batch size: median, quartiles, p90 and runs of the written file."""
 
     @property
     def test_accuracy(self) -> float | None:
@@ -97,6 +99,7 @@ class ExportedTrial:
             "ort_matches_onnx": self.ort_matches_onnx,
             "card_path": None if self.card_path is None else str(self.card_path),
             "verified": self.verified,
+            "latency_ms": self.latency_ms,
             **({"fpga": self.fpga} if self.fpga else {}),
         }
 
@@ -175,6 +178,7 @@ def export_trial(
         fpga=_relocated(fpga, Path(folder), final),
         card_path=moved(card_path),
         verified=None if verified is None else verified.as_dict(),
+        latency_ms={k: m.latency.to_dict() for k, m in measured.items() if m.latency},
     )
     info = {
         "trial": trial.number,
@@ -230,6 +234,7 @@ def read_exported(folder: Path, trial: FrozenTrial) -> ExportedTrial | None:
         artifacts=data["artifacts"], hash_matches=data["hash_matches"],
         ort_matches_onnx=data["ort_matches_onnx"], fpga=data.get("fpga"),
         card_path=path_of("card_path"), verified=data.get("verified"),
+        latency_ms=data.get("latency_ms") or {},
     )  # fmt: skip
 
 

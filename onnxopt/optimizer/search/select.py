@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial
 
 from onnxopt import metrics as registry
 from onnxopt.errors import UsageError
+from onnxopt.metrics import samples_of
 from onnxopt.optimizer.search.pareto import is_feasible
 from onnxopt.optimizer.search.study import STUDY_NAME
 
@@ -60,10 +61,17 @@ def parse_rule(text: str) -> Rule:
     return Rule(words[0], words[1], tuple(conditions))
 
 
-def trial_metrics(trial: FrozenTrial, baseline: Mapping[str, float]) -> dict[str, float]:
+def trial_metrics(
+    trial: FrozenTrial, baseline: Mapping[str, float], samples: int | None = None
+) -> dict[str, float]:
     """A trial's stored metrics plus ``<metric>_drop`` for every task metric of the baseline
     (how much worse than the fp32 baseline: a fall for maximized metrics, a rise for
-    minimized ones; ``accuracy_drop``, ``mse_drop``, ``cosine_to_reference_drop``...)."""
+    minimized ones; ``accuracy_drop``, ``mse_drop``, ``cosine_to_reference_drop``...).
+
+    With the validation split's size ``samples``, the drop of a metric that counts samples
+    is whole samples over it (8 of 400 is exactly 0.02, as a rule's ``accuracy_drop <= 0.02``
+    means), not a float difference that lands a rounding error above.
+    """
     metrics = dict(trial.user_attrs.get("metrics", {}))
     for name, base in baseline.items():
         if name not in metrics or not registry.known(name):
@@ -71,19 +79,24 @@ def trial_metrics(trial: FrozenTrial, baseline: Mapping[str, float]) -> dict[str
         spec = registry.metric(name)
         if spec.group == "software":
             worse = base - metrics[name] if spec.direction == "maximize" else metrics[name] - base
+            if samples and spec.counted:
+                worse = samples_of(worse, samples) / samples
             metrics[f"{name}_drop"] = worse
     return metrics
 
 
 def select_trial(
-    trials: list[FrozenTrial], rule: Rule, baseline: Mapping[str, float]
+    trials: list[FrozenTrial],
+    rule: Rule,
+    baseline: Mapping[str, float],
+    samples: int | None = None,
 ) -> FrozenTrial:
     """The feasible trial that best meets ``rule`` (lowest number on ties).
 
     Raises:
         UsageError: For an unknown metric or when no trial meets the conditions.
     """
-    scored = [(t, trial_metrics(t, baseline)) for t in trials if is_feasible(t)]
+    scored = [(t, trial_metrics(t, baseline, samples)) for t in trials if is_feasible(t)]
     known = set().union(*(m.keys() for _, m in scored)) if scored else set()
     for name in (rule.metric, *(c[0] for c in rule.conditions)):
         if scored and name not in known:
@@ -136,7 +149,10 @@ def select_and_export(
         run_dir = Path(source)
     study = load_study(url, study_name or STUDY_NAME)
     config = validate(SearchConfig, study.user_attrs["config"], source=url)
-    trial = select_trial(study.get_trials(), rule, study.user_attrs["baseline"])
+    attrs = study.user_attrs
+    trial = select_trial(
+        study.get_trials(), rule, attrs["baseline"], attrs.get("validation_samples")
+    )
     ctx = SearchContext.prepare(
         config, Path(run_dir), expected_sha256=study.user_attrs.get("base_sha256")
     )
