@@ -53,7 +53,7 @@ def test_optunas_best_trials_are_onnxopts_pareto_set(write_config, tmp_path):
                    for other in done)
     ]  # fmt: skip
     assert any(not t.user_attrs["feasible"] for t in undominated)
-    baseline = result.baseline["accuracy"]
+    baseline = result.baseline
     rule = parse_rule("min average_bitwidth where accuracy_drop <= 0.03")
     pick = select_trial(trials, rule, baseline, len(result.context.dataset.val))
     assert pick.number in ours

@@ -89,4 +89,4 @@ def test_an_accuracy_drop_of_exactly_the_rule_s_samples_meets_it():
     trials = [_trial(0, 390 / 400, 10), _trial(1, 399 / 400, 900)]
     rule = parse_rule("min size where accuracy_drop <= 0.02")
     assert 398 / 400 - 390 / 400 > 0.02  # the float difference alone would miss it
-    assert select_trial(trials, rule, 398 / 400, samples=400).number == 0
+    assert select_trial(trials, rule, {"accuracy": 398 / 400}, samples=400).number == 0
