@@ -13,8 +13,9 @@ demo: install
 	rm -rf $(RUN_DIR)
 	$(PYTHON) -m onnxopt search configs/search-digits-mlp-quant-tpe.toml --run-dir $(RUN_DIR)
 
+# .ci/chromium.sh installs headless Chromium when missing (the report's browser test)
 test: install
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	.ci/chromium.sh $(PYTHON) -m pytest -q -p no:cacheprovider
 
 lint:
 	$(PYTHON) -m ruff check onnxopt tests benchmarks

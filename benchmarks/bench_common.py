@@ -13,24 +13,36 @@ import onnx
 import onnxruntime as ort
 
 from onnxopt.optimizer.evaluate import measure_latency
-from onnxopt.runtime import get_backend
+from onnxopt.runtime import DEFAULT_RUNTIME, get_backend
+from onnxopt.runtime.io import Feeds
 
 BATCH_SIZES = (1, 256)
 
 
-def interleaved_latency(paths: dict[str, Path], sample: np.ndarray, rounds: int) -> dict:
-    """Median over rounds of each model's per-round median latency (ms) per batch size."""
-    backend = get_backend()
-    sessions = {label: backend.load(path, threads=1) for label, path in paths.items()}
+def interleaved_latency(
+    paths: dict[str, Path],
+    sample: Feeds | np.ndarray,
+    rounds: int,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+    runtimes: dict[str, str] | None = None,
+) -> dict:
+    """Median over rounds of each model's per-round median latency (ms) per batch size
+    (``sample``: rows of a one-input model, or Feeds for every input; ``runtimes``: the
+    runtime per label, onnxruntime by default)."""
+    runtimes = runtimes or {}
+    sessions = {
+        label: get_backend(runtimes.get(label, DEFAULT_RUNTIME)).load(path, threads=1)
+        for label, path in paths.items()
+    }
     labels = list(sessions)
     per_round: dict[str, dict[int, list[float]]] = {
-        label: {b: [] for b in BATCH_SIZES} for label in labels
+        label: {b: [] for b in batch_sizes} for label in labels
     }
     for r in range(rounds):
         order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for label in order:
-            result = measure_latency(sessions[label], sample, batch_sizes=BATCH_SIZES)
-            for b in BATCH_SIZES:
+            result = measure_latency(sessions[label], sample, batch_sizes=batch_sizes)
+            for b in batch_sizes:
                 per_round[label][b].append(result.for_batch(b).median_ms)
     return {
         label: {

@@ -9,6 +9,7 @@ outside the choices) are one ``error:`` line with exit 2 too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import sys
@@ -18,7 +19,7 @@ import click
 
 from onnxopt import __version__
 from onnxopt.config import bounds
-from onnxopt.errors import OnnxoptError, UsageError, first_line
+from onnxopt.errors import OnnxoptError, SearchFailedError, UsageError, first_line
 
 PathArg = click.Path(path_type=Path)
 
@@ -323,8 +324,8 @@ def train_cmd(
     )
     save_weights(trained, output)
     click.echo(
-        f"trained {recipe} on {dataset.name}: best validation accuracy "
-        f"{trained.val_accuracy:.4f} after {trained.epochs} epochs (seed {seed}) -> {output}"
+        f"trained {recipe} on {dataset.name}: best validation {trained.val_metric} "
+        f"{trained.val_score:.4f} after {trained.epochs} epochs (seed {seed}) -> {output}"
     )
 
 
@@ -646,6 +647,59 @@ def quantize_cmd(
     click.echo(json.dumps(report, indent=2) if as_json else quantization_summary(report, output))
 
 
+@main.command("sensitivity")
+@click.argument("model", type=PathArg)
+@_data_options
+@click.option("--split", default="val", show_default=True,
+              type=click.Choice(["train", "val", "test", "calibration"]),
+              help="The split each layer is scored on.")  # fmt: skip
+@click.option(
+    "--width", "widths", type=click.IntRange(2, 16), multiple=True, default=(2, 4, 8),
+    show_default=True, help="Weight widths to try per layer (repeatable).",
+)  # fmt: skip
+@click.option("--data-in-width", type=click.IntRange(2, 16), default=8, show_default=True,
+              help="Width of the quantized layer's inputs.")  # fmt: skip
+@click.option("--task", type=click.Choice(["classification", "regression", "embedding"]),
+              default="classification", show_default=True)  # fmt: skip
+@click.option("--metric", help="The metric compared (default: the task's first).")
+@_threads_option
+@_input_value_option
+@click.option("--output", type=PathArg, help="JSON to write (default MODEL.sensitivity.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON instead of a table.")
+def sensitivity_cmd(
+    model, data_spec, data_format, label_column, split, widths, data_in_width, task, metric,
+    threads, input_values, output, as_json,
+):  # fmt: skip
+    """Rank MODEL's layers by the metric drop when only that layer is quantized."""
+    from onnxopt.atomic import write_text
+    from onnxopt.exporters.user_model import DEFAULTS, load_user_model
+    from onnxopt.metrics import TASKS, direction
+    from onnxopt.optimizer.evaluate.measure import Measurer
+    from onnxopt.optimizer.evaluate.sensitivity import layer_sensitivity, sensitivity_table
+    from onnxopt.optimizer.quantization.qdq_pass import DEFAULT_OPSET
+
+    name = metric or TASKS[task].defaults[0]
+    dataset = _load_data(data_spec, data_format, label_column)
+    prepared = load_user_model(model, dataclasses.replace(DEFAULTS, opset=DEFAULT_OPSET))
+    _print_notes(prepared.notes)
+    measurer = Measurer(dataset.split(split), task=task, metrics=[name], threads=threads,
+                        num_classes=dataset.num_classes, fixed_inputs=input_values)  # fmt: skip
+    report = layer_sensitivity(
+        prepared.model, measurer, dataset.calibration.x, metric=name, direction=direction(name),
+        widths=tuple(sorted(set(widths))), data_in_width=data_in_width,
+        fixed_inputs=input_values,
+        progress=(lambda _: None) if as_json else (lambda line: click.echo(line, err=True)),
+    )  # fmt: skip
+    data = {"model": str(model), "data": dataset.name, "split": split, **report.as_dict()}
+    target = output or model.with_suffix(".sensitivity.json")
+    write_text(target, json.dumps(data, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(sensitivity_table(report))
+        click.echo(f"-> {target}")
+
+
 @main.command("scale")
 @click.argument("model", type=PathArg)
 @click.option(
@@ -657,9 +711,11 @@ def quantize_cmd(
 )
 @_data_options
 @_preparation_options
+@_input_value_option
 @_rewrite_output_options("Scaled ONNX file to write.")
 def scale_cmd(
-    model, preparation, config_path, data_spec, data_format, label_column, output, as_json
+    model, preparation, config_path, data_spec, data_format, label_column, input_values, output,
+    as_json,
 ) -> None:
     """Scale the channel widths of MODEL's Gemm/MatMul/Conv layers consistently."""
     from onnxopt.config import load_toml
@@ -674,7 +730,9 @@ def scale_cmd(
     calibration = None
     if config.needs_calibration():
         calibration = refit_inputs(_load_data(data_spec, data_format, label_column))
-    result = scale_width(base, config, calibration, source=str(config_path))
+    result = scale_width(
+        base, config, calibration, source=str(config_path), fixed_inputs=input_values
+    )
     save_onnx(result.model, output)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -736,9 +794,17 @@ def search_cmd(
 ):  # fmt: skip
     """Search quantization and width choices of a model with Optuna (CONFIG_PATH: TOML)."""
     from onnxopt.config.search import load_search_config
-    from onnxopt.optimizer.search.run import export_best, exports_on_disk, run_search
-    from onnxopt.report.search_plots import write_plots
+    from onnxopt.optimizer.search.reference_points import reference_points
+    from onnxopt.optimizer.search.run import (
+        export_best,
+        exports_on_disk,
+        remeasure_best,
+        run_search,
+        write_remeasured,
+    )
+    from onnxopt.report.html_report import write_html_report
     from onnxopt.report.search_report import report_dict, summary, write_reports
+    from onnxopt.report.ship import all_failed, shipping_summary, trial_counts
 
     config = load_search_config(config_path, n_trials=n_trials, workers=workers)
     run_dir = run_dir or Path("runs") / config_path.stem
@@ -753,16 +819,23 @@ def search_cmd(
             reclaim=reclaim, restart=restart, progress=not no_progress,
             notify=lambda note: _print_notes([note]), say=say,
         )  # fmt: skip
+        failed = all_failed(trial_counts(result.study.get_trials(deepcopy=False)))
+        if failed:
+            write_reports(result)  # trials.csv keeps every reason
+            raise SearchFailedError(f"{failed}; see {run_dir / 'trials.csv'}")
         if no_export:
             exports_on_disk(result)
         else:
+            remeasure_best(result, say=say)
             export_best(result, say=say)
-            write_plots(result)
+            write_html_report(result, reference_points(result, say=say))
     write_reports(result)
+    write_remeasured(result)
     if as_json:
         click.echo(json.dumps(report_dict(result), indent=2))
     else:
         click.echo(summary(result))
+        click.echo(shipping_summary(result, study_name))
         click.echo(f"-> {run_dir}")
 
 
@@ -812,7 +885,7 @@ def select_cmd(
         formats=tuple(formats) or None, verify=verify or None,
     )  # fmt: skip
     click.echo(
-        f"trial {trial.number} ({rule}): test accuracy {exported.test_accuracy:.4f}, "
+        f"trial {trial.number} ({rule}): test {exported.test_headline or 'figures'}, "
         f"{exported.size_bytes:,} bytes -> {exported.onnx_path}"
     )
     for fmt, info in (exported.fpga or {}).items():

@@ -47,6 +47,12 @@ class EvaluationError(OnnxoptError):
     """onnxruntime refused or failed to run a model."""
 
 
+class MetricError(UsageError):
+    """A metric could not be computed: a user metric function raised or returned no finite
+    number, or a value is NaN/Inf. On the fp32 baseline it stops the command before any
+    study exists (exit 2); on a search candidate its trial fails with the reason."""
+
+
 class StorageDamagedError(UsageError):
     """A study storage file onnxopt cannot read (a damaged record, an empty or foreign file);
     the message names the file, the record and the way to recover."""
@@ -82,3 +88,7 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
     shown = ", ".join(repr(c) for c in pool[:8])
     more = f" (and {len(pool) - 8} more)" if len(pool) > 8 else ""
     return f"valid names: {shown}{more}"
+
+
+class SearchFailedError(OnnxoptError):
+    """Every trial of a search failed: the message gives the top failure reasons."""

@@ -19,6 +19,7 @@ the scored output ``(N, ...)`` and the labels/targets (None for unlabelled data)
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from onnxopt.errors import UsageError, did_you_mean
+from onnxopt.errors import MetricError, UsageError, did_you_mean
 
 Direction = Literal["maximize", "minimize"]
 Tier = Literal["model", "outputs", "latency"]
@@ -76,6 +77,9 @@ class MetricSpec:
         needs: What it reads besides the outputs: ``labels``, ``targets``, ``reference``.
         params: Parameters a config may set, with their defaults (``top_k_accuracy``: k).
         compute: The formula (None: the latency stage sets it).
+        counted: The value is a share of the samples (k of n right, agreeing...): a drop
+            of it is a whole number of samples and constraints compare in samples
+            (:func:`allowed_samples`).
     """
 
     name: str
@@ -87,6 +91,7 @@ class MetricSpec:
     needs: frozenset[str] = field(default_factory=frozenset)
     params: Mapping[str, Any] = field(default_factory=dict)
     compute: Formula | None = None
+    counted: bool = False
 
     def worst(self) -> float:
         """The worst possible value (a metric that could not be measured scores this)."""
@@ -213,14 +218,14 @@ METRICS: Mapping[str, MetricSpec] = {
     spec.name: spec
     for spec in (
         MetricSpec("accuracy", "maximize", "outputs", "", "top-1 accuracy", "software",
-                   LABELS, compute=_accuracy),
+                   LABELS, compute=_accuracy, counted=True),
         MetricSpec("top_k_accuracy", "maximize", "outputs", "", "label among the k best scores",
-                   "software", LABELS, {"k": 5}, _top_k),
+                   "software", LABELS, {"k": 5}, _top_k, counted=True),
         MetricSpec("macro_f1", "maximize", "outputs", "", "F1 averaged over classes",
                    "software", LABELS, compute=_macro_f1),
         MetricSpec("binary_accuracy", "maximize", "outputs", "",
                    "accuracy of a binary output (p > 0.5, logit > 0)", "software", LABELS,
-                   compute=_binary_accuracy),
+                   compute=_binary_accuracy, counted=True),
         MetricSpec("loss", "minimize", "outputs", "nats", "mean cross-entropy", "software",
                    LABELS, compute=_loss),
         MetricSpec("mse", "minimize", "outputs", "", "mean squared error", "software", TARGETS,
@@ -237,7 +242,7 @@ METRICS: Mapping[str, MetricSpec] = {
                    REFERENCE, compute=_cosine_min),
         MetricSpec("agreement", "maximize", "outputs", "",
                    "argmax agreement with the fp32 model", "software", REFERENCE,
-                   compute=_agreement),
+                   compute=_agreement, counted=True),
         MetricSpec("max_abs_error", "minimize", "outputs", "",
                    "largest |output - fp32 output|", "software", REFERENCE,
                    compute=_max_abs_error),
@@ -299,6 +304,21 @@ def metric(name: str) -> MetricSpec:
     raise UsageError(f"unknown metric {name!r}; {did_you_mean(name, [*METRICS, 'latency_b256'])}")
 
 
+COUNT_TOLERANCE = 1e-9
+"""Slack for ``limit * n`` read from a decimal config (0.02 * 400 is 8.000000000000002)."""
+
+
+def allowed_samples(limit: float, n: int) -> int:
+    """How many of ``n`` samples a counted metric may lose under a drop limit (a fraction):
+    ``floor(limit * n + 1e-9)``, so a drop of exactly the limit is allowed."""
+    return math.floor(limit * n + COUNT_TOLERANCE)
+
+
+def samples_of(value: float, n: int) -> int:
+    """The whole number of samples a counted metric's value (a share of ``n``) stands for."""
+    return round(value * n)
+
+
 def known(name: str) -> bool:
     """Whether ``name`` is a built-in metric (see :func:`metric`)."""
     return name in METRICS or bool(_LATENCY_AT.match(name))
@@ -312,6 +332,16 @@ def direction(name: str) -> Direction:
 def latency_name(batch_size: int) -> str:
     """The metric name of the latency at one batch size."""
     return f"latency_b{batch_size}"
+
+
+def headline(figures: Mapping[str, Any]) -> str:
+    """The task figure a one-line summary shows: the first task metric of :data:`TASKS` in
+    ``figures`` (``"accuracy 0.9750"``, ``"mse 0.4724"``), or "" when there is none."""
+    for task in TASKS.values():
+        for name in task.defaults:
+            if isinstance(figures.get(name), int | float):
+                return f"{name} {figures[name]:.4f}"
+    return ""
 
 
 def metric_names() -> tuple[str, ...]:
@@ -329,13 +359,24 @@ def user_metric(name: str, fn: Callable[..., Any], direction: Direction) -> Metr
 
     def compute(m: MetricInputs, p: Mapping[str, Any]) -> float:
         targets = m.labels if m.labels is not None else m.targets
-        value = fn(_need(m.outputs, "outputs"), targets)
         try:
-            return float(value)
+            value = fn(_need(m.outputs, "outputs"), targets)
+        except Exception as exc:  # the user's code may raise anything: one line names it
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise MetricError(
+                f"metric {name!r}: its function raised {type(exc).__name__}"
+                f"{': ' + detail if detail else ''}; it is called as fn(outputs, targets)"
+            ) from None
+        try:
+            number = float(value)
         except (TypeError, ValueError):
-            raise UsageError(
+            raise MetricError(
                 f"metric {name!r}: the function returned {type(value).__name__}, not a number"
             ) from None
+        if not np.isfinite(number):
+            raise MetricError(f"metric {name!r}: the function returned {number}, not a finite "
+                              "number")  # fmt: skip
+        return number
 
     return MetricSpec(name, direction, "outputs", "", f"user metric {name}", "software",
                       compute=compute)  # fmt: skip

@@ -13,8 +13,16 @@ TOML shape (``onnxopt quantize MODEL --config q.toml``)::
     weight_width = 8
     [by_type.conv]                  # gemm, matmul, conv; "linear" means gemm and matmul
     weight_width = 4
+    [by_type.linear]
+    activation = "dynamic"          # activations quantized at run time (DynamicQuantizeLinear)
+    weight_granularity = "per_channel"
+    [by_type.gather]                # embedding tables (Gather of a constant): weight-only
+    weight_width = 4                # with storage = "packed": INT4 on disk
     [by_name."node_Gemm_8"]
     enabled = false                 # the lab's name = "NA": leave this node in float
+
+``[default]`` applies to every Gemm/MatMul/Conv; Gather tables are quantized only when a
+``by_type.gather`` or ``by_name`` entry asks (only their ``weight_*`` keys apply).
 
 Entries are overlays: a by-type entry changes only the keys it sets on top of ``default``,
 and a by-name entry only its keys on top of that.
@@ -34,26 +42,40 @@ MAX_FRAC = 32
 
 Width = Annotated[StrictInt, Field(ge=2, le=16)]
 FracWidth = Annotated[StrictInt, Field(ge=-MAX_FRAC, le=MAX_FRAC)] | Literal["auto", "NA"]
-OpTypeKey = Literal["gemm", "matmul", "conv", "linear"]
+WeightFracWidth = FracWidth | Literal["mse"]
+"""Weights may also take ``"mse"``: per tensor or channel, the range fraction or one finer,
+whichever loses less (:func:`~onnxopt.optimizer.quantization.fixed_point.frac_for_mse`)."""
+OpTypeKey = Literal["gemm", "matmul", "conv", "linear", "gather"]
 StorageMode = Literal["container", "packed"]
 TargetCpu = Annotated[str, registered(target_names, "target CPU")]
 WeightGranularity = Literal["per_tensor", "per_channel"]
+ActivationMode = Literal["static", "dynamic"]
 OP_TYPES: dict[str, tuple[str, ...]] = {
     "gemm": ("Gemm",),
     "matmul": ("MatMul",),
     "conv": ("Conv",),
     "linear": ("Gemm", "MatMul"),
+    "gather": ("Gather",),
 }
 
 
 class LayerQuant(StrictModel):
-    """How one layer (Gemm/MatMul/Conv) is quantized; every key optional in an overlay."""
+    """How one layer (Gemm/MatMul/Conv, or a Gather table) is quantized; every key optional in
+    an overlay.
+
+    ``activation = "dynamic"`` quantizes the input at run time (onnxruntime's
+    ``DynamicQuantizeLinear`` -> ``MatMulInteger`` path, Gemm/MatMul only): no calibration,
+    the ``data_in_*``, ``data_out_*`` and ``bias_*`` keys do not apply (the bias stays float).
+    ``weight_granularity`` overrides the model-wide ``granularity`` for this layer.
+    """
 
     enabled: StrictBool = True
+    activation: ActivationMode = "static"
+    weight_granularity: WeightGranularity | None = None
     data_in_width: Width = 8
     data_in_frac_width: FracWidth = "auto"
     weight_width: Width = 8
-    weight_frac_width: FracWidth = "auto"
+    weight_frac_width: WeightFracWidth = "auto"
     bias_width: Width = 16
     bias_frac_width: FracWidth = "auto"
     data_out_width: Width | None = None
@@ -86,7 +108,7 @@ class QuantizationConfig(StrictModel):
     def for_node(self, name: str, op_type: str) -> LayerQuant:
         """The merged config of one node: default, then its op type, then its name."""
         merged = self.default
-        for key in ("linear", "gemm", "matmul", "conv"):
+        for key in ("linear", "gemm", "matmul", "conv", "gather"):
             if key in self.by_type and op_type in OP_TYPES[key]:
                 merged = merged.overlay(self.by_type[key])
         if name in self.by_name:

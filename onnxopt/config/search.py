@@ -27,6 +27,7 @@ TOML shape (``onnxopt search CONFIG.toml``)::
     n_trials = 20
     seed = 0
     sum_scaled_metrics = false     # true: one objective, the signed sum of scaled metrics
+    enqueue_obvious = true         # the default 8-bit and the narrowest point go first
 
     [search.metrics.accuracy]
     direction = "maximize"
@@ -48,6 +49,9 @@ TOML shape (``onnxopt search CONFIG.toml``)::
     [search.export.hls4ml]         # onnxopt.config.fpga.Hls4mlOptions
     reuse_factor = 1
     verify = false                 # compile each project and compare it with onnxruntime
+
+    [search.report]                # report.html in the run directory
+    quantize_static = true         # draw onnxruntime's quantize_static model in (measured once)
 
 From the lab's MASE config
 --------------------------
@@ -85,6 +89,7 @@ from onnxopt.config import bounds
 from onnxopt.config.base import StrictModel, registered
 from onnxopt.config.fpga import ExportFormat, Hls4mlOptions
 from onnxopt.config.quantization import (
+    ActivationMode,
     Calibration,
     FracWidth,
     LayerQuant,
@@ -92,6 +97,7 @@ from onnxopt.config.quantization import (
     QuantizationConfig,
     StorageMode,
     TargetCpu,
+    WeightFracWidth,
     WeightGranularity,
     Width,
 )
@@ -119,10 +125,12 @@ class LayerChoices(StrictModel):
     keys as :class:`~onnxopt.config.quantization.LayerQuant`; a test ties the two)."""
 
     enabled: Choices[StrictBool] | None = None
+    activation: Choices[ActivationMode] | None = None
+    weight_granularity: Choices[WeightGranularity] | None = None
     data_in_width: Choices[Width] | None = None
     data_in_frac_width: Choices[FracWidth] | None = None
     weight_width: Choices[Width] | None = None
-    weight_frac_width: Choices[FracWidth] | None = None
+    weight_frac_width: Choices[WeightFracWidth] | None = None
     bias_width: Choices[Width] | None = None
     bias_frac_width: Choices[FracWidth] | None = None
     data_out_width: Choices[Width] | None = None
@@ -183,6 +191,9 @@ class Strategy(StrictModel):
     workers: StrictInt = Field(1, ge=1, le=bounds.MAX_WORKERS)
     enqueue: tuple[dict[str, float | int | str], ...] = ()
     """Points to evaluate first (parameter name -> value, as stored in the study)."""
+    enqueue_obvious: StrictBool = True
+    """After ``enqueue``, also evaluate the base model's default 8-bit point (full width) and
+    the narrowest point first, so no sampler misses them."""
     exhaust_small_spaces: StrictBool = True
     """A space of at most ``n_trials`` points is searched by brute force (each point once),
     whatever the sampler: a sampler would revisit points and could miss some."""
@@ -248,6 +259,9 @@ class Evaluation(StrictModel):
     min_time_s: StrictFloat = Field(0.005, ge=0, le=bounds.MAX_MIN_TIME_S)
     runtime: Annotated[str, registered(_runtime_names, "runtime")] = "onnxruntime"
     """The backend every candidate is measured on (:data:`onnxopt.runtime.BACKENDS`)."""
+    remeasure_rounds: StrictInt = Field(30, ge=0, le=bounds.MAX_REPEATS)
+    """Before export, the front and the points within its noise are timed again interleaved
+    for up to this many rounds and the front recomputed on those figures (0: off)."""
 
 
 class SearchExport(StrictModel):
@@ -265,6 +279,15 @@ class SearchExport(StrictModel):
         if len(set(value)) != len(value):
             raise ValueError(f"formats {list(value)} repeat a format")
         return value
+
+
+class SearchReport(StrictModel):
+    """``[search.report]``: what ``report.html`` compares the search's models with."""
+
+    quantize_static: StrictBool = True
+    """Quantize the base model once with onnxruntime's ``quantize_static`` (per-tensor QDQ,
+    int8 weights, uint8 activations, the search's calibration split), measure it like a
+    trial and draw it in every plot and the table."""
 
 
 class StorageOptions(StrictModel):
@@ -286,6 +309,7 @@ class Search(StrictModel):
     evaluation: Evaluation = Evaluation()
     export: SearchExport = SearchExport()
     storage: StorageOptions = StorageOptions()
+    report: SearchReport = SearchReport()
 
     @field_validator("metrics")
     @classmethod

@@ -4,6 +4,8 @@ Formats and how a file's format is inferred when none is given:
 
 =============  ==========================================================================
 ``digits``     the bundled scikit-learn digits (spec ``"digits"``)
+``diabetes``   the bundled scikit-learn diabetes regression data (spec ``"diabetes"``)
+``token-corpus`` a generated token corpus with named int64 inputs (the bundled encoder's)
 ``npz``        ``.npz``: arrays ``x``/``y`` or the six pre-split arrays
 ``csv``        ``.csv`` with a label column and numeric features
 ``jsc-openml`` ``.parquet``, or a ``.csv`` with ``jet_type`` and the 16 JSC feature columns
@@ -17,15 +19,21 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from onnxopt.data.dataset import Dataset
+from onnxopt.data.diabetes import load_diabetes
 from onnxopt.data.digits import load_digits
 from onnxopt.data.jsc import load_jsc_h5, load_jsc_openml, looks_like_jsc_openml
+from onnxopt.data.token_corpus import load_token_corpus
 from onnxopt.data.user_files import load_csv, load_npz
 from onnxopt.errors import DataError, closest, did_you_mean
 
 FileLoader = Callable[[Path, str], Dataset]
 """Reads one file format: ``(path, label_column) -> Dataset``."""
 
-BUNDLED: Mapping[str, Callable[[], Dataset]] = {"digits": load_digits}
+BUNDLED: Mapping[str, Callable[[], Dataset]] = {
+    "digits": load_digits,
+    "diabetes": load_diabetes,
+    "token-corpus": load_token_corpus,
+}
 
 FILE_FORMATS: Mapping[str, FileLoader] = {
     "npz": lambda path, _label: load_npz(path),

@@ -1,4 +1,5 @@
-"""Reference model recipes: digits MLP/CNN/wide and the lab's JSC family.
+"""Reference model recipes: digits MLP/CNN/wide, the lab's JSC family, a diabetes regressor
+and a sentence encoder.
 
 A recipe is a named factory ``(in_features, num_classes) -> nn.Module``; the registry
 below is the one place that lists them.
@@ -13,6 +14,7 @@ from torch import nn
 
 from onnxopt.data.registry import BUNDLED
 from onnxopt.errors import UsageError, did_you_mean
+from onnxopt.models.encoder import sentence_encoder
 
 UNBUNDLED_DATA = {
     "jsc": (
@@ -35,6 +37,9 @@ class Recipe:
     name: str
     description: str
     build: Callable[[int, int], nn.Module]
+    task: str = "classification"
+    """What it is trained for (a key of :data:`onnxopt.metrics.TASKS`): classification,
+    regression or embedding (trained through a topic head, exported without it)."""
     image_input: bool = False
     default_dataset: str = "digits"
     epochs: int = 40
@@ -129,6 +134,11 @@ def jsc_s(in_features: int, num_classes: int) -> nn.Module:
     )  # fmt: skip
 
 
+def diabetes_mlp(in_features: int, num_classes: int) -> nn.Module:
+    """10-64-32-1 with ReLU: one regression output (``num_classes`` is the output count)."""
+    return _mlp([in_features, 64, 32, num_classes], batchnorm=False)
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -142,6 +152,11 @@ RECIPES: dict[str, Recipe] = {
         Recipe("jsc-three-linear-layers", "16-16-16-5 with ReLU", jsc_three_linear_layers,
                default_dataset="jsc"),
         Recipe("jsc-s", "16-64-32-32-32-5 with BatchNorm in and out", jsc_s, default_dataset="jsc"),
+        Recipe("diabetes-mlp", "10-64-32-1 regression MLP (ReLU)", diabetes_mlp,
+               task="regression", default_dataset="diabetes", epochs=30, learning_rate=5e-3),
+        Recipe("sentence-encoder", "2-layer TransformerEncoder (d=64), int64 ids + mask, "
+               "mean pooling", sentence_encoder, task="embedding",
+               default_dataset="token-corpus", epochs=4, learning_rate=2e-3),
     )
 }  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,19 +23,29 @@ WEIGHTS_FORMAT = 1
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A trained recipe: the module (eval mode) and what is needed to rebuild it."""
+    """A trained recipe: the module (eval mode) and what is needed to rebuild it.
+
+    ``val_score`` is the best validation ``val_metric``: accuracy for classifiers, mse for
+    regressors, the topic head's accuracy for the encoder. ``sample`` holds named input rows
+    for modules with several inputs (the exporter traces and checks on them).
+    """
 
     recipe: str
     module: nn.Module
     input_shape: tuple[int, ...]
     num_classes: int
-    val_accuracy: float
+    val_score: float
     epochs: int
     seed: int
+    val_metric: str = "accuracy"
+    sample: dict[str, np.ndarray] | None = None
 
 
 def input_shape_for(recipe: Recipe, dataset: Dataset) -> tuple[int, ...]:
-    """The per-sample input shape a recipe wants for a dataset (images for CNNs)."""
+    """The per-sample input shape a recipe wants for a dataset (images for CNNs; the first
+    input's for named inputs)."""
+    if dataset.train.named:
+        return tuple(next(iter(dataset.train.arrays().values())).shape[1:])
     if recipe.image_input:
         side = int(round(dataset.num_features**0.5))
         return (1, side, side)
@@ -43,13 +54,6 @@ def input_shape_for(recipe: Recipe, dataset: Dataset) -> tuple[int, ...]:
 
 def _tensor(x: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *shape))
-
-
-def _accuracy(module: nn.Module, x: torch.Tensor, y: np.ndarray) -> float:
-    module.eval()
-    with torch.no_grad():
-        pred = module(x).argmax(dim=1).numpy()
-    return float((pred == y).mean())
 
 
 def train(
@@ -64,8 +68,18 @@ def train(
 ) -> TrainedModel:
     """Train a recipe with Adam; deterministic for a given seed on one machine.
 
-    The weights of the epoch with the best validation accuracy are kept.
+    The weights of the epoch with the best validation score are kept (accuracy; mse for
+    regressors; the topic head's accuracy for the encoder). Runs on one torch thread.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: threads only contend (and the result is the same)
+    try:
+        return _train(recipe_name, dataset, epochs, batch_size, learning_rate, seed, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(recipe_name, dataset, epochs, batch_size, learning_rate, seed, progress) -> TrainedModel:
     from tqdm.auto import tqdm
 
     recipe = get_recipe(recipe_name)
@@ -73,37 +87,118 @@ def train(
     _check_arguments(epochs, batch_size, learning_rate, seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
-    shape = input_shape_for(recipe, dataset)
-    module = recipe.build(dataset.num_features, dataset.num_classes)
+    task = _task_for(recipe, dataset)
+    module, head = task.build(recipe, dataset)
     lr = recipe.learning_rate if learning_rate is None else learning_rate
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    trained = [p for m in (module, head) if m is not None for p in m.parameters()]
+    optimizer = torch.optim.Adam(trained, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    x_train, y_train = _tensor(dataset.train.x, shape), torch.from_numpy(dataset.train.y)
-    x_val = _tensor(dataset.val.x, shape)
+    x_train, y_train = task.inputs(recipe, dataset, "train"), torch.from_numpy(dataset.train.y)
+    x_val = task.inputs(recipe, dataset, "val")
     generator = torch.Generator().manual_seed(seed)
-    best_acc, best_state = -1.0, None
+    best, best_state = -math.inf, None
     bar = tqdm(
         range(epochs), desc=f"train {recipe_name}", disable=None if progress else True, unit="epoch"
     )
+    full = _WithHead(module, head) if head is not None else module
     for _ in bar:
-        module.train()
-        for idx in torch.randperm(len(x_train), generator=generator).split(batch_size):
+        full.train()
+        for idx in torch.randperm(len(y_train), generator=generator).split(batch_size):
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(module(x_train[idx]), y_train[idx])
+            loss = task.loss(full(*(x[idx] for x in x_train)), y_train[idx])
             loss.backward()
             optimizer.step()
         schedule.step()
-        acc = _accuracy(module, x_val, dataset.val.y)
-        if acc > best_acc:
-            best_acc = acc
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.4f}", best=f"{best_acc:.4f}")
+        score = task.score(full, x_val, dataset.val.y)
+        if score > best:
+            best = score
+            best_state = {k: v.detach().clone() for k, v in full.state_dict().items()}
+        bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{abs(score):.4f}")
     assert best_state is not None
-    module.load_state_dict(best_state)
+    full.load_state_dict(best_state)
     module.eval()
-    return TrainedModel(recipe_name, module, shape, dataset.num_classes, best_acc, epochs, seed)
+    sample = dict(dataset.val.arrays()) if dataset.val.named else None
+    return TrainedModel(
+        recipe_name, module, input_shape_for(recipe, dataset), dataset.num_classes or 1,
+        abs(best), epochs, seed, task.metric, sample,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Task:
+    """How a recipe of one task is trained: its loss and its validation score (higher is
+    better; the mse is negated)."""
+
+    metric: str
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    score: Callable[[nn.Module, tuple[torch.Tensor, ...], np.ndarray], float]
+    with_head: bool = False
+
+    def build(self, recipe: Recipe, dataset: Dataset) -> tuple[nn.Module, nn.Module | None]:
+        if self.with_head:  # the encoder: a linear topic head over the embedding, dropped later
+            module = recipe.build(0, dataset.num_classes or 1)
+            dim = module(*(torch.from_numpy(a[:2]) for a in dataset.train.arrays().values()))
+            return module, nn.Linear(dim.shape[1], dataset.num_classes or 1)
+        outputs = dataset.num_classes if self.metric == "accuracy" else 1
+        return recipe.build(dataset.num_features, outputs or 1), None
+
+    def inputs(self, recipe: Recipe, dataset: Dataset, split: str) -> tuple[torch.Tensor, ...]:
+        part = dataset.split(split)
+        if part.named:
+            return tuple(torch.from_numpy(a) for a in part.arrays().values())
+        return (_tensor(part.x, input_shape_for(recipe, dataset)),)
+
+
+class _WithHead(nn.Module):
+    """``head(module(*inputs))``: nn.Sequential passes one input only."""
+
+    def __init__(self, module: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.module, self.head = module, head
+
+    def forward(self, *inputs):  # noqa: D102 - torch forward
+        return self.head(self.module(*inputs))
+
+
+def _scores(module: nn.Module, x: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    module.eval()
+    with torch.no_grad():
+        return module(*x)
+
+
+def _class_score(module, x, y) -> float:
+    return float((_scores(module, x).argmax(dim=1).numpy() == y).mean())
+
+
+def _neg_mse(module, x, y) -> float:
+    return -float(
+        np.mean((_scores(module, x).numpy().reshape(len(y), -1) - y.reshape(len(y), -1)) ** 2)
+    )
+
+
+def _mse_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.mse_loss(out.reshape(len(y), -1), y.reshape(len(y), -1))
+
+
+_TASKS = {
+    "classification": _Task("accuracy", nn.functional.cross_entropy, _class_score),
+    "regression": _Task("mse", _mse_loss, _neg_mse),
+    "embedding": _Task("topic_accuracy", nn.functional.cross_entropy, _class_score, True),
+}
+
+
+def _task_for(recipe: Recipe, dataset: Dataset) -> _Task:
+    wanted = "classes" if recipe.task in ("classification", "embedding") else "values"
+    if dataset.labels != wanted:
+        have = dataset.labels or "no labels"
+        raise UsageError(
+            f"recipe {recipe.name!r} ({recipe.task}) trains on "
+            f"{'class labels' if wanted == 'classes' else 'regression targets'}, but "
+            f"{dataset.name!r} has {have}; use its default dataset {recipe.default_dataset!r}"
+        )
+    return _TASKS[recipe.task]
 
 
 def _check_arguments(epochs: int, batch_size: int, learning_rate: float | None, seed: int) -> None:
@@ -128,7 +223,8 @@ def save_weights(trained: TrainedModel, path: Path) -> None:
         "recipe": trained.recipe,
         "input_shape": list(trained.input_shape),
         "num_classes": trained.num_classes,
-        "val_accuracy": trained.val_accuracy,
+        "val_accuracy": trained.val_score,
+        "val_metric": trained.val_metric,
         "seed": trained.seed,
         "state_dict": trained.module.state_dict(),
     }
@@ -197,6 +293,7 @@ def load_weights(path: Path | str, recipe_name: str | None = None) -> TrainedMod
         float(payload.get("val_accuracy", float("nan"))),
         0,
         int(payload.get("seed", 0)),
+        str(payload.get("val_metric", "accuracy")),
     )
 
 

@@ -1,7 +1,7 @@
 """Search outputs: the lab's best-trials table, trials.csv, report.json and manifest.json.
 
-Every file is written atomically (:mod:`onnxopt.atomic`). Plots are in
-:mod:`onnxopt.report.search_plots`.
+Every file is written atomically (:mod:`onnxopt.atomic`). The page with the plots,
+``report.html``, is :mod:`onnxopt.report.html_report`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
+from onnxopt import metrics as registry
 from onnxopt.atomic import write_text
 from onnxopt.optimizer.search.objective import scaled_metrics
 from onnxopt.optimizer.search.pareto import is_feasible
@@ -27,8 +28,10 @@ if TYPE_CHECKING:  # run.py loads the data and onnxruntime; `onnxopt status` nee
     from onnxopt.config.search import Search
     from onnxopt.optimizer.search.run import SearchResult
 
-SOFTWARE = ("accuracy", "loss")
-HARDWARE = ("average_bitwidth", "memory_density", "size", "latency", "latency_b256")
+
+def _group(name: str) -> str:
+    """``software`` (task quality; user metrics too) or ``hardware`` (cost), by the registry."""
+    return registry.metric(name).group if registry.known(name) else "software"
 
 
 def _fmt(value: Any) -> str:
@@ -48,8 +51,8 @@ def trial_rows(trials: list[FrozenTrial], search: Search) -> list[dict[str, Any]
         m = t.user_attrs["metrics"]
         rows.append({
             "number": t.number,
-            "software_metrics": {k: m[k] for k in SOFTWARE if k in m},
-            "hardware_metrics": {k: m[k] for k in HARDWARE if k in m},
+            "software_metrics": {k: v for k, v in m.items() if _group(k) == "software"},
+            "hardware_metrics": {k: v for k, v in m.items() if _group(k) == "hardware"},
             "scaled_metrics": scaled_metrics(search, m),
         })  # fmt: skip
     return rows
@@ -89,7 +92,7 @@ def summary(result: SearchResult) -> str:
     lines = [
         f"{len(result.study.trials)} trials ({counts}) in {result.seconds:.1f} s",
         (
-            f"fp32 baseline (validation): accuracy {base['accuracy']:.4f}, "
+            f"fp32 baseline (validation): {_figure(base)}"
             f"size {int(base['size']):,} bytes, latency {base['latency']:.4f} ms (batch {batch})"
         ),
         f"{kind} (feasible, by {', '.join(result.objectives)}):",
@@ -97,6 +100,11 @@ def summary(result: SearchResult) -> str:
     ]
     lines += [_exported_line(e) for e in result.exported]
     return "\n".join(lines)
+
+
+def _figure(base) -> str:
+    headline = registry.headline(base)
+    return f"{headline}, " if headline else ""
 
 
 def _exported_line(e) -> str:
@@ -109,7 +117,7 @@ def _exported_line(e) -> str:
         rate = 100 * e.verified["match_rate"]
         files.append(f"{rate:.2f}% exact on {e.verified['integer_path']['class']}")
     return (
-        f"trial {e.number}: test accuracy {e.test_accuracy:.4f}; {', '.join(files)} "
+        f"trial {e.number}: test {e.test_headline or 'figures'}; {', '.join(files)} "
         f"-> {e.onnx_path}"
     )
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from onnxopt import metrics as registry
 from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.pareto import best_trials
 from onnxopt.optimizer.search.study import (
@@ -62,6 +63,8 @@ class StudyStatus:
     baseline: dict[str, float] | None
     best: list[dict[str, Any]]
     workers: list[WorkerStatus] = field(default_factory=list)
+    remeasured: dict[str, Any] | None = None
+    """The last export's interleaved re-measurement: the best set it exported and the ties."""
 
     @property
     def finished(self) -> int:
@@ -79,6 +82,7 @@ class StudyStatus:
             "finished": self.finished, "done": self.done,
             "counts": self.counts, "objectives": self.objectives, "baseline": self.baseline,
             "workers": [w.as_dict() for w in self.workers], "best": self.best,
+            "remeasured": self.remeasured,
         }  # fmt: skip
 
     def render(self) -> str:
@@ -105,13 +109,20 @@ class StudyStatus:
         so_far = "" if self.done else " so far"
         lines.append(f"{kind}{so_far} (feasible, by {', '.join(self.objectives)}):")
         lines.append(render_table(self.best) if self.best else "  no feasible trial yet")
+        again = self.remeasured
+        if again and again.get("front_after") != again.get("front_before"):
+            tied = "".join(f"; {t['faster']} ties {t['tied']}" for t in again.get("ties", []))
+            lines.append(
+                f"exported after timing the set again interleaved: trials {again['front_after']}"
+                f" (the search's figures gave {again['front_before']}){tied}"
+            )
         return "\n".join(lines)
 
 
 def _baseline_line(base: dict[str, float] | None) -> str:
     if not base:
         return "fp32 baseline: not measured yet (the first worker is still starting)"
-    parts = [f"accuracy {base['accuracy']:.4f}", f"size {int(base['size']):,} bytes"]
+    parts = [p for p in (registry.headline(base), f"size {int(base['size']):,} bytes") if p]
     if "latency" in base:
         parts.append(f"latency {base['latency']:.4f} ms (batch 1)")
     return "fp32 baseline (validation): " + ", ".join(parts)
@@ -180,6 +191,7 @@ def study_status(source: str, study_name: str | None = None) -> StudyStatus:
         n_trials=_n_trials(attrs),
         objectives=attrs.get("objectives", []), baseline=attrs.get("baseline"),
         best=_best(trials, directions, search), workers=_workers(trials),
+        remeasured=attrs.get("remeasured"),
     )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ becomes one :class:`~onnxopt.errors.OnnxoptError` line.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +46,22 @@ class Session(abc.ABC):
     """A model loaded on one backend."""
 
     backend: ClassVar[str]
+    _inputs: tuple[TensorInfo, ...]
+    _outputs: tuple[TensorInfo, ...]
+
+    def _describe(self, inputs: Iterable[TensorInfo], outputs: Iterable[TensorInfo]) -> None:
+        """Record the inputs and outputs the backend reports (once, at load)."""
+        self._inputs, self._outputs = tuple(inputs), tuple(outputs)
 
     @property
-    @abc.abstractmethod
     def inputs(self) -> tuple[TensorInfo, ...]:
         """The inputs a run must feed (initializers excluded)."""
+        return self._inputs
 
     @property
-    @abc.abstractmethod
     def outputs(self) -> tuple[TensorInfo, ...]:
         """The model's outputs."""
+        return self._outputs
 
     @abc.abstractmethod
     def run(

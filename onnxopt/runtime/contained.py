@@ -26,6 +26,8 @@ import hashlib
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,7 +155,8 @@ class _Prober:
     def __init__(self) -> None:
         parent, child = _context().Pipe()
         self.process = _context().Process(target=_serve, args=(child,), daemon=True)
-        self.process.start()
+        with _callers_main_hidden():
+            self.process.start()
         child.close()
         self.conn = parent
         self.pid = os.getpid()
@@ -182,6 +185,31 @@ def _prober() -> _Prober:
     if _PROBER is None or _PROBER.pid != os.getpid() or not _PROBER.process.is_alive():
         _PROBER = _Prober()
     return _PROBER
+
+
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _callers_main_hidden() -> Iterator[None]:
+    """Start the child without the caller's ``__main__``: multiprocessing would otherwise run
+    the caller's script again in the child (its top level, when it has no main guard, and a
+    script that calls onnxopt there would fail with "bootstrapping phase"); the child needs
+    nothing of it, since its target lives in this module."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    with _MAIN_LOCK:
+        names = [key for key in ("__file__", "__spec__") if key in main.__dict__]
+        saved = {key: main.__dict__[key] for key in names}
+        main.__dict__.pop("__file__", None)
+        main.__dict__["__spec__"] = None
+        try:
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
 
 
 def _context():

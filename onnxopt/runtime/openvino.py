@@ -81,16 +81,7 @@ class OpenVinoSession(Session):
         self.compiled = compiled
         self.label = label
         self.request = compiled.create_infer_request()
-        self._inputs = tuple(_info(p) for p in compiled.inputs)
-        self._outputs = tuple(_info(p) for p in compiled.outputs)
-
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
+        self._describe((_info(p) for p in compiled.inputs), (_info(p) for p in compiled.outputs))
 
     def run(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None

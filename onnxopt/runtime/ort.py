@@ -287,16 +287,7 @@ class OrtSession(Session):
         self.session = session
         self.label = label
         self._options = quiet_run_options()
-        self._inputs = tuple(_info(a) for a in session.get_inputs())
-        self._outputs = tuple(_info(a) for a in session.get_outputs())
-
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
+        self._describe(map(_info, session.get_inputs()), map(_info, session.get_outputs()))
 
     def run(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None

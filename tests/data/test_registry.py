@@ -97,7 +97,7 @@ def _message(call) -> str:
 def test_unknown_format_lists_valid_ones() -> None:
     message = _message(lambda: load_dataset("digits", data_format="parquet"))
     assert "unknown data format 'parquet'" in message
-    assert "digits, npz, csv, jsc-openml, jsc-h5" in message
+    assert "digits, diabetes, token-corpus, npz, csv, jsc-openml, jsc-h5" in message
     message = _message(lambda: load_dataset("digits", data_format="jsc"))
     assert "did you mean 'jsc-h5'?" in message
 
@@ -112,7 +112,7 @@ def test_no_such_file() -> None:
 
 def test_close_to_bundled_name_suggests_it() -> None:
     message = _message(lambda: load_dataset("digts"))
-    assert "no such file 'digts'" in message and "did you mean 'digits'?" in message
+    assert "no such file 'digts'" in message and "did you mean 'digits'" in message
     assert "did you mean" not in _message(lambda: load_dataset("mnist"))
 
 

@@ -23,7 +23,8 @@ def _run(path_or_model, x):
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+# the encoder has named int64 inputs: onnxopt.exporters.torch_named (tests/models)
+@pytest.mark.parametrize("name", sorted(n for n in RECIPES if RECIPES[n].task != "embedding"))
 def test_every_recipe_exports_with_dynamic_batch_and_parity(name, tmp_path):
     recipe = RECIPES[name]
     features, classes = (64, 10) if name.startswith("digits") else (16, 5)

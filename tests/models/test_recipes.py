@@ -48,7 +48,9 @@ def test_cnn_takes_images():
 def test_default_dataset_is_bundled_or_refused_with_how_to_pass_it(name):
     recipe = RECIPES[name]
     if recipe.default_dataset in BUNDLED:
-        assert default_data(recipe) == recipe.default_dataset == "digits"
+        expected = {"classification": "digits", "regression": "diabetes",
+                    "embedding": "token-corpus"}[recipe.task]  # fmt: skip
+        assert default_data(recipe) == recipe.default_dataset == expected
         return
     assert name.startswith("jsc")
     with pytest.raises(UsageError) as info:
@@ -99,4 +101,34 @@ def test_trained_recipes_reach_target_accuracy(digits, trained_recipe, name, min
     with torch.no_grad():
         accuracy = float((trained.module(x).argmax(1).numpy() == digits.test.y).mean())
     assert accuracy >= minimum, f"{name}: test accuracy {accuracy:.4f} < {minimum}"
-    assert np.isfinite(trained.val_accuracy)
+    assert np.isfinite(trained.val_score)
+
+
+@pytest.mark.slow
+def test_encoder_and_regressor_train_deterministically_and_export(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from onnxopt.data.registry import load_dataset
+    from onnxopt.exporters.torch_named import export_named
+
+    corpus = load_dataset("token-corpus")
+    runs = [train("sentence-encoder", corpus, epochs=1, seed=3, progress=False) for _ in "ab"]
+    first, second = (dict(r.module.state_dict()) for r in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert runs[0].val_metric == "topic_accuracy" and runs[0].val_score > 0.5
+    model = export_named(runs[0].module, runs[0].sample, tmp_path / "e.onnx", output_name="e")
+    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert inputs == {"input_ids": onnx.TensorProto.INT64, "attention_mask": onnx.TensorProto.INT64}
+    ops = {n.op_type for n in model.graph.node}
+    assert {"Gather", "MatMul", "Softmax", "LayerNormalization"} <= ops
+    rows = {k: v[:5] for k, v in corpus.test.arrays().items()}
+    got = ort.InferenceSession(str(tmp_path / "e.onnx")).run(None, rows)[0]
+    with torch.no_grad():
+        expected = runs[0].module(*(torch.from_numpy(v) for v in rows.values())).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert got.shape == (5, 64)
+    regressor = train("diabetes-mlp", load_dataset("diabetes"), epochs=5, progress=False)
+    assert regressor.val_metric == "mse" and 0 < regressor.val_score < 1.5
+    with pytest.raises(UsageError, match="regression targets"):
+        train("diabetes-mlp", corpus, epochs=1, progress=False)

@@ -51,3 +51,13 @@ def assert_one_line(outcome, *fragments: str, code: int = 2) -> str:
     for fragment in fragments:
         assert fragment in line, line
     return line
+
+
+CHEAP_EVALUATION = """\
+[search.evaluation]
+batch_sizes = [1]
+warmup = 1
+repeats = 2
+min_time_s = 0
+"""
+"""Search evaluation settings that keep a test search fast (latency at batch 1, 2 runs)."""

@@ -18,20 +18,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from reliability_helpers import assert_one_line
+from reliability_helpers import CHEAP_EVALUATION, assert_one_line
 
 from onnxopt.optimizer.search.study import JOURNAL_FILE
 
-SEARCH = """
+SEARCH = f"""
 [search.quantization.by_type.linear]
 data_in_width = [4, 8]
 weight_width = [2, 4, 8]
-[search.evaluation]
-batch_sizes = [1]
-warmup = 1
-repeats = 2
-min_time_s = 0
-[search.strategy]
+{CHEAP_EVALUATION}[search.strategy]
 sampler = "brute-force"
 n_trials = 4
 [search.metrics.accuracy]

@@ -4,17 +4,12 @@ study exists (they made every trial FAIL while the search exited 0)."""
 from __future__ import annotations
 
 import pytest
-from reliability_helpers import assert_one_line
+from reliability_helpers import CHEAP_EVALUATION, assert_one_line
 
 from onnxopt.optimizer.search.study import JOURNAL_FILE
 
-CHEAP = """
-[search.evaluation]
-batch_sizes = [1]
-warmup = 1
-repeats = 2
-min_time_s = 0
-[search.strategy]
+CHEAP = f"""
+{CHEAP_EVALUATION}[search.strategy]
 sampler = "random"
 n_trials = 3
 """

@@ -15,20 +15,15 @@ from pathlib import Path
 
 import onnx
 import pytest
-from reliability_helpers import assert_one_line
+from reliability_helpers import CHEAP_EVALUATION, assert_one_line
 
 from onnxopt.optimizer.search.storage import open_storage, stored_studies
 from onnxopt.optimizer.search.study import JOURNAL_FILE, load_study
 
-SPACE = """
+SPACE = f"""
 [search.quantization.by_type.linear]
 weight_width = [4, 8]
-[search.evaluation]
-batch_sizes = [1]
-warmup = 1
-repeats = 2
-min_time_s = 0
-[search.strategy]
+{CHEAP_EVALUATION}[search.strategy]
 sampler = "brute-force"
 n_trials = 2
 [search.metrics.accuracy]

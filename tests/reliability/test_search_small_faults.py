@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from reliability_helpers import CHEAP_EVALUATION
 
 from onnxopt.atomic import atomic_path, sweep_stale
 from onnxopt.config.search import load_search_config
@@ -27,13 +28,8 @@ from onnxopt.optimizer.search.storage import open_storage
 from onnxopt.optimizer.search.study import is_interrupted
 from onnxopt.optimizer.search.worker import TrialLoop
 
-CHEAP = """
-[search.evaluation]
-batch_sizes = [1]
-warmup = 1
-repeats = 2
-min_time_s = 0
-"""
+CHEAP = f"""
+{CHEAP_EVALUATION}"""
 TWO_POINTS = (
     """
 [search.quantization.by_type.linear]
@@ -71,7 +67,8 @@ def test_ctrl_c_inside_ask_fails_the_trial_as_interrupted(config, tmp_path):
     storage = open_storage(str(tmp_path / "s.journal"))
     study = optuna.create_study(storage=storage, study_name="s", sampler=InterruptedAsk(),
                                 direction="maximize")  # fmt: skip
-    objective = Objective(ctx.space, ctx.builder, ctx.evaluator.for_trials(0.9))
+    evaluator = ctx.evaluator.for_trials({"accuracy": 0.9}, ctx.reference())
+    objective = Objective(ctx.space, ctx.builder, evaluator)
     with pytest.raises(KeyboardInterrupt):
         TrialLoop(study, storage, objective, limit=2).run()
     (trial,) = study.trials

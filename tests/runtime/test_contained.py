@@ -139,3 +139,27 @@ def test_one_child_serves_probes_until_a_crash_takes_it():
     assert contained.run_contained(native_crash.segfault) == -signal.SIGSEGV
     assert contained.run_contained(int, "3") == 0
     assert contained._prober().process.pid != child  # a new one after the crash
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path):
+    """The probe child does not run the caller's script again (multiprocessing would, and a
+    script that opens a session at its top level would then fail in the child)."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.onnx"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), model)
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "from onnxopt.runtime.ort import make_session\n"
+        "print('top level ran')\n"
+        f"make_session({str(model)!r})\n"
+        "print('session made')\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["top level ran", "session made"]

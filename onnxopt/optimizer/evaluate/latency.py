@@ -54,6 +54,14 @@ class LatencyStats:
     median_ms: float
     p90_ms: float
     mean_ms: float
+    q1_ms: float = float("nan")
+    """25th percentile: with ``q3_ms`` the spread (IQR) that the median is read with."""
+    q3_ms: float = float("nan")
+
+    @property
+    def iqr_ms(self) -> float:
+        """Interquartile range of the runs (ms)."""
+        return self.q3_ms - self.q1_ms
 
     @property
     def throughput_sps(self) -> float:
@@ -68,6 +76,8 @@ class LatencyStats:
             "median_ms": self.median_ms,
             "p90_ms": self.p90_ms,
             "mean_ms": self.mean_ms,
+            "q1_ms": self.q1_ms,
+            "q3_ms": self.q3_ms,
             "throughput_sps": self.throughput_sps,
         }
 
@@ -106,14 +116,17 @@ class LatencyResult:
 
 
 def summarize(batch_size: int, seconds: Sequence[float]) -> LatencyStats:
-    """Median, 90th percentile and mean (ms) of per-run wall times given in seconds."""
+    """Median, quartiles, 90th percentile and mean (ms) of per-run wall times in seconds."""
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    q1, median, q3, p90 = np.percentile(ms, [25, 50, 75, 90])
     return LatencyStats(
         batch_size=batch_size,
         runs=len(ms),
-        median_ms=float(np.median(ms)),
-        p90_ms=float(np.percentile(ms, 90)),
+        median_ms=float(median),
+        p90_ms=float(p90),
         mean_ms=float(ms.mean()),
+        q1_ms=float(q1),
+        q3_ms=float(q3),
     )
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from onnxopt.data.dataset import Split
-from onnxopt.errors import EvaluationError, UsageError
+from onnxopt.errors import MetricError, UsageError
 from onnxopt.metrics import METRICS, TASKS, MetricInputs, MetricSpec, latency_name, resolve
 from onnxopt.model_io import ORT_FORMAT_MAGIC
 from onnxopt.optimizer.evaluate.accuracy import (
@@ -267,7 +267,8 @@ class Measurer:
 
         Raises:
             DataError: Labels or class count that do not fit the output.
-            EvaluationError: The runtime failed or a metric is not finite.
+            EvaluationError: The runtime failed.
+            MetricError: A metric is not finite, or a user metric function failed.
         """
         io = loaded.io
         specs = self.output_specs()
@@ -348,5 +349,5 @@ def check_finite(metrics: dict[str, float]) -> None:
     """Refuse NaN or infinite metric values (one line naming them)."""
     bad = [k for k, v in metrics.items() if not np.isfinite(v)]
     if bad:
-        raise EvaluationError(f"metrics {', '.join(bad)} are not finite (NaN or Inf)")
+        raise MetricError(f"metrics {', '.join(bad)} are not finite (NaN or Inf)")
 

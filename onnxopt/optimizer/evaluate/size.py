@@ -55,6 +55,9 @@ INTEGER_WEIGHT_INPUTS = frozenset({
     ("DequantizeLinear", 0), ("QLinearConv", 3), ("QLinearConv", 8), ("QLinearMatMul", 0),
     ("QLinearMatMul", 3), ("ConvInteger", 1), ("MatMulInteger", 0), ("MatMulInteger", 1),
 })  # fmt: skip
+# quantized embedding tables: 8/16-bit codes looked up by a Gather (int64 ones index shapes)
+TABLE_TYPES = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16,
+                         TensorProto.UINT16})  # fmt: skip
 
 # packed storage keeps INT4/INT2 weights on disk and casts them to 8 bits for the kernels
 PACKED_TYPES = frozenset({TensorProto.INT4, TensorProto.UINT4, TensorProto.INT2, TensorProto.UINT2})
@@ -244,6 +247,8 @@ def _is_parameter(data_type: int, uses: set[tuple[str, int]]) -> bool:
     if data_type in FLOAT_TYPES:
         return any(use not in NON_PARAMETER_INPUTS for use in uses)
     if data_type in PACKED_TYPES and ("Cast", 0) in uses:
+        return True
+    if data_type in TABLE_TYPES and ("Gather", 0) in uses:
         return True
     return any(use in INTEGER_WEIGHT_INPUTS for use in uses)
 

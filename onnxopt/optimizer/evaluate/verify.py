@@ -29,7 +29,8 @@ from onnxopt.optimizer.quantization.metadata import TARGET_CPU_KEY, metadata_val
 INEXACT_FLOAT_OPS = frozenset(
     {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Exp", "Log", "Erf", "Gelu", "HardSwish",
      "ReduceMean", "ReduceSum", "GlobalAveragePool", "AveragePool", "LayerNormalization",
-     "BatchNormalization", "InstanceNormalization", "Div", "Sqrt", "Pow", "Softplus"}
+     "BatchNormalization", "InstanceNormalization", "Div", "Sqrt", "Pow", "Softplus",
+     "DynamicQuantizeLinear"}  # its scale is a float division of the batch's range
 )  # fmt: skip
 _ACCUMULATING = ("Gemm", "MatMul", "Conv")
 

@@ -1,6 +1,7 @@
 """From config to specs: decide, per node, what each tensor's fixed-point format is.
 
-The annotator reads the merged config of every Gemm/MatMul/Conv (default, by type, by name),
+The annotator reads the merged config of every Gemm/MatMul/Conv (default, by type, by name)
+and of the Gather tables a ``gather`` or by-name entry asks for,
 resolves fraction widths (a number; ``"NA"`` = width // 2; ``"auto"`` = the fewest integer
 bits that cover the calibrated range for activations, or the tensor's own values for
 weights and biases) and signedness (unsigned when calibration never saw a negative value),
@@ -18,9 +19,17 @@ from onnxopt.config.quantization import LayerQuant, QuantizationConfig
 from onnxopt.errors import ConfigError, did_you_mean
 from onnxopt.optimizer.quantization.calibration import Range
 from onnxopt.optimizer.quantization.fixed_point import frac_for_range, na_frac
-from onnxopt.optimizer.quantization.spec import NodeQuantSpec, TensorSpec
+from onnxopt.optimizer.quantization.graph_analysis import is_embedding
+from onnxopt.optimizer.quantization.spec import (
+    ActivationMode,
+    FracFit,
+    NodeQuantSpec,
+    TensorSpec,
+)
 
-QUANTIZABLE = ("Gemm", "MatMul", "Conv")
+DEFAULT_OPS = ("Gemm", "MatMul", "Conv")
+"""Op types ``[default]`` reaches; Gather tables need a ``gather`` or by-name entry."""
+QUANTIZABLE = (*DEFAULT_OPS, "Gather")
 AUTO_OUTPUT_WIDTH = 8
 
 
@@ -35,7 +44,7 @@ class Annotation:
 def needs_calibration(graph: ir.Graph, config: QuantizationConfig) -> bool:
     """Whether any activation the pass will quantize asks for an ``"auto"`` fraction."""
     layers = _layers(graph, config)
-    enabled = {name for name, (_, layer) in layers.items() if layer.enabled}
+    enabled = _static(layers)
     for name in enabled:
         node, layer = layers[name]
         if layer.data_in_frac_width == "auto":
@@ -47,13 +56,35 @@ def needs_calibration(graph: ir.Graph, config: QuantizationConfig) -> bool:
     return False
 
 
+def _in_scope(node: ir.Node, config: QuantizationConfig) -> bool:
+    if node.name in config.by_name:
+        return True
+    if node.op_type == "Gather":
+        return "gather" in config.by_type and is_embedding(node)
+    return node.op_type in DEFAULT_OPS
+
+
 def _layers(graph: ir.Graph, config: QuantizationConfig) -> dict[str, tuple[ir.Node, LayerQuant]]:
     """``{name: (node, merged layer config)}`` for the quantizable and by-name nodes."""
     return {
         node.name: (node, config.for_node(node.name, node.op_type))
         for node in graph
-        if node.name is not None and (node.op_type in QUANTIZABLE or node.name in config.by_name)
+        if node.name is not None and _in_scope(node, config)
     }
+
+
+def _mode(node: ir.Node, layer: LayerQuant) -> ActivationMode:
+    if node.op_type == "Gather":
+        return ActivationMode.WEIGHT_ONLY
+    return ActivationMode(layer.activation)
+
+
+def _static(layers: Mapping[str, tuple[ir.Node, LayerQuant]]) -> set[str]:
+    """The enabled nodes with static activations: the ones whose input Q requantizes."""
+    return {
+        name for name, (node, layer) in layers.items()
+        if layer.enabled and _mode(node, layer) is ActivationMode.STATIC
+    }  # fmt: skip
 
 
 def _check_names(graph: ir.Graph, config: QuantizationConfig) -> None:
@@ -114,9 +145,22 @@ def _needs_output_q(node: ir.Node, quantized: set[str]) -> bool:
     return False
 
 
+def _weight_spec(layer: LayerQuant, granularity: str) -> TensorSpec:
+    mse = layer.weight_frac_width == "mse"
+    return TensorSpec(
+        width=layer.weight_width,
+        granularity=layer.weight_granularity or granularity,
+        frac=None if mse else _weight_frac(layer.weight_frac_width, layer.weight_width),
+        fit=FracFit.MSE if mse else FracFit.RANGE,
+    )
+
+
 def _node_spec(
     node: ir.Node, layer: LayerQuant, ranges, granularity: str, output_q: bool
 ) -> NodeQuantSpec:
+    mode = _mode(node, layer)
+    if mode is not ActivationMode.STATIC:
+        return NodeQuantSpec(_weight_spec(layer, granularity), None, None, activation=mode)
     where = f"node {node.name!r}"
     data_out = None
     if layer.data_out_width is not None or output_q:
@@ -128,8 +172,7 @@ def _node_spec(
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     data_in = node.inputs[0]
     return NodeQuantSpec(
-        weight=TensorSpec(width=layer.weight_width, granularity=granularity,
-                          frac=_weight_frac(layer.weight_frac_width, layer.weight_width)),
+        weight=_weight_spec(layer, granularity),
         bias=TensorSpec(width=layer.bias_width,
                         frac=_weight_frac(layer.bias_frac_width, layer.bias_width))
         if has_bias else None,
@@ -157,8 +200,9 @@ def annotate(
     _check_names(graph, config)
     layers = _layers(graph, config)
     enabled = {name for name, (_, layer) in layers.items() if layer.enabled}
+    static = _static(layers)
     specs = {
-        name: _node_spec(node, layer, ranges, config.granularity, _needs_output_q(node, enabled))
+        name: _node_spec(node, layer, ranges, config.granularity, _needs_output_q(node, static))
         for name, (node, layer) in layers.items() if name in enabled
     }  # fmt: skip
     return Annotation(specs, [name for name in layers if name not in enabled])

@@ -112,3 +112,25 @@ def frac_for_range(max_abs: npt.ArrayLike, width: int, signed: bool = True) -> i
 def na_frac(width: int) -> int:
     """The lab's "NA" fraction: half the bits for the fraction, ``width // 2``."""
     return width // 2
+
+
+def frac_for_mse(
+    x: npt.ArrayLike, width: int, signed: bool = True, *, axis: int | None = None
+) -> int | np.ndarray:
+    """The fraction (one per channel along ``axis``) with the smallest squared rounding plus
+    saturation error: the range fraction :func:`frac_for_range` or one finer (a finer grid
+    that saturates a few outliers often loses less than the coarse one rounds away).
+
+    Ties keep the range fraction. Returns an ``int`` without ``axis``, else an int64 vector.
+    """
+    values = np.asarray(x, dtype=np.float64)
+    other = tuple(i for i in range(values.ndim) if i != axis) if axis is not None else None
+    max_abs = np.max(np.abs(values), axis=other, initial=0.0)
+    base = np.asarray(frac_for_range(max_abs, width, signed))
+    errors = []
+    for frac in (base, np.minimum(base + 1, FRAC_LIMIT)):
+        per = frac if axis is not None else int(frac)
+        _, deq = quantize_fixed(values, width, per, signed, axis=axis)
+        errors.append(np.sum((deq - values) ** 2, axis=other))
+    best = np.where(errors[1] < errors[0], np.minimum(base + 1, FRAC_LIMIT), base)
+    return best.astype(np.int64) if axis is not None else int(best)

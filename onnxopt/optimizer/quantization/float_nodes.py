@@ -7,9 +7,10 @@ from collections.abc import Mapping
 import onnx_ir as ir
 
 from onnxopt.graph import is_default_domain
+from onnxopt.optimizer.quantization.graph_analysis import SUPPORTED_OPS
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
-_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear", "Clip"})
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Clip"})
 _FLOAT_TYPES = frozenset(
     {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16}
 )
@@ -22,6 +23,23 @@ def _reads_float_constant(node: ir.Node) -> bool:
         tensor = value.const_value
         if tensor is not None and tensor.dtype in _FLOAT_TYPES:
             return True
+    return False
+
+
+def _rescales_integers(node: ir.Node) -> bool:
+    """Whether ``node`` is the scale product or rescale of a dynamic MatMulInteger chain."""
+    if node.op_type != "Mul":
+        return False
+    for value in node.inputs:
+        producer = None if value is None else value.producer()
+        if producer is None:
+            continue
+        if producer.op_type == "DynamicQuantizeLinear":
+            return True
+        if producer.op_type == "Cast" and (source := producer.inputs[0]) is not None:
+            upstream = source.producer()
+            if upstream is not None and upstream.op_type == "MatMulInteger":
+                return True
     return False
 
 
@@ -54,7 +72,7 @@ def float_nodes(
     out = {}
     for node in graph:
         name = node.name or (node.outputs[0].name if node.outputs else "") or node.op_type
-        if node.op_type in _QDQ:
+        if node.op_type in _QDQ or _rescales_integers(node):
             continue
         if node.op_type in CONTROL_FLOW and is_default_domain(node.domain):
             out[name] = (
@@ -64,6 +82,10 @@ def float_nodes(
             out[name] = _skipped_reason(node, skipped[name], by_name)
         elif name in disabled:
             out[name] = f"{node.op_type} disabled by the config (enabled = false)"
+        elif node.op_type == "Gather" and _reads_float_constant(node):
+            out[name] = "Gather table left in float: a [by_type.gather] entry quantizes it"
         elif _reads_float_constant(node):
-            out[name] = f"{node.op_type} is not quantized by onnxopt (only Gemm, MatMul, Conv)"
+            out[name] = (
+                f"{node.op_type} is not quantized by onnxopt (only {', '.join(SUPPORTED_OPS)})"
+            )
     return out

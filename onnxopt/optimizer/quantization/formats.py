@@ -13,7 +13,11 @@ models from other tools and the variations onnxopt may emit:
 * the true widths of constants in the ``onnxopt.bit_widths`` metadata ({initializer name:
   bits}); without it a constant is as wide as its container (int32 biases: as wide as their
   values need);
-* INT4/INT2 initializers widened by a ``Cast`` before their DQ.
+* INT4/INT2 initializers widened by a ``Cast`` before their DQ;
+* integer tables looked up by a ``Gather`` before their DQ (quantized embeddings): the
+  table's format (a DQ along the last axis is per column of the table).
+
+Weights read by ``MatMulInteger`` (dynamic activations) have no DQ and are not listed.
 
 A format is ``(width, frac, signed)``: the value ``code * 2**-frac`` with ``code`` in the
 signed ``[-2**(w-1), 2**(w-1) - 1]`` or unsigned ``[0, 2**w - 1]`` range, which is hls4ml's
@@ -220,6 +224,9 @@ class _Reader:
         signed, zp = _signedness(dq, dtype, zero_point)
         stored, cast = codes_in, None
         producer = codes_in.producer()
+        if producer is not None and producer.op_type == "Gather" and producer.inputs[0]:
+            stored = producer.inputs[0]  # a looked-up table: the table's format
+            producer = stored.producer()
         if (
             producer is not None
             and producer.op_type == "Cast"

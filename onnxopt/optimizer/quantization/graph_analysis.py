@@ -7,7 +7,9 @@ import onnx_ir as ir
 
 from onnxopt.graph import const_array
 
-SUPPORTED_OPS = ("Conv", "Gemm", "MatMul")
+SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Gather")
+DYNAMIC_OPS = ("Gemm", "MatMul")
+"""Ops quantized with dynamic activations (``DynamicQuantizeLinear`` -> ``MatMulInteger``)."""
 
 # Ops whose output is non-negative whatever their input.
 _NONNEG_OPS = frozenset({"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Softplus", "HardSigmoid"})
@@ -64,8 +66,24 @@ def is_nonneg(value: ir.Value | None, _depth: int = 0) -> bool:
     return False
 
 
+def is_embedding(node: ir.Node) -> bool:
+    """Whether ``node`` is a Gather reading rows of a constant float32 2-D table."""
+    if node.op_type != "Gather" or node.domain != "":
+        return False
+    table = const_array(node.inputs[0])
+    return table is not None and table.dtype == np.float32 and table.ndim == 2
+
+
+def weight_input(node: ir.Node) -> int:
+    """The index of the node's constant weight: a Gather's table is input 0, else input 1."""
+    return 0 if node.op_type == "Gather" else 1
+
+
 def weight_channel_axis(node: ir.Node) -> int:
-    """The output-channel axis of the node's weight (input 1)."""
+    """The output-channel axis of the node's weight (a Gather table's: its rows, one scale
+    per token)."""
+    if node.op_type == "Gather":
+        return 0
     if node.op_type == "Conv":
         return 0
     if node.op_type == "Gemm":
@@ -96,10 +114,22 @@ def _bias_reason(node: ir.Node, out_channels: int) -> str | None:
     return None
 
 
-def unsupported_reason(node: ir.Node) -> str | None:
-    """Why the pass cannot quantize ``node``, or None when it can."""
+def _gather_reason(node: ir.Node) -> str | None:
+    if not is_embedding(node):
+        return "Gather is quantized only on a constant float32 2-D table (an embedding)"
+    if node.attributes.get_int("axis", 0) != 0:
+        return "Gather with axis != 0 is not quantized (rows of the table are looked up)"
+    return None
+
+
+def unsupported_reason(node: ir.Node, dynamic: bool = False) -> str | None:
+    """Why the pass cannot quantize ``node`` (with dynamic activations when asked), or None."""
     if node.domain != "" or node.op_type not in SUPPORTED_OPS:
         return f"op type {node.op_type!r} is not quantized (supported: {', '.join(SUPPORTED_OPS)})"
+    if node.op_type == "Gather":
+        return _gather_reason(node)
+    if dynamic and node.op_type not in DYNAMIC_OPS:
+        return f"dynamic activations apply to {', '.join(DYNAMIC_OPS)} only, not {node.op_type}"
     reason = _gemm_reason(node) if node.op_type == "Gemm" else None
     if reason:
         return reason

@@ -14,10 +14,14 @@ import dataclasses
 from collections.abc import Mapping
 
 from onnxopt.optimizer.quantization.qdq_nodes import ActivationQuant
-from onnxopt.optimizer.quantization.spec import Container
+from onnxopt.optimizer.quantization.spec import ActivationMode, Container
 
 CONV_NEEDS_OUTPUT_Q = "Conv without an 8-bit data_out: QLinearConv needs a quantized output"
 NOT_FUSED = "onnxruntime does not fuse it into an integer kernel: it runs DQ + float {op}"
+WEIGHT_ONLY = (
+    "weight-only: the table is stored as integers and the lookup reads codes, dequantized "
+    "after it (no integer kernel; the table's memory and file size shrink)"
+)
 
 @dataclasses.dataclass(frozen=True)
 class HonestLabel:
@@ -44,12 +48,14 @@ class ResolvedNode:
 
     name: str
     op_type: str
-    data_in: ActivationQuant
+    data_in: ActivationQuant | None
+    """None for dynamic activations (quantized at run time) and weight-only nodes."""
     weight_width: int
     weight_container: Container
     bias_width: int | None
     float_bias: bool
     data_out: ActivationQuant | None
+    activation: ActivationMode = ActivationMode.STATIC
 
 
 def _storage_label(node: str, tensor: str, width: int, container: Container) -> HonestLabel | None:
@@ -65,6 +71,11 @@ def _storage_label(node: str, tensor: str, width: int, container: Container) -> 
 def kernel_blockers(node: ResolvedNode) -> list[str]:
     """Why onnxruntime will not fuse the node into an integer kernel (empty when it will)."""
     op = node.op_type
+    if node.activation is ActivationMode.WEIGHT_ONLY:
+        return [WEIGHT_ONLY]
+    if node.activation is ActivationMode.DYNAMIC:
+        return []  # 8-bit weights (the spec checks) and DynamicQuantizeLinear always fuse
+    assert node.data_in is not None
     blockers = []
     if node.data_in.container.bits != 8:
         blockers.append(f"16-bit activations: no integer {op} kernel, runs DQ + float {op}")
@@ -79,10 +90,11 @@ def kernel_blockers(node: ResolvedNode) -> list[str]:
 
 def node_labels(node: ResolvedNode) -> list[HonestLabel]:
     """All honest labels of one quantized node."""
-    candidates = [
-        _storage_label(node.name, "data_in", node.data_in.width, node.data_in.container),
-        _storage_label(node.name, "weight", node.weight_width, node.weight_container),
-    ]
+    candidates = [_storage_label(node.name, "weight", node.weight_width, node.weight_container)]
+    if node.data_in is not None:
+        candidates.append(
+            _storage_label(node.name, "data_in", node.data_in.width, node.data_in.container)
+        )
     if node.data_out is not None:
         candidates.append(
             _storage_label(node.name, "data_out", node.data_out.width, node.data_out.container)

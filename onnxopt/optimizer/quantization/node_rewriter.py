@@ -11,8 +11,23 @@ import onnx_ir as ir
 
 from onnxopt.errors import ConfigError, RewriteError
 from onnxopt.graph import Namer, const_array
-from onnxopt.optimizer.quantization.fixed_point import frac_for_range, quantize_fixed
-from onnxopt.optimizer.quantization.graph_analysis import is_nonneg, weight_channel_axis
+from onnxopt.optimizer.quantization.fixed_point import (
+    frac_for_mse,
+    frac_for_range,
+    quantize_fixed,
+)
+from onnxopt.optimizer.quantization.graph_analysis import (
+    is_nonneg,
+    weight_channel_axis,
+    weight_input,
+)
+from onnxopt.optimizer.quantization.integer_nodes import (
+    DynamicInput,
+    WeightCodes,
+    dynamic_input,
+    dynamic_matmul,
+    quantized_gather,
+)
 from onnxopt.optimizer.quantization.labels import ResolvedNode
 from onnxopt.optimizer.quantization.qdq_nodes import (
     ActivationQuant,
@@ -20,7 +35,9 @@ from onnxopt.optimizer.quantization.qdq_nodes import (
     constant_dq,
 )
 from onnxopt.optimizer.quantization.spec import (
+    ActivationMode,
     Container,
+    FracFit,
     NodeQuantSpec,
     Role,
     Storage,
@@ -57,6 +74,8 @@ def constant_fracs(
 ) -> int | np.ndarray:
     """The spec's fraction(s) for a constant: one int, or one per channel along ``axis``."""
     channels = array.shape[axis]
+    if spec.frac is None and spec.fit is FracFit.MSE:
+        return frac_for_mse(array, spec.width, signed, axis=axis if spec.per_channel else None)
     if not spec.per_channel:
         if spec.frac is None:
             return frac_for_range(float(np.max(np.abs(array), initial=0.0)), spec.width, signed)
@@ -84,9 +103,18 @@ class NodeRewriter:
         # data_out chains: DQ output -> (the float value it quantizes, its nodes, its node)
         self._outputs: dict[ir.Value, tuple[ir.Value, list[ir.Node], str]] = {}
         self._replaced: list[ir.Value] = []
+        self._dynamic: dict[ir.Value, DynamicInput] = {}
 
     def rewrite(self, node: ir.Node, spec: NodeQuantSpec) -> ResolvedNode:
-        """Quantize ``node``'s input, weight, bias and optionally output per ``spec``."""
+        """Quantize ``node`` per ``spec``: static Q/DQ, dynamic activations or weight-only."""
+        if spec.activation is ActivationMode.DYNAMIC:
+            return self._rewrite_dynamic(node, spec)
+        if spec.activation is ActivationMode.WEIGHT_ONLY:
+            return self._rewrite_gather(node, spec)
+        return self._rewrite_static(node, spec)
+
+    def _rewrite_static(self, node: ir.Node, spec: NodeQuantSpec) -> ResolvedNode:
+        assert spec.data_in is not None  # NodeQuantSpec checks static specs
         data_in = self._quantize_input(node, spec.data_in)
         w_fracs, w_container = self._quantize_weight(node, spec.weight)
         has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
@@ -175,6 +203,74 @@ class NodeRewriter:
         elif signed and not container.signed:
             self.u8u8_nodes.append(node.name or "")
         return fracs, container
+
+    def weight_codes(self, node: ir.Node, spec: TensorSpec) -> WeightCodes:
+        """The node's constant weight (a Gather's table) quantized per ``spec``, laid out as
+        the integer node reads it: ``[K, N]`` for Gemm/MatMul, ``[V, D]`` for a table."""
+        index = weight_input(node)
+        weight = const_array(node.inputs[index])
+        assert weight is not None  # unsupported_reason() rejects non-constant weights
+        signed = spec.signed if spec.signed is not None else True
+        # a table lookup multiplies nothing: the u8s8 kernels' saturation does not apply
+        exact = self.u8s8_exact or node.op_type == "Gather"
+        container = resolve_container(spec, Role.WEIGHT, signed, self.storage, u8s8_exact=exact)
+        axis = weight_channel_axis(node)
+        fracs = constant_fracs(spec, weight, axis, signed, f"{node.name}.weight")
+        ints, _ = quantize_fixed(weight, spec.width, fracs, signed,
+                                 axis=axis if np.ndim(fracs) else None)  # fmt: skip
+        if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+            ints = ints.T  # [N, K] -> [K, N]: the channels become MatMulInteger's columns
+        self._replaced.append(node.inputs[index])  # type: ignore[arg-type]
+        if container.bits < 8:
+            self.notes.append(
+                f"{node.name}: weight packed as {container} on disk, cast to 8 bits at load"
+            )
+        return WeightCodes(ints, fracs, container, signed)
+
+    def _replace_node(self, node: ir.Node, nodes: list[ir.Node], out: ir.Value) -> None:
+        """Put ``nodes`` (computing ``out``) in place of ``node``; the first node whose name
+        is the old node's takes it over."""
+        self.graph.insert_before(node, nodes)
+        old = node.outputs[0]
+        out.shape = old.shape if out.shape is None else out.shape
+        if old.is_graph_output():
+            self._hand_over_output(old, out)
+        ir.convenience.replace_all_uses_with(old, out)
+        self.graph.remove(node, safe=True)
+
+    def _dynamic_input(self, node: ir.Node) -> DynamicInput:
+        value = node.inputs[0]
+        assert value is not None  # unsupported_reason() rejects nodes without data
+        if value not in self._dynamic:
+            quant, self._dynamic[value] = dynamic_input(self.names, value, f"{node.name}_in")
+            self.graph.insert_before(node, quant)
+        return self._dynamic[value]
+
+    def _rewrite_dynamic(self, node: ir.Node, spec: NodeQuantSpec) -> ResolvedNode:
+        x = self._dynamic_input(node)
+        weight = self.weight_codes(node, spec.weight)
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        name = node.name or ""
+        node.name = self.names(f"{name}_float")
+        nodes, out, stored = dynamic_matmul(self.graph, self.names, x, weight, bias, name)
+        self._replace_node(node, nodes, out)
+        self.bit_widths[stored.stored.name or ""] = spec.weight.width
+        if weight.signed and not weight.container.signed:
+            self.u8u8_nodes.append(name)
+        return ResolvedNode(name, node.op_type, None, spec.weight.width, weight.container,
+                            None, bias is not None, None, spec.activation)  # fmt: skip
+
+    def _rewrite_gather(self, node: ir.Node, spec: NodeQuantSpec) -> ResolvedNode:
+        table = self.weight_codes(node, spec.weight)
+        name = node.name or ""
+        node.name = self.names(f"{name}_float")
+        ids = node.inputs[1]
+        assert ids is not None
+        nodes, out, stored = quantized_gather(self.graph, self.names, table, ids, name)
+        self._replace_node(node, nodes, out)
+        self.bit_widths[stored.stored.name or ""] = spec.weight.width
+        return ResolvedNode(name, "Gather", None, spec.weight.width, table.container,
+                            None, False, None, spec.activation)  # fmt: skip
 
     def _quantize_bias(self, node: ir.Node, spec: TensorSpec, acc_fracs: np.ndarray) -> None:
         bias = const_array(node.inputs[2])

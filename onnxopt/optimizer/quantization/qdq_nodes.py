@@ -157,6 +157,50 @@ def _widen_sub_byte(
     return [cast], _typed_output(cast, names(f"{prefix}_widened"), to, stored), wide
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredCodes:
+    """Integer codes stored as an initializer, as the graph reads them.
+
+    Attributes:
+        nodes: The Cast of packed INT4/INT2 codes to 8 bits (empty otherwise).
+        codes: The value the consumer reads (the initializer, or the Cast's output).
+        stored: The initializer itself (what the file holds).
+        container: The container of ``codes`` (8 bits after a Cast).
+        zero_point: The zero point of the codes.
+    """
+
+    nodes: list[ir.Node]
+    codes: ir.Value
+    stored: ir.Value
+    container: Container
+    zero_point: int
+
+    def zero_points(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The zero point as an array of ``shape`` in the codes' type."""
+        return np.full(shape, self.zero_point, self.container.numpy_dtype)
+
+
+def store_codes(
+    graph: ir.Graph, names: Namer, ints: np.ndarray, container: Container, prefix: str,
+    *, signed: bool = True,
+) -> StoredCodes:  # fmt: skip
+    """Store integers as a ``container`` initializer (``Cast`` to 8 bits when packed).
+
+    Signed values in an unsigned container are stored as codes around the mid-range zero
+    point (uint8: 128).
+    """
+    zero_point = container.zero_point(signed)
+    codes_array = (np.asarray(ints, np.int64) + zero_point).astype(container.numpy_dtype)
+    stored = add_initializer(graph, names, f"{prefix}_quantized", codes_array)
+    nodes, codes, wide = _widen_sub_byte(names, stored, container, prefix)
+    return StoredCodes(nodes, codes, stored, wide, zero_point)
+
+
+def scale_initializer(graph: ir.Graph, names: Namer, fracs, prefix: str) -> ir.Value:
+    """The scales ``2**-fracs`` (one, or one per channel) as a float32 initializer."""
+    return add_initializer(graph, names, f"{prefix}_scale", _scale_array(fracs))
+
+
 def constant_dq(
     graph: ir.Graph,
     names: Namer,
@@ -188,21 +232,29 @@ def constant_dq(
     Returns:
         The new nodes (not yet inserted), the DQ output, and the integer initializer.
     """
-    zero_point = container.zero_point(signed)
-    codes_array = (np.asarray(ints, np.int64) + zero_point).astype(container.numpy_dtype)
-    stored = add_initializer(graph, names, f"{prefix}_quantized", codes_array)
-    nodes, codes, container = _widen_sub_byte(names, stored, container, prefix)
+    stored = store_codes(graph, names, ints, container, prefix, signed=signed)
+    node, out = dequantize(graph, names, stored, stored.codes, fracs, axis, prefix)
+    _typed_output(node, out.name or "", ir.DataType.FLOAT, stored.stored)
+    return [*stored.nodes, node], out, stored.stored
+
+
+def dequantize(
+    graph: ir.Graph, names: Namer, stored: StoredCodes, codes: ir.Value, fracs,
+    axis: int | None, prefix: str,
+) -> tuple[ir.Node, ir.Value]:  # fmt: skip
+    """A DequantizeLinear of ``codes`` (``stored``'s, or values looked up in them) with
+    scales ``2**-fracs`` and an explicit zero point, per channel along ``axis`` when given."""
     scales = _scale_array(fracs)
-    zero_points = np.full(scales.shape, zero_point, container.numpy_dtype)
     inputs = [
         codes,
         add_initializer(graph, names, f"{prefix}_scale", scales),
-        add_initializer(graph, names, f"{prefix}_zero_point", zero_points),
+        add_initializer(graph, names, f"{prefix}_zero_point", stored.zero_points(scales.shape)),
     ]
     attrs = {} if scales.ndim == 0 else {"axis": axis}
     node = ir.node("DequantizeLinear", inputs, attributes=attrs, name=names(f"{prefix}_DQ"))
-    out = _typed_output(node, names(f"{prefix}_dq"), ir.DataType.FLOAT, stored)
-    return [*nodes, node], out, stored
+    out = node.outputs[0]
+    out.name, out.dtype = names(f"{prefix}_dq"), ir.DataType.FLOAT
+    return node, out
 
 
 def fake_quant_model(aq: ActivationQuant, *, opset: int = 21) -> onnx.ModelProto:

@@ -1,6 +1,8 @@
 """The fixed-point QDQ pass: materializes :class:`NodeQuantSpec` s as Q/DQ nodes.
 
-For every Gemm / MatMul (constant weight) / Conv named in the specs the pass inserts
+Nodes with dynamic activations (Gemm/MatMul) and Gather tables (weight-only) are rewritten
+by :mod:`~onnxopt.optimizer.quantization.integer_nodes`. For every other Gemm / MatMul
+(constant weight) / Conv named in the specs the pass inserts
 ``Q -> (Clip) -> DQ`` on the activation input, replaces the float weight by an integer
 initializer behind a DequantizeLinear (scale ``2**-f``, an explicit zero point, per channel
 when asked), the bias by an int32 initializer at the accumulator scale ``2**-(f_in + f_w)``,
@@ -27,6 +29,7 @@ from onnxopt.optimizer.quantization.labels import HonestLabel, node_labels
 from onnxopt.optimizer.quantization.metadata import BIT_WIDTHS_KEY, TARGET_CPU_KEY
 from onnxopt.optimizer.quantization.node_rewriter import NodeRewriter
 from onnxopt.optimizer.quantization.spec import (
+    ActivationMode,
     NodeQuantSpec,
     Role,
     Storage,
@@ -105,7 +108,9 @@ def required_opset(specs: Mapping[str, NodeQuantSpec], storage: Storage | str) -
     storage = coerce_storage(storage)
     needed = 13
     for spec in specs.values():
-        tensors = [(Role.WEIGHT, spec.weight), (Role.ACTIVATION, spec.data_in)]
+        tensors = [(Role.WEIGHT, spec.weight)]
+        if spec.data_in is not None:
+            tensors.append((Role.ACTIVATION, spec.data_in))
         if spec.data_out is not None:
             tensors.append((Role.ACTIVATION, spec.data_out))
         for role, t in tensors:
@@ -172,7 +177,8 @@ class QDQPass(ir.passes.InPlacePass):
         rewriter = NodeRewriter(graph, self.storage, self.target.u8s8_exact)
         skipped, resolved = {}, []
         for node in _spec_nodes(graph, self.specs):
-            reason = unsupported_reason(node)
+            dynamic = self.specs[node.name or ""].activation is ActivationMode.DYNAMIC
+            reason = unsupported_reason(node, dynamic)
             if reason is not None:
                 skipped[node.name or ""] = reason
                 continue

@@ -38,6 +38,27 @@ class Storage(enum.StrEnum):
     PACKED = "packed"
 
 
+class ActivationMode(enum.StrEnum):
+    """How a node's activation input is quantized.
+
+    ``STATIC``: a fixed-point Q/DQ with a calibrated (or given) fraction; ``DYNAMIC``: at run
+    time from the tensor's own range (``DynamicQuantizeLinear`` -> ``MatMulInteger``, what
+    onnxruntime's ``quantize_dynamic`` emits); ``WEIGHT_ONLY``: only the constant is quantized
+    (a Gather table: the lookup reads integer codes, a DequantizeLinear follows).
+    """
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+    WEIGHT_ONLY = "weight_only"
+
+
+class FracFit(enum.StrEnum):
+    """How an "auto" constant fraction is chosen: to cover the range, or for least error."""
+
+    RANGE = "range"
+    MSE = "mse"
+
+
 class Role(enum.StrEnum):
     """Which input of a quantized node a tensor spec describes."""
 
@@ -135,6 +156,7 @@ class TensorSpec:
             producer is a Relu or the value is known non-negative; weights/bias: signed).
         granularity: ``per_tensor`` or ``per_channel`` (weights and bias only).
         container: The storage type; ``None`` lets :func:`choose_container` decide.
+        fit: How an "auto" (``None``) fraction of a constant is chosen (:class:`FracFit`).
     """
 
     width: int
@@ -142,6 +164,7 @@ class TensorSpec:
     signed: bool | None = None
     granularity: Granularity = Granularity.PER_TENSOR
     container: Container | None = None
+    fit: FracFit = FracFit.RANGE
 
     def __post_init__(self) -> None:
         if not _is_int(self.width) or not MIN_WIDTH <= self.width <= MAX_WIDTH:
@@ -152,6 +175,9 @@ class TensorSpec:
             raise ConfigError(f"signed must be true, false or unset, got {self.signed!r}")
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "frac", _coerce_frac(self.frac))
+        object.__setattr__(self, "fit", _coerce_enum(FracFit, self.fit, "fit"))
+        if self.fit is FracFit.MSE and self.frac is not None:
+            raise ConfigError("fit 'mse' chooses the fraction: leave frac unset")
         gran = _coerce_enum(Granularity, self.granularity, "granularity")
         object.__setattr__(self, "granularity", gran)
         if self.container is not None:
@@ -180,6 +206,8 @@ def _check_activation(spec: TensorSpec, what: str) -> None:
         raise ConfigError(f"{what}: activations are quantized per tensor only")
     if spec.frac is None:
         raise ConfigError(f"{what}: activation frac must be set (calibrate before quantizing)")
+    if spec.fit is not FracFit.RANGE:
+        raise ConfigError(f"{what}: fit 'mse' applies to constants (weights) only")
     if spec.container is not None and spec.container.bits not in (8, 16):
         raise ConfigError(
             f"{what}: activation container must be 8 or 16 bits, got {spec.container}"
@@ -188,27 +216,45 @@ def _check_activation(spec: TensorSpec, what: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class NodeQuantSpec:
-    """Specs for one Gemm/MatMul/Conv node.
+    """Specs for one Gemm/MatMul/Conv (or Gather) node.
 
     Attributes:
-        weight: The constant weight (input 1).
+        weight: The constant weight (input 1; a Gather's table, input 0).
         bias: The bias (Gemm input C / Conv input B); ``None`` keeps a float bias (which
-            stops onnxruntime from fusing the node) or means the node has none.
-        data_in: The activation input (input 0).
+            stops onnxruntime from fusing a static node) or means the node has none.
+        data_in: The activation input (input 0); ``None`` unless ``activation`` is static.
         data_out: The node output; when the output feeds only a Relu, the Relu output is
-            quantized instead (the form onnxruntime fuses).
+            quantized instead (the form onnxruntime fuses). Static nodes only.
+        activation: Static, dynamic or weight-only (:class:`ActivationMode`).
     """
 
     weight: TensorSpec
     bias: TensorSpec | None
-    data_in: TensorSpec
+    data_in: TensorSpec | None
     data_out: TensorSpec | None = None
+    activation: ActivationMode = ActivationMode.STATIC
 
     def __post_init__(self) -> None:
         for name in ("weight", "bias", "data_in", "data_out"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, TensorSpec):
                 raise ConfigError(f"{name} must be a TensorSpec, got {type(value).__name__}")
+        mode = _coerce_enum(ActivationMode, self.activation, "activation")
+        object.__setattr__(self, "activation", mode)
+        if mode is ActivationMode.STATIC:
+            self._check_static()
+        else:
+            self._check_weight_only(mode)
+        if self.weight.container is Container.INT32:
+            raise ConfigError("weight: container int32 is reserved for biases")
+        if self.bias is not None and self.bias.container not in (None, Container.INT32):
+            raise ConfigError(
+                f"bias: biases are stored as int32, got container {self.bias.container}"
+            )
+
+    def _check_static(self) -> None:
+        if self.data_in is None:
+            raise ConfigError("data_in: a static node needs an activation spec")
         _check_activation(self.data_in, "data_in")
         if self.data_out is not None:
             _check_activation(self.data_out, "data_out")
@@ -219,11 +265,18 @@ class NodeQuantSpec:
                     "data_out: int8 containers break onnxruntime's QDQ fusion; use uint8 "
                     "(signed values get zero point 128)"
                 )
-        if self.weight.container is Container.INT32:
-            raise ConfigError("weight: container int32 is reserved for biases")
-        if self.bias is not None and self.bias.container not in (None, Container.INT32):
+
+    def _check_weight_only(self, mode: ActivationMode) -> None:
+        given = [n for n in ("data_in", "data_out", "bias") if getattr(self, n) is not None]
+        if given:
             raise ConfigError(
-                f"bias: biases are stored as int32, got container {self.bias.container}"
+                f"{given[0]}: a {mode} node quantizes its weight only (its activations are "
+                "quantized at run time or not at all, its bias stays float)"
+            )
+        if mode is ActivationMode.DYNAMIC and self.weight.width > 8:
+            raise ConfigError(
+                f"weight: dynamic activations run MatMulInteger, which takes weights of at most "
+                f"8 bits, got {self.weight.width}; use activation = \"static\" for wider weights"
             )
 
 

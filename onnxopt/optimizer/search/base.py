@@ -196,7 +196,13 @@ def _train_and_export(
     start = time.perf_counter()
     trained = train(m.recipe, dataset, epochs=m.epochs, seed=m.seed, progress=False)
     progress(
-        f"trained {m.recipe} in {time.perf_counter() - start:.1f} s: validation accuracy "
-        f"{trained.val_accuracy:.4f} after {trained.epochs} epochs; exporting to ONNX"
+        f"trained {m.recipe} in {time.perf_counter() - start:.1f} s: validation "
+        f"{trained.val_metric} {trained.val_score:.4f} after {trained.epochs} epochs; exporting "
+        "to ONNX"
     )
+    if trained.sample is not None:  # several named inputs (the encoder's ids and mask)
+        from onnxopt.exporters.torch_named import export_named
+
+        export_named(trained.module, trained.sample, path, output_name="embedding")
+        return
     export_module(trained.module, trained.input_shape, path)

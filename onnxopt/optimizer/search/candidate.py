@@ -63,7 +63,7 @@ class CandidateBuilder:
         self.scaler = None
         if width is not None:
             calib = refit_inputs(dataset) if width.needs_calibration() else None
-            self.scaler = WidthScaler(base, calib)
+            self.scaler = WidthScaler(base, calib, self._fixed)
         self._quantizers: OrderedDict[tuple, Quantizer] = OrderedDict()
 
     def width_space(self) -> dict[str, tuple[float, ...]]:

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxopt.config.search import SearchConfig
+from onnxopt.config.search import Constraints, SearchConfig
 from onnxopt.data.dataset import Dataset
+from onnxopt.errors import MetricError
 from onnxopt.optimizer.evaluate.measure import Measurer
 from onnxopt.optimizer.search.base import load_base, load_data
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
@@ -86,8 +87,14 @@ class SearchContext:
     def baseline(self) -> dict:
         """fp32 base model metrics on the validation split (latency included; fidelity
         metrics against its own outputs: cosine 1, error 0)."""
-        evaluator = self.evaluator.for_trials({}, self.reference())
-        return evaluator.measure(self.builder.base).metrics
+        # without the search's limits: the fp32 model is the reference, not a candidate (a
+        # size limit below its bytes must not skip its latency)
+        e = self.evaluator
+        free = Evaluator(e.measurer, e.evaluation, Constraints(), baseline={})
+        try:
+            return free.for_trials({}, self.reference()).measure(self.builder.base).metrics
+        except MetricError as exc:  # before the study exists: nothing was written
+            raise MetricError(f"on the fp32 baseline, {exc}") from None
 
 
 def search_measurer(config: SearchConfig, split, num_classes: int | None) -> Measurer:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from onnxopt import metrics as registry
 from onnxopt.atomic import write_text
 from onnxopt.config.search import SearchExport
 from onnxopt.errors import UsageError
@@ -60,14 +61,23 @@ class ExportedTrial:
     card_path: Path | None = None
     verified: dict[str, Any] | None = None
     """The ``.onnx`` against the fixed-point reference on this CPU (quantized models)."""
+    latency_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """Per file kind, per batch size: median, quartiles, p90 and runs of the written file."""
 
     @property
-    def test_accuracy(self) -> float:
-        return self.artifacts["onnx"]["accuracy"]
+    def test_accuracy(self) -> float | None:
+        """Test accuracy (classifiers; None for other tasks)."""
+        return self.artifacts["onnx"].get("accuracy")
 
     @property
-    def test_loss(self) -> float:
-        return self.artifacts["onnx"]["loss"]
+    def test_loss(self) -> float | None:
+        """Test cross-entropy (classifiers; None for other tasks)."""
+        return self.artifacts["onnx"].get("loss")
+
+    @property
+    def test_headline(self) -> str:
+        """The task figure on the test split, for one-line summaries."""
+        return registry.headline(self.artifacts["onnx"])
 
     @property
     def size_bytes(self) -> int:
@@ -89,6 +99,7 @@ class ExportedTrial:
             "ort_matches_onnx": self.ort_matches_onnx,
             "card_path": None if self.card_path is None else str(self.card_path),
             "verified": self.verified,
+            "latency_ms": self.latency_ms,
             **({"fpga": self.fpga} if self.fpga else {}),
         }
 
@@ -167,6 +178,7 @@ def export_trial(
         fpga=_relocated(fpga, Path(folder), final),
         card_path=moved(card_path),
         verified=None if verified is None else verified.as_dict(),
+        latency_ms={k: m.latency.to_dict() for k, m in measured.items() if m.latency},
     )
     info = {
         "trial": trial.number,
@@ -178,8 +190,8 @@ def export_trial(
         "verified": None if verified is None else verified.as_dict(),
         "model_sha256": trial.user_attrs.get("model_sha256"),
         # kept for readers of earlier reports
-        "test_accuracy": figures["onnx"]["accuracy"],
-        "test_loss": figures["onnx"]["loss"],
+        "test_accuracy": figures["onnx"].get("accuracy"),
+        "test_loss": figures["onnx"].get("loss"),
         **({"fpga": exported.fpga} if fpga else {}),
         "export": exported.as_dict(),
     }
@@ -222,6 +234,7 @@ def read_exported(folder: Path, trial: FrozenTrial) -> ExportedTrial | None:
         artifacts=data["artifacts"], hash_matches=data["hash_matches"],
         ort_matches_onnx=data["ort_matches_onnx"], fpga=data.get("fpga"),
         card_path=path_of("card_path"), verified=data.get("verified"),
+        latency_ms=data.get("latency_ms") or {},
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import onnx
 
 from onnxopt import metrics as registry
 from onnxopt.config.search import Constraints, Evaluation
+from onnxopt.optimizer.evaluate.latency import LatencyResult
 from onnxopt.optimizer.evaluate.measure import LatencyPlan, Measurer, check_finite
 
 
@@ -28,6 +29,8 @@ class TrialScore:
     metrics: dict[str, float] = field(default_factory=dict)
     constraints: dict[str, float] = field(default_factory=dict)
     latency_skipped: str | None = None
+    latency_spread: dict[str, dict[str, float]] | None = None
+    """Per batch size (a string key) the median, quartiles and runs behind each latency."""
 
     @property
     def feasible(self) -> bool:
@@ -112,7 +115,9 @@ class Evaluator:
                 out.constraints["latency"] = 0.0
         else:
             with self.latency_lock:
-                out.metrics.update(self.measurer.latency_metrics(loaded, self.plan)[0])
+                timed, result = self.measurer.latency_metrics(loaded, self.plan)
+            out.metrics.update(timed)
+            out.latency_spread = latency_spread(result)
             if self.limits.max_latency_ms is not None:
                 out.constraints["latency"] = out.metrics["latency"] - self.limits.max_latency_ms
         check_finite(out.metrics)
@@ -121,34 +126,64 @@ class Evaluator:
     def _cheap_constraints(self, metrics: dict[str, float]) -> dict[str, float]:
         values = {}
         limits = self.limits
+        n = len(self.measurer.split)
         if limits.max_accuracy_drop is not None and self.baseline_accuracy is not None:
             drop = self.baseline_accuracy - metrics["accuracy"]
-            values["accuracy_drop"] = drop - limits.max_accuracy_drop
-        values.update(metric_drops(metrics, self.baseline, limits.max_metric_drop, self.direction))
+            values["accuracy_drop"] = drop_value(drop, limits.max_accuracy_drop, n, counted=True)
+        values.update(metric_drops(metrics, self.baseline, limits.max_metric_drop, self.spec, n))
         if limits.max_size_bytes is not None:
             values["size"] = metrics["size"] - limits.max_size_bytes
         return values
 
+    def spec(self, name: str) -> registry.MetricSpec:
+        """A metric's spec (user metrics: as the config defines them)."""
+        user = self.measurer.user_metrics.get(name)
+        return user if user is not None else registry.metric(name)
+
     def direction(self, name: str) -> str:
         """A metric's direction (user metrics: as their spec says)."""
-        user = self.measurer.user_metrics.get(name)
-        return user.direction if user is not None else registry.direction(name)
+        return self.spec(name).direction
+
+
+def latency_spread(result: LatencyResult) -> dict[str, dict[str, float]]:
+    """Plain JSON per batch size: median, quartiles (the spread) and runs, in ms."""
+    return {
+        str(r.batch_size): {"median_ms": r.median_ms, "q1_ms": r.q1_ms, "q3_ms": r.q3_ms,
+                            "runs": r.runs}
+        for r in result.stats
+    }  # fmt: skip
+
+
+def drop_value(worse: float, limit: float, n: int, *, counted: bool) -> float:
+    """A drop constraint's value (<= 0 satisfied): how much worse than the baseline, less the
+    allowed drop.
+
+    A counted metric (a share of ``n`` samples) compares in samples: ``k`` samples lost
+    against :func:`~onnxopt.metrics.allowed_samples`, so a drop of exactly the limit is 0
+    (feasible) rather than a rounding error above it, and one sample more is ``1 / n``. The
+    value stays in the metric's units (samples over ``n``).
+    """
+    if not counted or n <= 0:
+        return worse - limit
+    return (registry.samples_of(worse, n) - registry.allowed_samples(limit, n)) / n
 
 
 def metric_drops(
     metrics: Mapping[str, float],
     baseline: Mapping[str, float] | None,
     limits: Mapping[str, float],
-    direction,
+    spec,
+    n: int,
 ) -> dict[str, float]:
-    """``<metric>_drop`` constraint values: how much worse than the baseline, minus the
-    allowed drop (a fall for maximized metrics, a rise for minimized ones)."""
+    """``<metric>_drop`` constraint values (:func:`drop_value`): a fall for maximized metrics,
+    a rise for minimized ones, on a split of ``n`` samples."""
     if baseline is None:
         return {}
     out = {}
     for name, limit in limits.items():
+        metric = spec(name)
         worse = baseline[name] - metrics[name]
-        if direction(name) == "minimize":
+        if metric.direction == "minimize":
             worse = -worse
-        out[f"{name}_drop"] = worse - limit
+        out[f"{name}_drop"] = drop_value(worse, limit, n, counted=metric.counted)
     return out

@@ -106,6 +106,8 @@ class Objective:
         trial.set_user_attr("feasible", measured.feasible)
         if measured.latency_skipped:
             trial.set_user_attr("latency_skipped", measured.latency_skipped)
+        if measured.latency_spread:
+            trial.set_user_attr("latency_spread", measured.latency_spread)
         return objective_values(self.space.search, measured.metrics)
 
     def _measure(self, built: _Built) -> TrialScore:

@@ -164,7 +164,7 @@ def open_search(
     with trial_slot_lock(spec, storage, name):
         study, created = open_study(storage, name, objective_directions(s), sampler, join=join)
         if created or "baseline" not in study.user_attrs:
-            _describe_study(study, ctx)
+            _describe_study(study, ctx, limit)
             study.set_user_attr("baseline", first or measure())  # last: marks it done
         else:
             check_same_search(study, ctx)
@@ -173,7 +173,7 @@ def open_search(
     return study, storage
 
 
-def _describe_study(study: optuna.Study, ctx: SearchContext) -> None:
+def _describe_study(study: optuna.Study, ctx: SearchContext, limit: int) -> None:
     s = ctx.config.search
     with warnings.catch_warnings():  # experimental since Optuna 3.2, still there in 5.0
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -183,7 +183,13 @@ def _describe_study(study: optuna.Study, ctx: SearchContext) -> None:
     study.set_user_attr("data_fingerprint", ctx.dataset.fingerprint())
     study.set_user_attr("base_sha256", ctx.base_sha256())
     study.set_user_attr("objectives", objective_names(s))
-    for point in s.strategy.enqueue:
+    # counted metrics' drops are whole samples of this split (select compares them so)
+    study.set_user_attr("validation_samples", len(ctx.dataset.val))
+    points = list(s.strategy.enqueue)
+    if s.strategy.enqueue_obvious:  # while the budget has room: none is left waiting
+        extra = [p for p in ctx.space.obvious_points() if p not in points]
+        points += extra[: max(limit - len(points), 0)]
+    for point in points:
         study.enqueue_trial(ctx.space.encode(point), skip_if_exists=True)
 
 

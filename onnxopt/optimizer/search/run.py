@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -15,10 +16,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from onnxopt.atomic import atomic_folder, sweep_stale
+from onnxopt.atomic import atomic_folder, sweep_stale, write_text
 from onnxopt.config.search import SearchConfig
 from onnxopt.optimizer.search.context import SearchContext
 from onnxopt.optimizer.search.export import ExportedTrial, export_trial
+from onnxopt.optimizer.search.final_latency import Remeasured, remeasure_front
 from onnxopt.optimizer.search.locks import LATENCY_LOCK, FileLock, trial_slot_lock
 from onnxopt.optimizer.search.objective import (
     Objective,
@@ -58,6 +60,11 @@ class SearchResult:
     recovered: int = 0
     storage: str = ""
     exported: list[ExportedTrial] = field(default_factory=list)
+    remeasured: Remeasured | None = None
+    """The front's latencies timed again interleaved before export (None: not done)."""
+    fp32_test: dict | None = None
+    """The fp32 base model on the test split, measured like the exports: ``metrics`` and
+    ``latency_ms`` (per batch size: median, quartiles)."""
 
     @property
     def objectives(self) -> list[str]:
@@ -188,7 +195,9 @@ def _measure_baseline(ctx: SearchContext, say: Callable[[str], None]) -> dict:
     say("measuring the fp32 baseline on the validation split")
     baseline = ctx.baseline()
     named = ctx.config.search.metrics
-    scores = ", ".join(f"{name} {v:.4g}" for name, v in baseline.items() if name in named)
+    scores = ", ".join(
+        f"{name} {v:.4g}" for name, v in baseline.items() if name in named and name != "size"
+    )
     say(f"fp32 baseline: {scores}, {int(baseline['size']):,} bytes")
     return baseline
 
@@ -230,6 +239,13 @@ def export_best(
     sweep_stale(ctx.run_dir)
     plan = ctx.evaluator.plan
     exported = []
+    if result.best:
+        say("measuring the fp32 base model on the test split (what the exports compare with)")
+        base = test.measure(ctx.builder.base, latency=plan)
+        result.fp32_test = {
+            "metrics": dict(base.metrics),
+            "latency_ms": base.latency.to_dict() if base.latency else {},
+        }
     with atomic_folder(folder) as staging:
         for i, t in enumerate(result.best, start=1):
             say(f"exporting trial {t.number} ({i}/{len(result.best)}): .onnx, .ort, card; "
@@ -241,6 +257,47 @@ def export_best(
             ))  # fmt: skip
     result.exported = exported
     return result.exported
+
+
+def remeasure_best(result: SearchResult, say: Callable[[str], None] = _quiet) -> None:
+    """Time the best trials and the points within their noise again, interleaved with the
+    fp32 model, and recompute the best set on those figures (:mod:`.final_latency`);
+    ``[search.evaluation] remeasure_rounds = 0`` turns it off."""
+    ctx = result.context
+    rounds = ctx.config.search.evaluation.remeasure_rounds
+    if rounds == 0 or not result.best:
+        return
+    space, builder = ctx.space, ctx.builder
+    best, info = remeasure_front(
+        result.study.get_trials(deepcopy=False), result.best, search=ctx.config.search,
+        build=lambda t: builder.build(space, space.decode(t.params)).model, base=builder.base,
+        measurer=ctx.evaluator.measurer, max_rounds=rounds,
+        lock=FileLock(ctx.run_dir / LATENCY_LOCK), say=say,
+    )  # fmt: skip
+    if info.front_after != info.front_before:
+        say(f"best set on the interleaved figures: trials {info.front_after} "
+            f"(was {info.front_before})")  # fmt: skip
+    result.best, result.remeasured = best, info
+    # the trials' values stay what the search measured (Optuna's best_trials, the dashboard);
+    # the exported set and its figures are kept with the study for status
+    result.study.set_user_attr("remeasured", {
+        k: v for k, v in info.as_dict().items() if k in ("front_before", "front_after", "ties")
+    })  # fmt: skip
+
+
+def write_remeasured(result: SearchResult) -> Path | None:
+    """Write the interleaved figures to ``latency.json`` and into ``manifest.json`` (beside
+    the CPU integer path, threads and load average it records)."""
+    if result.remeasured is None:
+        return None
+    folder = result.context.run_dir
+    data = result.remeasured.as_dict()
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        merged = json.loads(manifest.read_text(encoding="utf-8"))
+        merged["latency_remeasured"] = data
+        write_text(manifest, json.dumps(merged, indent=2))
+    return write_text(folder / "latency.json", json.dumps(data, indent=2) + "\n")
 
 
 def exports_on_disk(result: SearchResult) -> list[ExportedTrial]:

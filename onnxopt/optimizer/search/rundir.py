@@ -2,8 +2,10 @@
 
 Layout: ``study.journal`` (the default storage), ``base.onnx`` and ``base.json`` (the base
 model and what it was made from), ``pareto/`` (the exported best set), ``trials.csv``,
-``report.json``, ``report.html``, ``manifest.json``, ``pareto.html``/``pareto.png`` and
-``workers/`` (logs of the worker processes).
+``report.json``, ``report.html`` (with ``quantize_static.onnx``, onnxruntime's model it
+compares with), ``manifest.json``, ``latency.json`` (the front timed again before export) and
+``workers/`` (logs of the worker processes); earlier versions wrote
+``pareto.html``/``pareto.png``, which --restart moves aside too.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ PREVIOUS = "previous-"
 RUN_FILES = (
     "study.journal", "study.journal.lock", "study.journal.slots.lock", "base.onnx", "base.json",
     "pareto", "selected", "workers", "trials.csv", "report.json", "report.html",
-    "manifest.json", "pareto.html", "pareto.png",
+    "manifest.json", "quantize_static.onnx", "latency.json", "pareto.html", "pareto.png",
 )  # fmt: skip
 """What a search writes into its run directory (what --restart moves aside)."""
 

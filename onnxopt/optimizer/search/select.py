@@ -2,20 +2,24 @@
 
 Grammar: ``(min|max) METRIC [where COND (and COND)*]`` with ``COND = METRIC OP NUMBER`` and
 ``OP`` one of ``<= >= < > ==``. Metrics are those stored per trial (accuracy, loss, size,
-average_bitwidth, memory_density, latency, latency_b<N>) plus ``accuracy_drop`` (baseline
-minus accuracy, validation split). Only feasible COMPLETE trials are considered.
+average_bitwidth, memory_density, latency, latency_b<N>, mse, cosine_to_reference...) plus
+``<metric>_drop`` for every task metric of the fp32 baseline (``accuracy_drop``: baseline
+minus accuracy; ``mse_drop``: mse minus the baseline's; validation split). Only feasible
+COMPLETE trials are considered.
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial
 
+from onnxopt import metrics as registry
 from onnxopt.errors import UsageError
+from onnxopt.metrics import samples_of
 from onnxopt.optimizer.search.pareto import is_feasible
 from onnxopt.optimizer.search.study import STUDY_NAME
 
@@ -57,21 +61,42 @@ def parse_rule(text: str) -> Rule:
     return Rule(words[0], words[1], tuple(conditions))
 
 
-def trial_metrics(trial: FrozenTrial, baseline_accuracy: float) -> dict[str, float]:
-    """A trial's stored metrics plus ``accuracy_drop``."""
+def trial_metrics(
+    trial: FrozenTrial, baseline: Mapping[str, float], samples: int | None = None
+) -> dict[str, float]:
+    """A trial's stored metrics plus ``<metric>_drop`` for every task metric of the baseline
+    (how much worse than the fp32 baseline: a fall for maximized metrics, a rise for
+    minimized ones; ``accuracy_drop``, ``mse_drop``, ``cosine_to_reference_drop``...).
+
+    With the validation split's size ``samples``, the drop of a metric that counts samples
+    is whole samples over it (8 of 400 is exactly 0.02, as a rule's ``accuracy_drop <= 0.02``
+    means), not a float difference that lands a rounding error above.
+    """
     metrics = dict(trial.user_attrs.get("metrics", {}))
-    if "accuracy" in metrics:
-        metrics["accuracy_drop"] = baseline_accuracy - metrics["accuracy"]
+    for name, base in baseline.items():
+        if name not in metrics or not registry.known(name):
+            continue
+        spec = registry.metric(name)
+        if spec.group == "software":
+            worse = base - metrics[name] if spec.direction == "maximize" else metrics[name] - base
+            if samples and spec.counted:
+                worse = samples_of(worse, samples) / samples
+            metrics[f"{name}_drop"] = worse
     return metrics
 
 
-def select_trial(trials: list[FrozenTrial], rule: Rule, baseline_accuracy: float) -> FrozenTrial:
+def select_trial(
+    trials: list[FrozenTrial],
+    rule: Rule,
+    baseline: Mapping[str, float],
+    samples: int | None = None,
+) -> FrozenTrial:
     """The feasible trial that best meets ``rule`` (lowest number on ties).
 
     Raises:
         UsageError: For an unknown metric or when no trial meets the conditions.
     """
-    scored = [(t, trial_metrics(t, baseline_accuracy)) for t in trials if is_feasible(t)]
+    scored = [(t, trial_metrics(t, baseline, samples)) for t in trials if is_feasible(t)]
     known = set().union(*(m.keys() for _, m in scored)) if scored else set()
     for name in (rule.metric, *(c[0] for c in rule.conditions)):
         if scored and name not in known:
@@ -124,7 +149,10 @@ def select_and_export(
         run_dir = Path(source)
     study = load_study(url, study_name or STUDY_NAME)
     config = validate(SearchConfig, study.user_attrs["config"], source=url)
-    trial = select_trial(study.get_trials(), rule, study.user_attrs["baseline"]["accuracy"])
+    attrs = study.user_attrs
+    trial = select_trial(
+        study.get_trials(), rule, attrs["baseline"], attrs.get("validation_samples")
+    )
     ctx = SearchContext.prepare(
         config, Path(run_dir), expected_sha256=study.user_attrs.get("base_sha256")
     )
@@ -140,8 +168,14 @@ def select_and_export(
             "hls4ml": hls4ml or export.hls4ml,
         })  # fmt: skip
     exported = export_trial(
-        trial, ctx.space, ctx.builder, ctx.test_measurer(), folder,
-        latency=ctx.evaluator.plan, export=export, strict=True,
+        trial,
+        ctx.space,
+        ctx.builder,
+        ctx.test_measurer(),
+        folder,
+        latency=ctx.evaluator.plan,
+        export=export,
+        strict=True,
         preprocessing=ctx.dataset.preprocessing,
     )
     return trial, exported

@@ -168,6 +168,18 @@ class SearchSpace:
             if missing:
                 raise ConfigError(f"{where}: give a value for {', '.join(missing)}")
 
+    def obvious_points(self) -> list[dict[str, Any]]:
+        """The points a search should see first (plain values per dimension, distinct):
+
+        * the base model's default 8-bit point: every bit width 8 (the nearest choice when 8
+          is not one), full width (multiplier 1.0, or the largest), quantization enabled;
+        * the narrowest point: every bit width and multiplier at its smallest choice.
+
+        Fraction widths take ``"auto"`` when it is a choice, else their first choice.
+        """
+        points = [{d.name: _obvious(d, narrow) for d in self.dimensions} for narrow in (0, 1)]
+        return [p for i, p in enumerate(points) if p not in points[:i]]
+
     def encode(self, choice_params: Mapping[str, Any]) -> dict[str, Any]:
         """Plain values per dimension -> the params the study stores (for enqueueing)."""
         if not self.ordinal:
@@ -197,3 +209,18 @@ class SearchSpace:
             "ordinal": self.ordinal,
             "sampler": self.sampler,
         }
+
+
+def _obvious(dim: Dimension, narrow: int) -> Any:
+    """One dimension's value at the default 8-bit point (``narrow`` 0) or the narrowest (1)."""
+    choices = dim.choices
+    key = dim.name.rpartition(".")[2]
+    if dim.name.startswith("w."):
+        return min(choices) if narrow else (1.0 if 1.0 in choices else max(choices))
+    if key.endswith("_frac_width"):
+        return "auto" if "auto" in choices else choices[0]
+    if key.endswith("_width"):
+        return min(choices) if narrow else min(choices, key=lambda c: (abs(c - 8), -c))
+    if key == "enabled":
+        return True if True in choices else choices[0]
+    return choices[0]

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -137,9 +138,15 @@ class WidthScaler:
             mapping input name -> array. Needed for ``importance = "activation"`` and for
             refits. Use training data only (never validation or test); the issue's trials
             show more samples help the hardest shrinks.
+        fixed_inputs: Values for model inputs the calibration data do not give.
     """
 
-    def __init__(self, model: onnx.ModelProto, calibration: Calibration | None = None) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        calibration: Calibration | None = None,
+        fixed_inputs: Mapping[str, Any] | None = None,
+    ) -> None:
         self._proto = onnx.ModelProto()
         self._proto.CopyFrom(model)
         self.analysis: ChannelAnalysis = analyze_channels(self._proto)
@@ -149,7 +156,9 @@ class WidthScaler:
             name: const_array(nodes[w.index].inputs[1])
             for name, w in self.analysis.weight_nodes.items()
         }
-        self._feeds = None if calibration is None else model_feeds(base, calibration)
+        self._feeds = (
+            None if calibration is None else model_feeds(self._proto, calibration, fixed_inputs)
+        )
         self._stats: _Stats | None = None
         self._norms: dict[tuple[str, str], np.ndarray] = {}
         self._fits: OrderedDict[tuple, Fit] = OrderedDict()
@@ -396,6 +405,7 @@ def scale_width(
     *,
     choices: Mapping[str, float] | None = None,
     source: str | None = None,
+    fixed_inputs: Mapping[str, Any] | None = None,
 ) -> ScaleResult:
     """Scale one model once (the CLI's ``onnxopt scale``); a search keeps a WidthScaler instead.
 
@@ -405,9 +415,11 @@ def scale_width(
         calibration: Inputs for activation importance and refits (training data only).
         choices: Group name -> multiplier where the config lists several choices.
         source: Where the config came from (the TOML path), prefixed to config errors.
+        fixed_inputs: Values for model inputs the calibration data do not give.
 
     Raises:
         ConfigError: Entries that do not fit the model.
         RewriteError: The scaled model does not validate.
     """
-    return WidthScaler(model, calibration).scale(config, choices, source=source)
+    scaler = WidthScaler(model, calibration, fixed_inputs)
+    return scaler.scale(config, choices, source=source)

@@ -187,7 +187,7 @@ def test_cnn_matches_numpy_fixed_point_and_fuses_to_qlinearconv(tmp_path):
     assert_valid(result.model)
     assert result.quantized == ("conv1", "conv2", "fc")
     assert result.skipped == {
-        "pool1": "op type 'MaxPool' is not quantized (supported: Conv, Gemm, MatMul)"
+        "pool1": "op type 'MaxPool' is not quantized (supported: Conv, Gemm, MatMul, Gather)"
     }
     # 3 input Q/DQ + 2 output Q/DQ (after the Relus), 3 weight DQ, 3 bias DQ
     assert count_ops(result.model) == count_ops(model) | {
@@ -255,7 +255,7 @@ def test_unsupported_nodes_are_skipped_with_a_reason():
     result = quantize_model(model, specs)
     assert result.quantized == ()
     assert result.skipped == {
-        "relu0": "op type 'Relu' is not quantized (supported: Conv, Gemm, MatMul)"
+        "relu0": "op type 'Relu' is not quantized (supported: Conv, Gemm, MatMul, Gather)"
     }
     assert count_ops(result.model) == count_ops(model)
 

@@ -9,13 +9,13 @@ from optuna.trial import TrialState, create_trial
 from onnxopt.optimizer.search.pareto import best_trials, dominates, is_feasible
 
 
-def trial(number: int, values, constraints=None, state=TrialState.COMPLETE):
+def trial(number: int, values, constraints=None, state=TrialState.COMPLETE, point=None):
     t = create_trial(
         state=state,
         values=None if state is not TrialState.COMPLETE else list(values),
-        params={"p": number},
+        params={"p": number if point is None else point},
         distributions={"p": CategoricalDistribution(list(range(100)))},
-        user_attrs={"constraints": constraints or {}},
+        constraints=constraints or None,
     )
     t.number = number
     return t
@@ -33,9 +33,10 @@ def test_hand_computed_front_of_accuracy_and_size():
         trial(4, (0.85, 120)),  # dominated by 0 in both
         trial(5, (0.99, 40), constraints={"accuracy_drop": 0.01}),  # best everywhere, infeasible
         trial(6, (0.0, 0.0), state=TrialState.FAIL),
-        trial(7, (0.90, 100)),  # equal to 0: one trial per distinct point, the first
+        trial(7, (0.90, 100), point=0),  # point 0 again: one trial per distinct model
+        trial(8, (0.80, 50)),  # another model with 3's values: on the front, as in Optuna
     ]
-    assert [t.number for t in best_trials(trials, MAX_MIN)] == [0, 2, 3]
+    assert [t.number for t in best_trials(trials, MAX_MIN)] == [0, 2, 3, 8]
 
 
 def test_weak_dominance_counts():

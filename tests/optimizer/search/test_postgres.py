@@ -7,6 +7,7 @@ the test skips, except under ``CI`` where it fails, so CI cannot skip it silentl
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -212,3 +213,33 @@ n_trials = {n_trials}
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     _check_exact(postgres_url, study_name, n_trials)
+
+
+def test_the_database_password_is_written_to_no_file(
+    write_config, tmp_path, postgres_url, study_name
+):
+    """A search on PostgreSQL (with its exports, report and manifest) and ``status`` leave
+    the password in no file; the manifest names the storage without it."""
+    from sqlalchemy.engine import make_url
+
+    password = make_url(postgres_url).password
+    assert password, "the test server's URL carries a password"
+    space = "[search.quantization.by_type.linear]\nweight_width = [4, 8]\n"
+    path = write_config(space + CHEAP + '[search.strategy]\nsampler = "random"\nn_trials = 2\n')
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "onnxopt", "search", str(path), "--storage", postgres_url,
+           "--study", study_name, "--run-dir", str(run), "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    status = subprocess.run(
+        [sys.executable, "-m", "onnxopt", "status", postgres_url, "--study", study_name],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert any(p.name == "manifest.json" for p in files)
+    leaked = [str(p) for p in files if password.encode() in p.read_bytes()]
+    assert leaked == []
+    assert password not in done.stdout + done.stderr + status.stdout + status.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert make_url(manifest["study_storage"]).password in (None, "***")

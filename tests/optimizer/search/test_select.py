@@ -10,7 +10,7 @@ from optuna.trial import TrialState, create_trial
 from onnxopt.errors import UsageError
 from onnxopt.optimizer.search.select import Rule, parse_rule, select_trial
 
-BASE = 0.98
+BASE = {"accuracy": 0.98}
 
 
 def _trial(number: int, accuracy: float, size: float, feasible: bool = True, state=None):
@@ -19,10 +19,8 @@ def _trial(number: int, accuracy: float, size: float, feasible: bool = True, sta
         values=None if state is TrialState.FAIL else [accuracy, size],
         params={"w": number},
         distributions={"w": CategoricalDistribution(list(range(10)))},
-        user_attrs={
-            "metrics": {"accuracy": accuracy, "size": size},
-            "constraints": {"size": -1.0 if feasible else 5.0},
-        },
+        user_attrs={"metrics": {"accuracy": accuracy, "size": size}},
+        constraints={"size": -1.0 if feasible else 5.0},  # where Optuna keeps them
     )
     t.number = number
     return t
@@ -84,3 +82,11 @@ def test_select_works_on_trials_of_a_real_study():
     chosen = select_trial(study.get_trials(), parse_rule("min size where accuracy_drop <= 0.01"),
                           BASE)  # fmt: skip
     assert chosen.params == {"w": 1}
+
+
+def test_an_accuracy_drop_of_exactly_the_rule_s_samples_meets_it():
+    """398 of 400 right at fp32, 390 of 400 for the trial: 8 samples, exactly 0.02."""
+    trials = [_trial(0, 390 / 400, 10), _trial(1, 399 / 400, 900)]
+    rule = parse_rule("min size where accuracy_drop <= 0.02")
+    assert 398 / 400 - 390 / 400 > 0.02  # the float difference alone would miss it
+    assert select_trial(trials, rule, {"accuracy": 398 / 400}, samples=400).number == 0

@@ -31,5 +31,7 @@ def test_sigterm_fails_the_running_trial_as_interrupted_and_queues_it(write_conf
     (stopped,) = [t for t in trials if t.user_attrs.get("interrupted")]
     assert stopped.state is TrialState.FAIL and stopped.user_attrs["fail_reason"] == "interrupted"
     waiting = [t for t in trials if t.state is TrialState.WAITING]
-    # queued for the next run (Optuna keeps an enqueued point in system attrs until it runs)
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [stopped.params]
+    # queued for the next run (Optuna keeps an enqueued point in system attrs until it runs),
+    # beside the obvious points (strategy.enqueue_obvious) the search had not reached yet
+    queued = [t.system_attrs["fixed_params"] for t in waiting]
+    assert queued.count(stopped.params) == 1 and len(queued) <= 2
