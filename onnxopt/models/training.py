@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from onnxopt.atomic import atomic_path
 from onnxopt.config import bounds
 from onnxopt.data.dataset import MAX_CLASSES, Dataset
-from onnxopt.errors import ModelLoadError, UsageError
+from onnxopt.errors import DataError, ModelLoadError, UsageError
 from onnxopt.models.recipes import Recipe, get_recipe
 
 WEIGHTS_FORMAT = 1
@@ -65,6 +66,9 @@ def train(
     """Train a recipe with Adam; deterministic for a given seed on one machine.
 
     The weights of the epoch with the best validation accuracy are kept.
+
+    Raises:
+        DataError: The data have no class labels.
     """
     from tqdm.auto import tqdm
 
@@ -74,12 +78,13 @@ def train(
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     shape = input_shape_for(recipe, dataset)
-    module = recipe.build(dataset.num_features, dataset.num_classes)
+    classes, y_train_labels, y_val = _class_labels(dataset)
+    module = recipe.build(dataset.num_features, classes)
     lr = recipe.learning_rate if learning_rate is None else learning_rate
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    x_train, y_train = _tensor(dataset.train.x, shape), torch.from_numpy(dataset.train.y)
-    x_val = _tensor(dataset.val.x, shape)
+    x_train, y_train = _tensor(dataset.train.array(), shape), torch.from_numpy(y_train_labels)
+    x_val = _tensor(dataset.val.array(), shape)
     generator = torch.Generator().manual_seed(seed)
     best_acc, best_state = -1.0, None
     bar = tqdm(
@@ -95,7 +100,7 @@ def train(
             loss.backward()
             optimizer.step()
         schedule.step()
-        acc = _accuracy(module, x_val, dataset.val.y)
+        acc = _accuracy(module, x_val, y_val)
         if acc > best_acc:
             best_acc = acc
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -103,7 +108,18 @@ def train(
     assert best_state is not None
     module.load_state_dict(best_state)
     module.eval()
-    return TrainedModel(recipe_name, module, shape, dataset.num_classes, best_acc, epochs, seed)
+    return TrainedModel(recipe_name, module, shape, classes, best_acc, epochs, seed)
+
+
+def _class_labels(dataset: Dataset) -> tuple[int, np.ndarray, np.ndarray]:
+    """The class count and the training and validation labels (every recipe is a classifier)."""
+    classes, y_train, y_val = dataset.num_classes, dataset.train.y, dataset.val.y
+    if classes is None or y_train is None or y_val is None:
+        raise DataError(
+            f"{dataset.name}: the data have no class labels; the recipes are classifiers, so "
+            "give integer class labels"
+        )
+    return classes, y_train, y_val
 
 
 def _check_arguments(epochs: int, batch_size: int, learning_rate: float | None, seed: int) -> None:
@@ -224,7 +240,7 @@ def _shape_and_classes(payload: dict, path: Path) -> tuple[tuple[int, ...], int]
     return tuple(int(d) for d in shape), int(classes)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
