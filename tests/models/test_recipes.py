@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from onnxopt.data.registry import BUNDLED
-from onnxopt.errors import ModelLoadError, UsageError
+from onnxopt.errors import DataError, ModelLoadError, UsageError
 from onnxopt.models.recipes import RECIPES, default_data, get_recipe
 from onnxopt.models.training import (
     input_shape_for,
@@ -100,3 +102,9 @@ def test_trained_recipes_reach_target_accuracy(digits, trained_recipe, name, min
         accuracy = float((trained.module(x).argmax(1).numpy() == digits.test.y).mean())
     assert accuracy >= minimum, f"{name}: test accuracy {accuracy:.4f} < {minimum}"
     assert np.isfinite(trained.val_accuracy)
+
+
+def test_training_without_class_labels_is_one_data_error(digits):
+    unlabelled = dataclasses.replace(digits, num_classes=None)
+    with pytest.raises(DataError, match="no class labels; the recipes are classifiers"):
+        train("digits-mlp", unlabelled, epochs=1, progress=False)
