@@ -19,3 +19,4 @@ test: install
 
 lint:
 	$(PYTHON) -m ruff check onnxopt tests benchmarks
+	$(PYTHON) -m mypy onnxopt

@@ -43,7 +43,7 @@ def sweep_stale(folder: Path) -> list[Path]:
     Returns:
         What was removed.
     """
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed

@@ -102,7 +102,8 @@ def _where(loc: tuple, prefix: str) -> tuple[str, str]:
     pydantic adds union members (``int``, ``literal['auto','NA']``, ``function-after[...]``)
     and ``[key]`` (a mapping's key) to the location; users wrote neither.
     """
-    parts, about = [], ""
+    parts: list[str] = []
+    about = ""
     for i, part in enumerate(str(p) for p in loc):
         if part == "[key]":
             about = f"key {parts.pop()!r}: " if parts else ""

@@ -50,6 +50,16 @@ class Split:
         """The feature arrays by input name (``"x"`` for one unnamed array)."""
         return dict(self.x) if isinstance(self.x, Mapping) else {"x": self.x}
 
+    def array(self) -> np.ndarray:
+        """The single unnamed feature array.
+
+        Raises:
+            DataError: The features are several named inputs.
+        """
+        if isinstance(self.x, Mapping):
+            raise DataError("the data have several named inputs, not one feature array")
+        return self.x
+
     @property
     def named(self) -> bool:
         """Whether the features are named after model inputs (several inputs)."""

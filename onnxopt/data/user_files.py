@@ -136,7 +136,7 @@ def split_unsplit(x, y: np.ndarray | None) -> tuple[Split, Split, Split, str]:
             )
             strat = np.bincount(y).min() >= 2
             how = "stratified 60/20/20" if strat else "unstratified 60/20/20"
-            return whole.take(train.x), whole.take(val.x), whole.take(test.x), how
+            return whole.take(train.array()), whole.take(val.array()), whole.take(test.array()), how
         except ValueError:  # a class too small for the requested test/val size
             pass
     from sklearn.model_selection import train_test_split
@@ -309,7 +309,8 @@ def _load_presplit(path: Path, inputs: dict, labels: dict, names: tuple[str, ...
                 "labels; give one label per sample"
             )
     # Encode labels over all splits at once so a string maps to one index everywhere.
-    y_all, string_names = (None, ())
+    y_all: np.ndarray | None = None
+    string_names: tuple[str, ...] = ()
     if labels:
         y_all, string_names = encode_labels(
             np.concatenate([np.atleast_1d(labels[p]) for p in SPLITS]), str(path)

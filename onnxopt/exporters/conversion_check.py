@@ -93,7 +93,7 @@ def check_unchanged(
             expected = _run(original, probe)
         except Exception as exc:  # onnxruntime raises its own types; old opsets, odd models
             try:
-                expected = ReferenceEvaluator(original).run(None, probe)
+                expected = _run_reference(original, probe)
             except Exception:  # the reference evaluator lacks some ops and raises anything
                 why = "neither onnxruntime nor onnx's reference evaluator runs the original"
                 return OutputCheck(worst, f"{why} ({_reason(exc)})")
@@ -141,6 +141,12 @@ def _difference(want: np.ndarray, have: np.ndarray) -> float | None:
 
 def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list:
     return make_session(model).run(None, feed, quiet_run_options())
+
+
+def _run_reference(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list:
+    outputs = ReferenceEvaluator(model).run(None, feed)
+    assert isinstance(outputs, list)  # a dict only with intermediate=True
+    return outputs
 
 
 def _reason(exc: BaseException) -> str:

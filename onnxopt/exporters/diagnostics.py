@@ -17,7 +17,8 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 TORCH_LOGGERS = (
     "torch",
@@ -65,9 +66,8 @@ def quiet(enabled: bool = True) -> Iterator[None]:
 def _fd_to_devnull(fd: int) -> Iterator[None]:
     """Point ``fd`` at /dev/null: torch's log handlers hold the original stderr, and its C++
     code writes to the descriptors directly (the TorchScript exporter dumps its graph on 1)."""
-    for stream in (sys.__stdout__, sys.__stderr__, sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()  # what was written before must not vanish with the redirection
+    # what was written before must not vanish with the redirection
+    _flush((sys.__stdout__, sys.__stderr__, sys.stdout, sys.stderr))
     try:
         saved = os.dup(fd)
     except OSError:  # no such descriptor (a detached process): nothing to silence
@@ -79,16 +79,23 @@ def _fd_to_devnull(fd: int) -> Iterator[None]:
             try:
                 yield
             finally:
-                for stream in (sys.__stdout__, sys.__stderr__, *_stream_handlers()):
-                    with contextlib.suppress(Exception):
-                        stream.flush()  # what torch buffered goes to /dev/null, not later to us
+                # what torch buffered goes to /dev/null, not later to us
+                _flush((sys.__stdout__, sys.__stderr__, *_stream_handlers()))
                 os.dup2(saved, fd)
     finally:
         os.close(saved)
 
 
+def _flush(streams: Iterable[TextIO | logging.Handler | None]) -> None:
+    """Flush each stream that exists (``sys.__stdout__`` may be None), ignoring failures."""
+    for stream in streams:
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+
 def _stream_handlers() -> list[logging.Handler]:
-    found = []
+    found: list[logging.Handler] = []
     for name in TORCH_LOGGERS:
         found += [
             h for h in logging.getLogger(name).handlers if isinstance(h, logging.StreamHandler)

@@ -28,7 +28,7 @@ from onnxopt.runtime.ort import make_session, native_error, quiet_run_options
 BATCH = "batch"
 """The symbolic name a freed batch axis gets."""
 CHECK_BATCHES = (1, 7)
-_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+_RTOL, _ATOL = 1e-5, 1e-6
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -40,8 +40,12 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 def name_nodes(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, str | None]:
     """Unique, deterministic names for unnamed and duplicate-named nodes of the main graph."""
     seen: set[str] = set()
-    renamed = [i for i, n in enumerate(model.graph.node) if not n.name or n.name in seen
-               or seen.add(n.name)]  # fmt: skip
+    renamed = []
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            renamed.append(i)
+        else:
+            seen.add(n.name)
     if not renamed:
         return model, None
     out = _copy(model)
@@ -198,7 +202,8 @@ def _check_freed(original: onnx.ModelProto, freed: onnx.ModelProto, batch: int, 
             got = session.run(None, {k: v[:n] for k, v in sample.items()}, options)
             for out_index, array in enumerate(got):
                 want = np.concatenate([r[out_index] for r in per_row[:n]])
-                if array.shape != want.shape or not np.allclose(array, want, **_TOLERANCE):
+                close = np.allclose(array, want, rtol=_RTOL, atol=_ATOL)
+                if array.shape != want.shape or not close:
                     raise _baked(original, batch, source, f"at batch {n} the outputs change")
         if small:
             reference = make_session(original).run(
@@ -206,14 +211,14 @@ def _check_freed(original: onnx.ModelProto, freed: onnx.ModelProto, batch: int, 
             )
             for out_index, want in enumerate(reference):
                 got = np.concatenate([r[out_index] for r in per_row[: min(batch, rows)]])
-                if not np.allclose(got, want[: len(got)], **_TOLERANCE):
+                if not np.allclose(got, want[: len(got)], rtol=_RTOL, atol=_ATOL):
                     raise _baked(original, batch, source, "the outputs differ from the original")
     except ModelLoadError:
         raise
     except Exception as exc:  # onnxruntime: a shape that only fits the fixed batch
-        text = str(native_error(exc))
-        node = re.search(r"Name:'([^']*)'", text)
-        why = f"onnxruntime fails in node {node.group(1)!r}" if node else first_line(text, 200)
+        native = native_error(exc)
+        node = re.search(r"Name:'([^']*)'", str(native))
+        why = f"onnxruntime fails in node {node.group(1)!r}" if node else first_line(native, 200)
         raise _baked(original, batch, source, why) from None
 
 

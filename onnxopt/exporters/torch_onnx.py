@@ -60,6 +60,7 @@ def _dynamo_export(module, sample, opset, input_name, output_name) -> onnx.Model
         dynamic_shapes=({0: batch},), input_names=[input_name], output_names=[output_name],
         verbose=False,
     )  # fmt: skip
+    assert program is not None, "torch.onnx.export(dynamo=True) returns its ONNXProgram"
     return program.model_proto
 
 
@@ -68,8 +69,12 @@ TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript exporter stops at 20; newer opsets
 
 def _torchscript_export(module, sample, opset, input_name, output_name) -> onnx.ModelProto:
     buffer = io.BytesIO()
+    # torch annotates f as a path, but the TorchScript exporter writes to any file-like object
+    # (torch passes it on with the same ignore)
     torch.onnx.export(
-        module, (sample,), buffer, dynamo=False, opset_version=min(opset, TORCHSCRIPT_MAX_OPSET),
+        module, (sample,),
+        buffer,  # type: ignore[arg-type]
+        dynamo=False, opset_version=min(opset, TORCHSCRIPT_MAX_OPSET),
         input_names=[input_name], output_names=[output_name],
         dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
     )  # fmt: skip

@@ -28,6 +28,7 @@ from onnxopt.fpga.qonnx_check import check_qonnx
 from onnxopt.fpga.qonnx_convert import QonnxModel, to_qonnx
 from onnxopt.fpga.resources import resource_proxy
 from onnxopt.model_io import save_onnx
+from onnxopt.optimizer.quantization.formats import FixedFormat
 
 PRECISION_FILE = "precision.json"
 SYNTHETIC_SAMPLES = 1000
@@ -62,9 +63,10 @@ def synthetic_inputs(model: onnx.ModelProto, n: int = SYNTHETIC_SAMPLES) -> np.n
     from onnxopt.data.shaping import onnx_input_shape
 
     dims = onnx_input_shape(model)[1:]
-    if any(not isinstance(d, int) or d <= 0 for d in dims):
+    static = [d for d in dims if isinstance(d, int) and d > 0]
+    if len(static) != len(dims):
         raise UsageError(f"the model input has dynamic dimensions {dims}; pass --data")
-    return (np.random.default_rng(0).standard_normal((n, *dims)) * 4).astype(np.float32)
+    return (np.random.default_rng(0).standard_normal((n, *static)) * 4).astype(np.float32)
 
 
 def _qonnx(model: onnx.ModelProto) -> QonnxModel:
@@ -109,6 +111,13 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _hls4ml_type(fmt: FixedFormat) -> str | None:
+    """hls4ml's type for a per-tensor format (None per channel: one type per layer)."""
+    if isinstance(fmt.frac, tuple):
+        return None
+    return f"{'' if fmt.signed else 'u'}fixed<{fmt.width},{fmt.width - fmt.frac}>"
+
+
 def _format_rows(qonnx: QonnxModel) -> list[dict]:
     return [
         {
@@ -119,11 +128,7 @@ def _format_rows(qonnx: QonnxModel) -> list[dict]:
             "width": t.fmt.width,
             "frac": t.fmt.frac,
             "signed": t.fmt.signed,
-            "hls4ml": (
-                f"{'' if t.fmt.signed else 'u'}fixed<{t.fmt.width},{t.fmt.width - t.fmt.frac}>"
-                if not t.fmt.per_channel
-                else None
-            ),
+            "hls4ml": _hls4ml_type(t.fmt),
         }
         for t in qonnx.formats.values()
     ]

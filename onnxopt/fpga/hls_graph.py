@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import TypeGuard
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from onnxopt.fpga.qonnx_convert import QONNX_DOMAIN
+from onnxopt.graph import input_value
 from onnxopt.optimizer.quantization.formats import node_label
 
 PASS_THROUGH = frozenset({"Identity", "Dropout", "Flatten", "Reshape"})
@@ -74,7 +76,22 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
-def _is_quant(node: ir.Node | None) -> bool:
+def _const_of(value: ir.Value) -> np.ndarray:
+    """The contents of a value already checked to be constant (a constant Quant's input or a
+    BatchNormalization parameter)."""
+    array = _const(value)
+    assert array is not None, f"{value.name!r} is not a constant"
+    return array
+
+
+def _like(value: ir.Value, other: ir.Value) -> None:
+    """Give ``value`` the element type (when known) and shape of ``other``."""
+    if other.dtype is not None:
+        value.dtype = other.dtype
+    value.shape = other.shape
+
+
+def _is_quant(node: ir.Node | None) -> TypeGuard[ir.Node]:
     return node is not None and node.op_type == "Quant" and node.domain == QONNX_DOMAIN
 
 
@@ -117,7 +134,7 @@ def _node_reason(node: ir.Node) -> str | None:
         return None if ok else "Add of two computed tensors (residual): not covered yet"
     if op == "BatchNormalization":
         params_const = all(_const(v) is not None for v in node.inputs[1:5])
-        on_float = not _is_quant(node.inputs[0].producer())
+        on_float = not _is_quant(input_value(node, 0).producer())
         if not params_const:
             return "BatchNormalization with computed parameters"
         if not on_float:
@@ -162,19 +179,19 @@ class _Rewriter:
         weight_q = _quant_of_const(gemm.inputs[1])
         assert weight_q is not None
         if gemm.attributes.get_int("transB", 0):
-            stored = weight_q.inputs[0]
-            array = np.ascontiguousarray(_const(stored).T)
+            stored = input_value(weight_q, 0)
+            array = np.ascontiguousarray(_const_of(stored).T)
             stored.const_value = ir.tensor(array, name=stored.name)
             stored.shape = ir.Shape(array.shape)
             weight_q.outputs[0].shape = ir.Shape(array.shape)
         out = gemm.outputs[0]
         matmul = ir.node("MatMul", [gemm.inputs[0], weight_q.outputs[0]], name=gemm.name)
-        matmul.outputs[0].dtype, matmul.outputs[0].shape = out.dtype, out.shape
+        _like(matmul.outputs[0], out)
         nodes = [matmul]
         result = matmul.outputs[0]
         if len(gemm.inputs) > 2 and gemm.inputs[2] is not None:
             add = ir.node("Add", [result, gemm.inputs[2]], name=f"{gemm.name}_bias")
-            add.outputs[0].dtype, add.outputs[0].shape = out.dtype, out.shape
+            _like(add.outputs[0], out)
             nodes.append(add)
             result = add.outputs[0]
         self.graph.insert_before(gemm, nodes)
@@ -184,7 +201,8 @@ class _Rewriter:
         result.name = name
 
     def refold_batchnorm(self, node: ir.Node) -> None:
-        gamma, beta, mean, var = (_const(v).astype(np.float32) for v in node.inputs[1:5])
+        params = (_const_of(input_value(node, i)).astype(np.float32) for i in range(1, 5))
+        gamma, beta, mean, var = params
         eps = np.float32(node.attributes.get_float("epsilon", 1e-5))
         # onnxruntime's CPU kernel: inv_std = 1 / sqrt(var + eps); scale = inv_std * gamma;
         # bias = beta - mean * scale; y = x * scale + bias (float32 throughout)

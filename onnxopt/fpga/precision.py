@@ -27,6 +27,7 @@ import onnx_ir as ir
 from onnxopt.errors import UsageError
 from onnxopt.fpga.hls_graph import PASS_THROUGH
 from onnxopt.fpga.qonnx_convert import QONNX_DOMAIN
+from onnxopt.graph import value_name
 
 FLOAT = "float"
 
@@ -72,9 +73,17 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
+def _const_of(node: ir.Node, index: int) -> np.ndarray:
+    """A Quant input that the QONNX format makes constant (scale, bit width, weights)."""
+    array = _const(node.inputs[index])
+    if array is None:
+        raise UsageError(f"node {node.name!r}: input {index} of the Quant is not a constant")
+    return array
+
+
 def _quant_fixed(node: ir.Node) -> Fixed:
-    scale = _const(node.inputs[1])
-    bits = int(_const(node.inputs[3]))
+    scale = _const_of(node, 1)
+    bits = int(_const_of(node, 3))
     mantissa, exponent = np.frexp(np.asarray(scale, np.float64))
     if not np.all(exponent == exponent.reshape(-1)[0]):
         raise UsageError(
@@ -89,7 +98,7 @@ def _quant_fixed(node: ir.Node) -> Fixed:
 
 def _codes(node: ir.Node, fmt: Fixed) -> np.ndarray:
     """A constant Quant's integer codes."""
-    values = _const(node.inputs[0]).astype(np.float64)
+    values = _const_of(node, 0).astype(np.float64)
     return np.rint(np.ldexp(values, fmt.frac)).astype(np.int64)
 
 
@@ -119,7 +128,7 @@ class _Types:
 
     def run(self) -> dict[str, TensorType]:
         graph_input = self.graph.inputs[0]
-        self.types[graph_input.name] = self._input_type(graph_input)
+        self.types[value_name(graph_input)] = self._input_type(graph_input)
         for node in self.graph:
             self._visit(node)
         return self.types
@@ -133,10 +142,10 @@ class _Types:
         return FLOAT
 
     def _in(self, node: ir.Node, i: int = 0) -> TensorType:
-        return self.types[node.inputs[i].name]
+        return self.types[value_name(node.inputs[i])]
 
     def _visit(self, node: ir.Node) -> None:
-        out = node.outputs[0].name
+        out = value_name(node.outputs[0])
         op = node.op_type
         if op == "Quant" and node.domain == QONNX_DOMAIN:
             fmt = _quant_fixed(node)
@@ -144,17 +153,19 @@ class _Types:
             if _const(node.inputs[0]) is not None:
                 self.constants[out] = (_codes(node, fmt), fmt.frac)
         elif op == "MatMul":
-            w_codes, w_frac = self.constants[node.inputs[1].name]
+            w_codes, w_frac = self.constants[value_name(node.inputs[1])]
             self.types[out] = _matmul(self._fixed(node), w_codes, w_frac)
         elif op == "Add":
             data, const = node.inputs
-            if data.name in self.constants:
+            if value_name(data) in self.constants:
                 data, const = const, data
-            b_codes, b_frac = self.constants[const.name]
+            b_codes, b_frac = self.constants[value_name(const)]
             self.types[out] = _add(self._fixed(node, data), b_codes, b_frac)
         elif op == "Relu":
             t = self._in(node)
-            self.types[out] = t if t == FLOAT else Fixed(max(t.lo, 0), max(t.hi, 0), t.frac)
+            if isinstance(t, Fixed):
+                t = Fixed(max(t.lo, 0), max(t.hi, 0), t.frac)
+            self.types[out] = t
         elif op == "BatchNormalization":
             self.types[out] = FLOAT
         elif op in PASS_THROUGH:
@@ -163,7 +174,7 @@ class _Types:
             raise UsageError(f"node {node.name!r}: no exact type for {op}")
 
     def _fixed(self, node: ir.Node, value: ir.Value | None = None) -> Fixed:
-        t = self.types[(value or node.inputs[0]).name]
+        t = self.types[value_name(value or node.inputs[0])]
         if t == FLOAT:
             raise UsageError(
                 f"node {node.name!r} ({node.op_type}) reads a float tensor: quantize its input "

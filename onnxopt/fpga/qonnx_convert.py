@@ -119,7 +119,11 @@ class _Converter:
             _initializer(self.graph, f"{name}_zero_point", np.zeros((), np.float32)),
             _initializer(self.graph, f"{name}_bit_width", np.array(tensor.fmt.width, np.float32)),
         ]
-        attributes = {"signed": int(tensor.fmt.signed), "narrow": 0, "rounding_mode": "ROUND"}
+        attributes: dict[str, int | str] = {
+            "signed": int(tensor.fmt.signed),
+            "narrow": 0,
+            "rounding_mode": "ROUND",
+        }
         quant = ir.node("Quant", inputs, attributes, domain=QONNX_DOMAIN, name=name)
         out = quant.outputs[0]
         out.dtype, out.shape = ir.DataType.FLOAT, dq_out.shape

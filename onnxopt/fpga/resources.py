@@ -20,6 +20,7 @@ import math
 import onnx
 import onnx_ir as ir
 
+from onnxopt.graph import value_name
 from onnxopt.optimizer.quantization.formats import QuantizedTensor, read_formats
 
 _LAYERS = ("Gemm", "MatMul", "Conv")
@@ -45,10 +46,10 @@ def _macs(node: ir.Node, weight: QuantizedTensor) -> tuple[int, int]:
     assert codes is not None
     if node.op_type == "Conv":
         out = node.outputs[0].shape
-        spatial = math.prod(int(d) for d in out[2:]) if out is not None else 1
+        spatial = math.prod(out.numpy()[2:]) if out is not None else 1
         fan_in = int(codes[0].size)
         return int(codes.size) * spatial, fan_in
-    trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+    trans_b = node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0))
     fan_in = int(codes.shape[1] if trans_b else codes.shape[0])
     return int(codes.size), fan_in
 
@@ -62,15 +63,18 @@ def layer_resources(model: onnx.ModelProto) -> list[LayerResources]:
     for node in ir_model.graph:
         if node.op_type not in _LAYERS or len(node.inputs) < 2:
             continue
-        x, w = (formats.get(v.name) if v is not None else None for v in node.inputs[:2])
+        x, w = (formats.get(value_name(v)) if v is not None else None for v in node.inputs[:2])
         if x is None or w is None or w.codes is None:
             continue
-        bias = formats.get(node.inputs[2].name) if len(node.inputs) > 2 and node.inputs[2] else None
+        b_value = node.inputs[2] if len(node.inputs) > 2 else None
+        bias = formats.get(value_name(b_value)) if b_value is not None else None
         macs, fan_in = _macs(node, w)
         a, b = x.fmt.width, w.fmt.width
         nonzero = int((w.codes != 0).sum())
         bops = round(macs * (a * b + a + b + math.log2(max(fan_in, 1))))
-        bias_bits = bias.fmt.width * int(bias.codes.size) if bias is not None else 0
+        bias_bits = 0
+        if bias is not None and bias.codes is not None:  # a computed bias is not stored
+            bias_bits = bias.fmt.width * int(bias.codes.size)
         rows.append(
             LayerResources(node.name or "", a, b, int(w.codes.size), nonzero, macs, bops, bias_bits)
         )

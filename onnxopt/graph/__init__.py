@@ -10,12 +10,15 @@ from onnxopt.graph.core import (
     Namer,
     attr_value,
     const_array,
+    const_input,
     default_opset,
+    input_value,
     is_default_domain,
     rank_of,
     run_pass,
     to_ir,
     to_proto,
+    value_name,
 )
 
 __all__ = [
@@ -23,10 +26,13 @@ __all__ = [
     "Namer",
     "attr_value",
     "const_array",
+    "const_input",
     "default_opset",
+    "input_value",
     "is_default_domain",
     "rank_of",
     "run_pass",
     "to_ir",
     "to_proto",
+    "value_name",
 ]

@@ -40,6 +40,42 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
+def const_input(node: ir.Node, index: int) -> np.ndarray:
+    """The contents of a node input the caller already knows is constant (a weight node's
+    weights, the bias it matched).
+
+    Raises:
+        ValueError: the input is omitted or not a constant.
+    """
+    array = const_array(node.inputs[index] if index < len(node.inputs) else None)
+    if array is None:
+        raise ValueError(f"node {node.name!r} ({node.op_type}): input {index} is not a constant")
+    return array
+
+
+def input_value(node: ir.Node, index: int) -> ir.Value:
+    """The node's ``index``-th input, which the caller's pattern requires to be present.
+
+    Raises:
+        ValueError: the input is omitted (an empty optional input) or out of range.
+    """
+    value = node.inputs[index] if index < len(node.inputs) else None
+    if value is None:
+        raise ValueError(f"node {node.name!r} ({node.op_type}) has no input {index}")
+    return value
+
+
+def value_name(value: ir.Value | None) -> str:
+    """The name of a present value (every value read from a ``ModelProto`` has one).
+
+    Raises:
+        ValueError: the value is omitted or was never named.
+    """
+    if value is None or value.name is None:
+        raise ValueError(f"expected a named value, got {value!r}")
+    return value.name
+
+
 def attr_value(node: ir.Node, name: str, default: Any) -> Any:
     """The value of a node's attribute, or ``default`` when it is not set."""
     attr = node.attributes.get(name)

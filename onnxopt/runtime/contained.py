@@ -30,11 +30,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from onnxopt.errors import EvaluationError
+
+if TYPE_CHECKING:  # the child imports the runtime lazily
+    from onnxopt.runtime.base import Session
 
 TIMEOUT_SECONDS = 600.0
 """A child that neither finishes nor crashes in this time is stopped and reported."""
@@ -202,7 +205,7 @@ def _callers_main_hidden() -> Iterator[None]:
         return
     with _MAIN_LOCK:
         names = [key for key in ("__file__", "__spec__") if key in main.__dict__]
-        saved = {key: main.__dict__[key] for key in names}
+        saved: dict[str, Any] = {key: main.__dict__[key] for key in names}
         main.__dict__.pop("__file__", None)
         main.__dict__["__spec__"] = None
         try:
@@ -244,6 +247,7 @@ def open_and_run(model: bytes | Path | str, settings: dict[str, Any]) -> None:
 
     settings = dict(settings)
     backend = settings.pop("backend", "onnxruntime")
+    session: Session
     if backend == "onnxruntime":
         from onnxopt.runtime.ort import OrtSession, make_session
 

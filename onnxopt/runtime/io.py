@@ -10,6 +10,7 @@ every sample. Integer inputs (token ids, masks) are fed as integers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -303,9 +304,10 @@ def _fit(x: np.ndarray, info: TensorInfo) -> np.ndarray:
 
 def _fixed_value(value: Any, info: TensorInfo) -> np.ndarray:
     array = np.asarray(value, dtype=info.dtype or np.float32)
-    want = [d for d in info.shape[1:]] if _batched(info) else []
-    static = all(isinstance(d, int) for d in want)
-    if static and array.shape != tuple(want) and array.size == int(np.prod(want, dtype=int)):
+    dims = list(info.shape[1:]) if _batched(info) else []
+    want = [d for d in dims if isinstance(d, int)]
+    static = len(want) == len(dims)
+    if static and array.shape != tuple(want) and array.size == math.prod(want):
         array = array.reshape(want)
     elif static and array.ndim == 0:  # one number for every element of a sample (a mask of 1s)
         array = np.full(want, array, dtype=array.dtype)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from onnxopt.data.dataset import calibration_subset
+from onnxopt.data.dataset import Split, calibration_subset
 from onnxopt.data.user_files import load_csv, load_npz
 from onnxopt.errors import DataError
 
@@ -252,3 +252,10 @@ def test_csv_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text("")
     _raises(lambda: load_csv(path), "cannot read as CSV")
+
+
+def test_split_array_is_the_one_feature_array_and_refuses_named_inputs():
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert Split(x).array() is x
+    with pytest.raises(DataError, match="several named inputs"):
+        Split({"a": x, "b": x}).array()

@@ -49,6 +49,7 @@ _WEIGHT_OPS = frozenset({"Gemm", "MatMul", "Conv"})
 def _visit(builder: Builder, node: ir.Node, i: int) -> None:
     subgraphs = [a for a in node.attributes.values() if a.type in _SUBGRAPH_TYPES]
     handler = HANDLERS.get(node.op_type) if is_default_domain(node.domain) else None
+    reason: str | None
     if subgraphs:
         reason = "has subgraphs"
         _freeze_captured(builder, subgraphs, f"{node.op_type} node {builder.names[i]!r}")

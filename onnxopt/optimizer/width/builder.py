@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import onnx_ir as ir
 
-from onnxopt.graph import default_opset
+from onnxopt.graph import default_opset, value_name
 from onnxopt.optimizer.width.groups import (
     ChannelAnalysis,
     ChannelGroup,
@@ -93,8 +93,9 @@ class Builder:
     # --- tensors ----------------------------------------------------------------------
     def assign(self, value: ir.Value, sid: int, axis: int | None) -> None:
         """Record that ``value`` carries space ``sid``'s channels on ``axis``."""
-        self._where[value.name] = (sid, axis)
-        self.space(sid).tensors.append((value.name, axis))
+        name = value_name(value)
+        self._where[name] = (sid, axis)
+        self.space(sid).tensors.append((name, axis))
 
     def lookup(self, value: ir.Value | None) -> tuple[int, int | None] | None:
         """``(root space, channel axis)`` of a tracked value, else None."""

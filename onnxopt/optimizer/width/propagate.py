@@ -40,10 +40,17 @@ UNIT_RESHAPE_OPS = frozenset("Reshape Flatten Squeeze Unsqueeze".split())
 
 def _elementwise(b: Builder, node: ir.Node, i: int) -> str | None:
     out_rank = rank_of(node.outputs[0])
-    hits = [(k, b.lookup(v), v) for k, v in enumerate(node.inputs) if b.tracked(v)]
+    hits = [(k, hit, v) for k, v in enumerate(node.inputs) if (hit := b.lookup(v)) is not None]
     if out_rank is None or not hits:
         return "has an output of unknown rank" if hits else None
-    from_end = {rank_of(v) - axis for _, (_, axis), v in hits if axis is not None}
+    from_end: set[int] = set()  # each tracked input's channel axis, counted from the end
+    for _, (_, axis), v in hits:
+        rank = rank_of(v)
+        if axis is None:
+            continue
+        if rank is None:
+            return "has an input of unknown rank"
+        from_end.add(rank - axis)
     if len(from_end) > 1:
         return "broadcasts channels against another axis"
     sid = hits[0][1][0]
@@ -119,8 +126,8 @@ def _unit_axis(shape: ir.Shape | None, width: int | None) -> int | None:
     """The channel axis of a shape whose non-batch dims are all 1 except one of size width."""
     if shape is None or width is None or width <= 1:
         return None
-    dims = list(shape)[1:]
-    if not all(isinstance(d, int) for d in dims) or sorted(dims)[-1:] != [width]:
+    dims = [d for d in list(shape)[1:] if isinstance(d, int)]
+    if len(dims) != len(shape) - 1 or sorted(dims)[-1:] != [width]:
         return None
     if sum(d == width for d in dims) != 1 or any(d not in (1, width) for d in dims):
         return None
@@ -128,11 +135,12 @@ def _unit_axis(shape: ir.Shape | None, width: int | None) -> int | None:
 
 
 def _unit_reshape(b: Builder, node: ir.Node, i: int) -> str | None:
-    hit = b.lookup(node.inputs[0])
-    if hit is None:
+    x = node.inputs[0]
+    hit = b.lookup(x)
+    if x is None or hit is None:
         return "reshapes an untracked tensor"
     sid, axis = hit
-    x, y, width = node.inputs[0], node.outputs[0], b.space(sid).width
+    y, width = node.outputs[0], b.space(sid).width
     a_in, a_out = _unit_axis(x.shape, width), _unit_axis(y.shape, width)
     if a_in is None or a_out is None or axis not in (None, a_in):
         return f"mixes channels with space ({_fmt(x.shape)} -> {_fmt(y.shape)})"

@@ -25,7 +25,7 @@ import onnx_ir as ir
 from onnxopt.config.width import Importance, Refit, WidthConfig
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import ConfigError, UsageError
-from onnxopt.graph import Namer, const_array, run_pass
+from onnxopt.graph import Namer, const_input, run_pass
 from onnxopt.optimizer.width.activations import Calibration, model_feeds, run_values
 from onnxopt.optimizer.width.analysis import analyze_channels
 from onnxopt.optimizer.width.groups import ChannelAnalysis, ChannelGroup, WeightNode
@@ -153,8 +153,7 @@ class WidthScaler:
         base = ir.serde.deserialize_model(self._proto)
         nodes = list(base.graph)
         self._weights = {
-            name: const_array(nodes[w.index].inputs[1])
-            for name, w in self.analysis.weight_nodes.items()
+            name: const_input(nodes[w.index], 1) for name, w in self.analysis.weight_nodes.items()
         }
         self._feeds = (
             None if calibration is None else model_feeds(self._proto, calibration, fixed_inputs)
@@ -259,10 +258,12 @@ class WidthScaler:
         maps = {}
         for gi, m in chosen.items():
             group = self.analysis.groups[gi]
-            if new_width(group.width, m) == group.width:
+            width = group.width
+            assert width is not None, "only frozen groups lack a width, and none is chosen"
+            if new_width(width, m) == width:
                 continue
             rms = self._calibration().input_rms if kind is Importance.ACTIVATION else None
-            maps[gi] = channel_map(group.width, m, importance(group, kind, self._norm, rms))
+            maps[gi] = channel_map(width, m, importance(group, kind, self._norm, rms))
         return maps
 
     def _norm(self, node: str, side: str) -> np.ndarray:
@@ -313,6 +314,7 @@ class WidthScaler:
         while todo:
             pending = {w.name for w in todo}
             ready = [w for w in todo if not self.analysis.ancestors[w.name] & pending]
+            assert self._feeds is not None  # else _calibration() raised
             keys = {w.name: self._fit_key(w, point) for w in ready}
             missing = [w.input_name for w in ready if keys[w.name] not in self._fits]
             acts = run_values(model, self._feeds, missing) if missing else {}
@@ -379,7 +381,7 @@ REFIT_SPLITS = ("train", "calibration")
 """Splits a refit may read: training data only, so validation and test stay unseen."""
 
 
-def refit_inputs(dataset: Dataset, split: str = "train") -> np.ndarray:
+def refit_inputs(dataset: Dataset, split: str = "train") -> Calibration:
     """Features for importance and refits: the training split (default) or its calibration subset.
 
     With the whole training split (1,077 digits samples) the refit of digits-wide is well

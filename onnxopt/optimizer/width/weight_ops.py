@@ -13,7 +13,7 @@ from types import MappingProxyType
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.graph import attr_value, const_array, rank_of
+from onnxopt.graph import attr_value, const_array, rank_of, value_name
 from onnxopt.optimizer.width.builder import Builder
 from onnxopt.optimizer.width.groups import Edit, EditKind, WeightNode
 
@@ -186,8 +186,8 @@ def _record(b: Builder, node: ir.Node, i: int, out_axis: int, bias, attrs: dict)
         index=i,
         name=b.names[i],
         op_type=node.op_type,
-        input_name=node.inputs[0].name,
-        output_name=node.outputs[0].name,
+        input_name=value_name(node.inputs[0]),
+        output_name=value_name(node.outputs[0]),
         out_axis=out_axis,
         in_axis=in_axis,
         bias=bias,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.graph import Namer, const_array
+from onnxopt.graph import Namer, const_array, const_input
 from onnxopt.optimizer.width.groups import WeightNode
 from onnxopt.optimizer.width.refit import Fit, weights_from_fit
 from onnxopt.optimizer.width.rewrite import set_const_input
@@ -21,13 +21,13 @@ def write_fit(
     (without one, the fit had no intercept).
     """
     node = nodes[spec.index]
-    old = const_array(node.inputs[1])
+    old = const_input(node, 1)
     set_const_input(graph, node, 1, weights_from_fit(spec, fit, old), names)
     bias = fit.bias.astype(old.dtype)
     if spec.op_type == "MatMul":
         if spec.bias is not None:
             add_node, k = nodes[spec.bias[0]], spec.bias[1]
-            current = const_array(add_node.inputs[k])
+            current = const_input(add_node, k)
             set_const_input(graph, add_node, k, current + bias.reshape(current.shape), names)
         return
     if spec.op_type == "Gemm":
@@ -35,8 +35,8 @@ def write_fit(
         if beta == 0.0:
             node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
             beta = 1.0
-        current = const_array(node.inputs[2]) if len(node.inputs) > 2 else None
+        old_bias = const_array(node.inputs[2]) if len(node.inputs) > 2 else None
         bias = (bias / np.float32(beta)).astype(old.dtype)
-        if current is not None and current.ndim == 2:
+        if old_bias is not None and old_bias.ndim == 2:
             bias = bias.reshape(1, -1)
     set_const_input(graph, node, 2, bias, names)
