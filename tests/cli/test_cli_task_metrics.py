@@ -159,7 +159,10 @@ def test_a_failing_user_metric_stops_the_search_before_the_study(files, function
 
 def test_a_user_metric_failing_on_a_candidate_fails_that_trial(files):
     result, run_dir = _search(files, _search_config(files, "metrics.py:only_fp32"))
-    assert result.exit_code == 0, result.output
+    # every trial failed: the search says why and exits 1 (the study and its trials stay)
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: every trial failed (2): MetricError: metric 'mine'"), last
     study = load_study(str(run_dir / JOURNAL_FILE), STUDY_NAME)
     assert study.user_attrs["baseline"]["mine"] == 1.0
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
