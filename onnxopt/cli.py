@@ -459,12 +459,12 @@ def export_cmd(
         preparation = Preparation(
             input_shapes=_input_shapes(input_shapes), keep_batch=batch_size_fixed
         )
-        res = prepare_onnx_file(model, output, opset=opset, preparation=preparation)
-        _print_notes(res.notes)
+        prepared = prepare_onnx_file(model, output, opset=opset, preparation=preparation)
+        _print_notes(prepared.notes)
         click.echo(
-            f"prepared {model}: opset {res.opset_before} -> {res.opset}, "
-            f"{res.batchnorms_folded} BatchNorm folded, {res.batchnorms_left} left, "
-            f"max |diff| {res.max_abs_diff:.2e} -> {output}"
+            f"prepared {model}: opset {prepared.opset_before} -> {prepared.opset}, "
+            f"{prepared.batchnorms_folded} BatchNorm folded, {prepared.batchnorms_left} left, "
+            f"max |diff| {prepared.max_abs_diff:.2e} -> {output}"
         )
         return
     from onnxopt.exporters.torch_onnx import ATOL, RTOL, export_module

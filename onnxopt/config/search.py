@@ -349,7 +349,7 @@ class Search(StrictModel):
                 )
         return self
 
-    def direction(self, metric: str) -> str:
+    def direction(self, metric: str) -> registry.Direction:
         """The metric's direction: as configured, else the registry's (user metrics without
         one are maximized)."""
         given = self.metrics[metric].direction if metric in self.metrics else None

@@ -58,9 +58,12 @@ def export_named(
     buffer = io.BytesIO()
     try:
         with quiet(True):
+            # torch annotates f as a path, but the TorchScript exporter writes to any file-like
+            # object (torch passes it on with the same ignore)
             torch.onnx.export(
-                module, tuple(traced.values()), buffer, dynamo=False, input_names=names,
-                output_names=[output_name], dynamic_axes=axes,
+                module, tuple(traced.values()),
+                buffer,  # type: ignore[arg-type]
+                dynamo=False, input_names=names, output_names=[output_name], dynamic_axes=axes,
                 opset_version=min(opset, TORCHSCRIPT_MAX_OPSET),
             )  # fmt: skip
     except Exception as exc:  # the exporter raises many types

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from onnxopt.config.fpga import Hls4mlOptions
+from onnxopt.data.dataset import Split
 from onnxopt.errors import OnnxoptError
 
 
@@ -17,7 +17,7 @@ def export_fpga(
     stem: Path,
     formats: Sequence[str],
     options: Hls4mlOptions,
-    x: np.ndarray,
+    split: Split,
     *,
     strict: bool,
 ) -> dict[str, dict]:
@@ -27,8 +27,9 @@ def export_fpga(
         model: The trial's quantized model.
         stem: ``folder/trial_0007``.
         formats: The export formats (only ``qonnx`` and ``hls4ml`` are handled here).
-        options: hls4ml options (``verify`` compiles and compares on ``x``).
-        x: Inputs for the checks (the test split).
+        options: hls4ml options (``verify`` compiles and compares on the split).
+        split: The test split, whose one feature array checks the files (named inputs
+            fail each format like any other export problem).
         strict: Raise on failure (``select``); otherwise record the error and go on (a
             search's Pareto export, where one model may not map to an FPGA).
 
@@ -40,6 +41,7 @@ def export_fpga(
     out: dict[str, dict] = {}
     for fmt in (f for f in formats if f in ("qonnx", "hls4ml")):
         try:
+            x = split.array()
             if fmt == "qonnx":
                 res = export_qonnx(model, stem.with_name(f"{stem.name}.qonnx.onnx"), x)
                 out[fmt] = {"path": str(res.path), "check": res.check.as_dict()}

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -148,7 +149,7 @@ class _Task:
         part = dataset.split(split)
         if part.named:
             return tuple(torch.from_numpy(a) for a in part.arrays().values())
-        return (_tensor(part.x, input_shape_for(recipe, dataset)),)
+        return (_tensor(part.array(), input_shape_for(recipe, dataset)),)
 
 
 class _WithHead(nn.Module):
@@ -321,7 +322,7 @@ def _shape_and_classes(payload: dict, path: Path) -> tuple[tuple[int, ...], int]
     return tuple(int(d) for d in shape), int(classes)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -15,13 +15,14 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from onnxopt import metrics as registry
 
 KINDS = ("infeasible", "feasible", "pareto", "fp32", "quantize_static")
 """Point kinds, drawn in this order (later ones on top)."""
 
-_STYLE = {
+_STYLE: dict[str, dict[str, Any]] = {
     "infeasible": {"marker": "x", "c": "#9a9a9a", "s": 22, "alpha": 0.7, "zorder": 2,
                    "label": "infeasible trial"},
     "feasible": {"marker": "o", "c": "#4c78a8", "s": 22, "alpha": 0.55, "zorder": 3,

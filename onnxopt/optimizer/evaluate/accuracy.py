@@ -41,7 +41,7 @@ class AccuracyResult:
     num_classes: int
     output_kind: OutputKind
     predictions: np.ndarray = field(repr=False, compare=False)
-    log_probabilities: np.ndarray = field(repr=False, compare=False, default=None)
+    log_probabilities: np.ndarray = field(repr=False, compare=False)
 
 
 def as_feeds(session: Session, io: ModelIO, x: Feeds | np.ndarray) -> Feeds:

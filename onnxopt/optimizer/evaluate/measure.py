@@ -214,6 +214,7 @@ class Measurer:
                 input/output discovery raise them.
         """
         source: Path | None = None
+        graph: onnx.ModelProto | None
         notes: tuple[str, ...] = ()
         if isinstance(model, onnx.ModelProto):
             data = data if data is not None else model.SerializeToString()
@@ -279,6 +280,7 @@ class Measurer:
         if any("labels" in s.needs for s in specs) or self.task == "classification" and (
             y is not None
         ):
+            assert y is not None  # resolve() keeps a metric needing labels only with labels
             check_class_count(outputs, self.num_classes, io.output_name)
             accuracy = classification_metrics(outputs, y, output=io.output_name)
             scores, _ = class_scores(outputs, io.output_name)

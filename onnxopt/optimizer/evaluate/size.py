@@ -223,7 +223,7 @@ def _row(name: str, tensor: TensorProto, source: Source, overrides: dict[str, in
 
 
 def _dtype_name(data_type: int) -> str:
-    names = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
+    names: dict[int, str] = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
     return names.get(data_type) or TensorProto.DataType.Name(data_type).lower()
 
 

@@ -23,6 +23,7 @@ from onnxopt.optimizer.quantization.graph_analysis import is_embedding
 from onnxopt.optimizer.quantization.spec import (
     ActivationMode,
     FracFit,
+    Granularity,
     NodeQuantSpec,
     TensorSpec,
 )
@@ -91,7 +92,7 @@ def _check_names(graph: ir.Graph, config: QuantizationConfig) -> None:
     names = {n.name for n in graph}
     for name in config.by_name:
         if name not in names:
-            hint = did_you_mean(name, [n.name for n in graph if n.op_type in QUANTIZABLE])
+            hint = did_you_mean(name, [n.name or "" for n in graph if n.op_type in QUANTIZABLE])
             raise ConfigError(f"by_name.{name}: no node {name!r} in the model; {hint}")
 
 
@@ -149,7 +150,7 @@ def _weight_spec(layer: LayerQuant, granularity: str) -> TensorSpec:
     mse = layer.weight_frac_width == "mse"
     return TensorSpec(
         width=layer.weight_width,
-        granularity=layer.weight_granularity or granularity,
+        granularity=Granularity(layer.weight_granularity or granularity),
         frac=None if mse else _weight_frac(layer.weight_frac_width, layer.weight_width),
         fit=FracFit.MSE if mse else FracFit.RANGE,
     )
@@ -171,13 +172,14 @@ def _node_spec(
         data_out = _activation(_output_value(node).name or "", width, frac, ranges, where)
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     data_in = node.inputs[0]
+    data_in_name = (data_in.name if data_in is not None else None) or ""
     return NodeQuantSpec(
         weight=_weight_spec(layer, granularity),
         bias=TensorSpec(width=layer.bias_width,
                         frac=_weight_frac(layer.bias_frac_width, layer.bias_width))
         if has_bias else None,
-        data_in=_activation(data_in.name if data_in is not None else "", layer.data_in_width,
-                            layer.data_in_frac_width, ranges, where),
+        data_in=_activation(data_in_name, layer.data_in_width, layer.data_in_frac_width,
+                            ranges, where),
         data_out=data_out,
     )  # fmt: skip
 

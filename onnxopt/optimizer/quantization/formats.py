@@ -37,6 +37,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt.errors import UsageError
+from onnxopt.graph import input_value
 from onnxopt.optimizer.quantization.metadata import BIT_WIDTHS_KEY
 
 MAX_WIDTH = 32
@@ -232,13 +233,15 @@ class _Reader:
             and producer.op_type == "Cast"
             and _const(producer.inputs[0]) is not None
         ):
-            stored, cast = producer.inputs[0], producer
+            stored, cast = input_value(producer, 0), producer
         if _const(stored) is not None and stored not in self.graph.inputs:
             return self._constant(dq, stored, cast, fracs, axis, signed, zp, dtype)
         return self._activation(dq, fracs, signed, zp, dtype, axis)
 
     def _constant(self, dq, stored, cast, fracs, axis, signed, zp, dtype) -> QuantizedTensor:
-        codes = _const(stored).astype(np.int64) - zp
+        table = _const(stored)
+        assert table is not None  # _read_dq sends only constants here
+        codes = table.astype(np.int64) - zp
         if axis is not None and axis < 0:
             axis += codes.ndim
         width = self.bit_widths.get(stored.name or "")
@@ -264,8 +267,8 @@ class _Reader:
         lo, hi = int(np.iinfo(dtype).min) - zp, int(np.iinfo(dtype).max) - zp
         producer = codes.producer()
         if producer is not None and producer.op_type == "Clip":
-            bounds = [_const(v) for v in producer.inputs[1:3]]
-            if any(b is None for b in bounds) or len(bounds) < 2:
+            bounds = [b for b in map(_const, producer.inputs[1:3]) if b is not None]
+            if len(bounds) < 2:
                 raise UsageError(f"node {node_label(producer)!r}: clip bounds are not constants")
             lo, hi = int(bounds[0]) - zp, int(bounds[1]) - zp
             chain.insert(0, producer)

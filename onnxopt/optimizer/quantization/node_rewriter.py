@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import ConfigError, RewriteError
-from onnxopt.graph import Namer, const_array
+from onnxopt.graph import Namer, const_array, input_value
 from onnxopt.optimizer.quantization.fixed_point import (
     frac_for_mse,
     frac_for_range,
@@ -79,6 +79,7 @@ def constant_fracs(
     if not spec.per_channel:
         if spec.frac is None:
             return frac_for_range(float(np.max(np.abs(array), initial=0.0)), spec.width, signed)
+        assert not isinstance(spec.frac, tuple)  # TensorSpec: a list of fractions is per channel
         return spec.frac
     if spec.frac is None:
         return frac_for_range(_channel_max_abs(array, axis), spec.width, signed)
@@ -152,6 +153,7 @@ class NodeRewriter:
             # Q1->DQ1->Q2->DQ2, which onnxruntime's DoubleQDQPairsRemover (ORT_ENABLE_BASIC
             # and up) merges into one pair that is neither format. Read the float instead.
             value, _, producer = self._outputs[value]
+            assert upstream is not None  # _quantize_output records every data_out in both maps
             self.notes.append(
                 f"{node.name}: data_in ({aq.width}-bit, frac {aq.frac}) quantizes {producer}'s "
                 f"output itself instead of requantizing its data_out ({upstream.width}-bit, "
@@ -218,9 +220,10 @@ class NodeRewriter:
         fracs = constant_fracs(spec, weight, axis, signed, f"{node.name}.weight")
         ints, _ = quantize_fixed(weight, spec.width, fracs, signed,
                                  axis=axis if np.ndim(fracs) else None)  # fmt: skip
-        if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+        trans_b = node.attributes.get_int("transB", 0)
+        if node.op_type == "Gemm" and trans_b:
             ints = ints.T  # [N, K] -> [K, N]: the channels become MatMulInteger's columns
-        self._replaced.append(node.inputs[index])  # type: ignore[arg-type]
+        self._replaced.append(input_value(node, index))
         if container.bits < 8:
             self.notes.append(
                 f"{node.name}: weight packed as {container} on disk, cast to 8 bits at load"
@@ -290,8 +293,10 @@ class NodeRewriter:
         if np.any(np.abs(acc) > _INT32_MAX):
             raise RewriteError(f"{node.name}: bias overflows int32 at scale 2**-(f_in + f_w)")
         axis = 0 if np.ndim(acc_fracs) else None
-        acc_fracs = acc_fracs if axis is not None else int(acc_fracs)
-        name = self._store_constant(node, 2, acc.astype(np.int64), Container.INT32, acc_fracs, axis)
+        stored_fracs = acc_fracs if axis is not None else int(acc_fracs)
+        name = self._store_constant(
+            node, 2, acc.astype(np.int64), Container.INT32, stored_fracs, axis
+        )
         self.bit_widths[name] = spec.width
 
     def _output_target(self, node: ir.Node) -> ir.Value:
@@ -336,8 +341,9 @@ class NodeRewriter:
             inputs = [v for n in nodes for v in n.inputs if v is not None]
             self.graph.remove(reversed(nodes), safe=True)
             for value in inputs:
-                if not value.uses() and value.name in self.graph.initializers:
-                    del self.graph.initializers[value.name]
+                name = value.name
+                if not value.uses() and name is not None and name in self.graph.initializers:
+                    del self.graph.initializers[name]
             self.notes.append(f"{producer}: data_out dropped, every reader quantizes it itself")
 
     def remove_replaced_constants(self) -> None:
@@ -348,5 +354,5 @@ class NodeRewriter:
             producer = value.producer()
             if producer is not None and producer.op_type == "Constant":
                 self.graph.remove(producer)
-            elif value.name in self.graph.initializers:
+            elif value.name is not None and value.name in self.graph.initializers:
                 del self.graph.initializers[value.name]

@@ -81,9 +81,10 @@ def _scale_array(fracs: int | np.ndarray) -> np.ndarray:
 def _typed_output(node: ir.Node, name: str, dtype: ir.DataType, like: ir.Value) -> ir.Value:
     out = node.outputs[0]
     out.name, out.dtype = name, dtype
-    shape = like.const_value.shape if like.const_value is not None else like.shape
-    if shape is not None:
-        out.shape = ir.Shape(shape)
+    if like.const_value is not None:
+        out.shape = ir.Shape(like.const_value.shape.numpy())  # a tensor's dims are all static
+    elif like.shape is not None:
+        out.shape = ir.Shape(like.shape)
     return out
 
 

@@ -149,7 +149,7 @@ def export_trial(
         from onnxopt.fpga.trial_export import export_fpga
 
         fpga = export_fpga(
-            candidate.model, stem, export.formats, export.hls4ml, test.split.x, strict=strict
+            candidate.model, stem, export.formats, export.hls4ml, test.split, strict=strict
         )
     figures = {kind: dict(m.metrics) for kind, m in measured.items()}
     same = _same_outputs(measured["onnx"], measured["ort"]) if "ort" in measured else None

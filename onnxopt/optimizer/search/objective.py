@@ -18,6 +18,7 @@ import optuna
 
 from onnxopt.config.search import Search
 from onnxopt.errors import CandidateError, OnnxoptError
+from onnxopt.metrics import Direction
 from onnxopt.optimizer.search.candidate import CandidateBuilder, model_hash
 from onnxopt.optimizer.search.measure import Evaluator, TrialScore
 from onnxopt.optimizer.search.space import Choice, SearchSpace
@@ -32,7 +33,7 @@ def objective_names(search: Search) -> list[str]:
     return ["scaled_sum"] if search.strategy.sum_scaled_metrics else list(search.metrics)
 
 
-def objective_directions(search: Search) -> list[str]:
+def objective_directions(search: Search) -> list[Direction]:
     """Optuna directions of the objectives."""
     if search.strategy.sum_scaled_metrics:
         return ["maximize"]

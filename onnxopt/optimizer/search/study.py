@@ -25,6 +25,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from onnxopt.errors import UsageError
+from onnxopt.metrics import Direction
 from onnxopt.optimizer.search.storage import (
     JOURNAL_FILE,
     is_url,
@@ -60,7 +61,7 @@ def study_exists(storage: BaseStorage, name: str) -> bool:
 def open_study(
     storage: BaseStorage,
     name: str,
-    directions: list[str],
+    directions: list[Direction],
     sampler: optuna.samplers.BaseSampler,
     *,
     join: bool,

@@ -351,7 +351,7 @@ class WidthScaler:
         upstream = {a.input_group.get(n) for n in a.ancestors[w.name]}
         upstream |= {a.output_group.get(n) for n in a.ancestors[w.name]}
         upstream |= {a.input_group.get(w.name), a.output_group.get(w.name)}
-        groups = sorted((gi, chosen[gi]) for gi in upstream if gi in chosen)
+        groups = sorted((gi, chosen[gi]) for gi in upstream if gi is not None and gi in chosen)
         return (w.name, tuple(groups), point.importance, point.ridge)
 
     def _keep_fit(self, key: tuple, fit: Fit) -> None:
