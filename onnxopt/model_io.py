@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -380,3 +381,12 @@ def check_full(model: onnx.ModelProto) -> None:
         path = Path(tmp) / "model.onnx"
         onnx.save_model(copy, str(path), save_as_external_data=True, location="model.data")
         onnx.checker.check_model(str(path), full_check=True)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ and how to run it with plain onnxruntime.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from pathlib import Path
@@ -19,17 +18,10 @@ from typing import Any
 import onnx
 
 from onnxopt.atomic import write_text
+from onnxopt.model_io import file_sha256
 from onnxopt.optimizer.evaluate.verify import VerifyReport
 from onnxopt.optimizer.quantization.formats import read_formats
 from onnxopt.runtime.kernels import KernelFacts
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tensor(value: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -83,7 +75,7 @@ def deployment_card(
         "test_metrics": test_metrics,
         "versions": {"python": platform.python_version(), **versions},
         "files": {
-            kind: {"path": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            kind: {"path": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
             for kind, path in files.items()
             if path is not None and path.is_file()
         },

@@ -9,7 +9,6 @@ never silently serves another config's base model. An ``onnx`` model is read fro
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from onnxopt.config.search import SearchConfig
 from onnxopt.data import load_dataset
 from onnxopt.data.dataset import Dataset
 from onnxopt.errors import UsageError
-from onnxopt.model_io import load_onnx
+from onnxopt.model_io import file_sha256, load_onnx
 
 BASE_FILE = "base.onnx"
 BASE_RECORD = "base.json"
@@ -48,15 +47,6 @@ def base_source(config: SearchConfig, dataset: Dataset) -> dict[str, Any] | None
                 "input_shape": list(m.input_shape or ())}  # fmt: skip
     return {"recipe": m.recipe, "seed": m.seed, "epochs": m.epochs,
             "data_fingerprint": dataset.fingerprint()}  # fmt: skip
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _describe(source: dict[str, Any]) -> str:
