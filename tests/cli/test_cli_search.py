@@ -27,15 +27,6 @@ n_trials = 6
 """
 
 
-@pytest.fixture
-def config(exported_recipe, tmp_path):
-    def write(body: str) -> Path:
-        path = tmp_path / "s.toml"
-        path.write_text(f'[model]\nonnx = "{exported_recipe("digits-mlp")}"\n{body}')
-        return path
-
-    return write
-
 
 def test_search_writes_outputs_and_select_exports(config, tmp_path):
     run = tmp_path / "run"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from onnxopt.cli import main
@@ -27,15 +26,6 @@ n_trials = 4
 batch_sizes = [1, 64]
 """
 
-
-@pytest.fixture
-def config(exported_recipe, tmp_path):
-    def write(body: str) -> Path:
-        path = tmp_path / "s.toml"
-        path.write_text(f'[model]\nonnx = "{exported_recipe("digits-mlp")}"\n{body}')
-        return path
-
-    return write
 
 
 def _search(path: Path, run: Path, *extra: str):
