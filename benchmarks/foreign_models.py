@@ -110,7 +110,7 @@ def bench_kind(kind: zoo.Kind, folder: Path, rounds: int) -> dict:
     if q8.exists():
         fp32 = folder / "fp32.onnx"  # the original, batch freed like the quantized file
         onnx.save(kind.reference_model or kind.model, fp32)
-        feeds = Feeds(graph_inputs(onnx.load(q8)), kind.feeds("test"))
+        feeds = Feeds(graph_inputs(onnx.load(q8)), kind.data("test"), kind.fixed)
         latency = interleaved_latency({"fp32": fp32, "int8": q8}, feeds, rounds, BATCH_SIZES)
         result["latency_ms"] = {
             label: {b: v["median_ms"] for b, v in by_batch.items()}

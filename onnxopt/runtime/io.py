@@ -214,6 +214,14 @@ class Feeds:
                 f"{did_you_mean(unknown[0], names)}"
             )
         given = _data_arrays(inputs, x, fixed)
+        rows = {name: len(a) for name, a in given.items()}
+        if len(set(rows.values())) > 1:
+            listed = ", ".join(f"{name!r} {n:,}" for name, n in rows.items())
+            raise DataError(
+                f"the data's arrays hold different numbers of samples ({listed}); give every "
+                "input one row per sample, or fix an input that is the same for every sample "
+                f"with {FIX_HINT.format(name=min(rows, key=rows.__getitem__))}"
+            )
         self.n = len(next(iter(given.values()))) if given else 1
         self.arrays: dict[str, np.ndarray] = {}
         self.per_run: dict[str, np.ndarray] = {}

@@ -42,6 +42,7 @@ class Kind:
     scale_layer: str | None = None
     binary: bool = False
     reference_model: onnx.ModelProto | None = None  # the same graph taking any batch
+    fixed: dict[str, float] = field(default_factory=dict)  # inputs the config fixes
 
     def save(self, folder: Path) -> tuple[Path, Path]:
         """``(model.onnx, data.npz)`` written under ``folder``."""
@@ -51,12 +52,18 @@ class Kind:
         np.savez(data, **self.arrays)
         return model, data
 
+    def data(self, split: str) -> dict[str, np.ndarray]:
+        """The data's arrays for the model's inputs on one split."""
+        return {k[: -len(split) - 1]: v for k, v in self.arrays.items()
+                if k.endswith(f"_{split}") and not k.startswith("y_")}  # fmt: skip
+
     def feeds(self, split: str) -> dict[str, np.ndarray]:
-        """The model's inputs on one split (fixed inputs included)."""
-        out = {k[: -len(split) - 1]: v for k, v in self.arrays.items()
-               if k.endswith(f"_{split}") and not k.startswith("y_")}  # fmt: skip
-        if self.name == "state_fixed":
-            out["state"] = np.zeros((1, HIDDEN), np.float32)
+        """Every input of the model on one split, fixed ones at their declared shape."""
+        out = self.data(split)
+        for name, value in self.fixed.items():
+            info = next(i for i in self.model.graph.input if i.name == name)
+            shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
+            out[name] = np.full(shape, value, np.float32)
         return out
 
     def labels(self, split: str) -> np.ndarray:
@@ -273,8 +280,8 @@ def state_fixed() -> Kind:
     model = _model(nodes, inputs, [_info("y", ["N", 10])], inits)
     return Kind(
         "state_fixed", model, _arrays(), model_toml="[model.inputs.state]\nvalue = 0.0\n",
-        options=["--input-value", "state=0"],  # its hidden width is the state's: frozen
-    )  # fmt: skip
+        options=["--input-value", "state=0"], fixed={"state": 0.0},
+    )  # fmt: skip  (no scale_layer: its hidden width is the state's, so frozen)
 
 
 def sigmoid_output() -> Kind:

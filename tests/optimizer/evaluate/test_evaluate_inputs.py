@@ -77,3 +77,13 @@ def test_reshape_keeps_row_major_order(dims, n):
     fitted = adapt_inputs(x, ["N", *dims])
     assert fitted.shape == (n, *dims)
     np.testing.assert_array_equal(fitted.reshape(n, -1), x)
+
+
+def test_input_arrays_of_different_lengths_are_one_data_error():
+    from onnxopt.runtime.base import TensorInfo
+
+    inputs = [TensorInfo(n, ("N", 4), np.dtype(np.float32), "tensor(float)") for n in "ab"]
+    data = {"a": np.zeros((10, 4), np.float32), "b": np.zeros((1, 4), np.float32)}
+    with pytest.raises(DataError, match=r"different numbers of samples \('a' 10, 'b' 1\)"):
+        Feeds(inputs, data)
+    assert len(Feeds(inputs, {"a": data["a"], "b": np.ones((10, 4))})) == 10
