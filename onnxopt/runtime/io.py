@@ -228,11 +228,11 @@ class Feeds:
         for info in inputs:
             if info.name in given:
                 self.arrays[info.name] = _fit(given[info.name], info)
-            elif _batched(info):
+            elif _batched(info) and not isinstance(info.shape[0], int):
                 value = _fixed_value(fixed[info.name], info)
                 self.arrays[info.name] = np.broadcast_to(value, (self.n, *value.shape))
-            else:
-                self.per_run[info.name] = _fixed_value(fixed[info.name], info)
+            else:  # a scalar, or a fixed leading size ([1, H] state): the same value each run
+                self.per_run[info.name] = _fixed_value(fixed[info.name], info, whole=True)
 
     def __len__(self) -> int:
         return self.n
@@ -310,9 +310,10 @@ def _fit(x: np.ndarray, info: TensorInfo) -> np.ndarray:
     return adapt_inputs(x, shape, dtype=dtype, input_name=info.name)
 
 
-def _fixed_value(value: Any, info: TensorInfo) -> np.ndarray:
+def _fixed_value(value: Any, info: TensorInfo, *, whole: bool = False) -> np.ndarray:
+    """One sample's value (``whole``: the input's whole declared shape) from a config value."""
     array = np.asarray(value, dtype=info.dtype or np.float32)
-    dims = list(info.shape[1:]) if _batched(info) else []
+    dims = list(info.shape) if whole else list(info.shape[1:])
     want = [d for d in dims if isinstance(d, int)]
     static = len(want) == len(dims)
     if static and array.shape != tuple(want) and array.size == math.prod(want):
@@ -322,6 +323,7 @@ def _fixed_value(value: Any, info: TensorInfo) -> np.ndarray:
     if static and array.shape != tuple(want):
         raise DataError(
             f"model.inputs.{info.name}: value of shape {list(array.shape)} does not fit input "
-            f"{info.name!r} (one sample: {want}); give one sample's value or one number"
+            f"{info.name!r} ({'its shape' if whole else 'one sample'}: {want}); give "
+            f"{'a value of that shape' if whole else 'a value for one sample'} or one number"
         )
     return array
