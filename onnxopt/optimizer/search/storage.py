@@ -268,7 +268,7 @@ class RetryingStorage(_Forwarding):  # type: ignore[misc, valid-type]
         method = getattr(self.inner, name)
         budget = 0.0 if self._gave_up else self.retry_s
         try:
-            result = retry(lambda: method(*args, **kwargs), self.label, budget)
+            result = retry(lambda: method(*args, **kwargs), self.label, budget, self.retry_s)
         except StorageUnavailableError:
             self._gave_up = True
             raise
@@ -276,8 +276,12 @@ class RetryingStorage(_Forwarding):  # type: ignore[misc, valid-type]
         return result
 
 
-def retry(call: Callable[[], Any], label: str, budget_s: float) -> Any:
-    """``call()``, retried with backoff while it fails on a lost connection, up to ``budget_s``.
+def retry(
+    call: Callable[[], Any], label: str, budget_s: float, retried_s: float | None = None
+) -> Any:
+    """``call()``, retried with backoff while it fails on a lost connection, up to ``budget_s``
+    (``retried_s``: the retrying already done for this storage, which the message reports
+    when a call after giving up is not retried again).
 
     Raises:
         StorageUnavailableError: When the connection is still lost after the budget.
@@ -299,9 +303,10 @@ def retry(call: Callable[[], Any], label: str, budget_s: float) -> Any:
                 ) from None
             left = deadline - time.monotonic()
             if left <= 0:
+                shown = budget_s if retried_s is None else retried_s
                 raise StorageUnavailableError(
                     f"lost the study storage {label}: {_cause_line(exc)} (retried for "
-                    f"{budget_s:.0f} s); run again with --resume once it is back (trials left "
+                    f"{shown:.0f} s); run again with --resume once it is back (trials left "
                     "running run again)"
                 ) from None
             time.sleep(min(delay, left))
