@@ -91,3 +91,15 @@ def jsc_parquet(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("jsc") / "hls4ml_lhc_jets_hlf.parquet"
     frame.to_parquet(path)
     return path
+
+
+@pytest.fixture
+def config(exported_recipe, tmp_path):
+    """``config(body)`` writes a search TOML for the exported digits-mlp and returns its path."""
+
+    def write(body: str) -> Path:
+        path = tmp_path / "s.toml"
+        path.write_text(f'[model]\nonnx = "{exported_recipe("digits-mlp")}"\n{body}')
+        return path
+
+    return write

@@ -44,16 +44,6 @@ enqueue = [{"q.by_type.linear.weight_width" = 2}]
 )
 
 
-@pytest.fixture()
-def config(exported_recipe, tmp_path):
-    def write(body: str) -> Path:
-        path = tmp_path / "s.toml"
-        path.write_text(f'[model]\nonnx = "{exported_recipe("digits-mlp")}"\n{body}')
-        return path
-
-    return write
-
-
 class InterruptedAsk(optuna.samplers.RandomSampler):
     """Ctrl-C arriving while ``study.ask()`` runs (after the trial exists in the storage)."""
 
