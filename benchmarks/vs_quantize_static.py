@@ -69,7 +69,9 @@ def search(config: Path, run_dir: Path, n_trials: int | None) -> tuple[dict, flo
     if n_trials is not None:
         cmd += ["--n-trials", str(n_trials)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{done.stderr}")
     seconds = time.perf_counter() - start
     return json.loads((run_dir / "report.json").read_text()), seconds
 

@@ -259,6 +259,11 @@ class Evaluation(StrictModel):
     min_time_s: StrictFloat = Field(0.005, ge=0, le=bounds.MAX_MIN_TIME_S)
     runtime: Annotated[str, registered(_runtime_names, "runtime")] = "onnxruntime"
     """The backend every candidate is measured on (:data:`onnxopt.runtime.BACKENDS`)."""
+    screening: StrictFloat = Field(0.25, ge=0, lt=1)
+    """With ``max_accuracy_drop``, a candidate is scored on this share of the validation
+    split at a time, and stopped as soon as even all the samples still to score right could
+    not keep it within the drop (0: the whole split at once). Exact: a stopped candidate
+    could never have been feasible."""
     remeasure_rounds: StrictInt = Field(30, ge=0, le=bounds.MAX_REPEATS)
     """Before export, the front and the points within its noise are timed again interleaved
     for up to this many rounds and the front recomputed on those figures (0: off)."""
@@ -348,6 +353,14 @@ class Search(StrictModel):
                     f"(measured: {list(self.evaluation.batch_sizes)})"
                 )
         return self
+
+    @property
+    def latency_decides(self) -> bool:
+        """Whether latency is an objective or a constraint: then workers on one machine time
+        their candidates one at a time (otherwise the figures are only reported)."""
+        names = [*self.metrics, *self.constraints.max_metric_drop]
+        timed = [n for n in names if registry.known(n) and registry.metric(n).tier == "latency"]
+        return bool(timed) or self.constraints.max_latency_ms is not None
 
     def direction(self, metric: str) -> registry.Direction:
         """The metric's direction: as configured, else the registry's (user metrics without

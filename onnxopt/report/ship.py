@@ -44,6 +44,16 @@ class TrialCounts:
     """Per failure reason (its first line), how many trials failed with it."""
     points: int = 0
     """Distinct points measured (complete or failed)."""
+    stopped: int = 0
+    """Complete trials screening stopped early (they could not meet max_accuracy_drop)."""
+    screened_samples: tuple[int, int] = (0, 0)
+    """Validation samples scored, and the samples a full pass per screened trial scores."""
+
+    @property
+    def samples_saved(self) -> float:
+        """The share of the screened trials' validation samples never scored."""
+        scored, full = self.screened_samples
+        return 1.0 - scored / full if full else 0.0
 
     @property
     def infeasible(self) -> int:
@@ -68,6 +78,10 @@ def trial_counts(trials: list[FrozenTrial]) -> TrialCounts:
             c.complete += 1
             c.feasible += is_feasible(t)
             c.violated.update(k for k, v in constraint_values(t).items() if v > 0)
+            if screened := t.user_attrs.get("screened"):
+                c.stopped += bool(screened["stopped"])
+                scored, full = c.screened_samples
+                c.screened_samples = (scored + screened["scored"], full + screened["of"])
         elif t.state is TrialState.FAIL:
             c.failed += 1
             c.reasons[_reason(t)] += 1
@@ -98,6 +112,11 @@ def counts_line(c: TrialCounts, space_size: int | None = None) -> str:
     if c.other:
         parts.append(f"{c.other} running or waiting")
     line = f"{c.total} trials: " + ", ".join(parts)
+    if c.stopped:
+        line += (
+            f"\nscreening stopped {c.stopped} early (they could not meet max_accuracy_drop): "
+            f"{c.samples_saved:.1%} of the validation samples not scored"
+        )
     if space_size:
         line += f"\nvisited {c.points} of {space_size:,} points ({c.points / space_size:.1%})"
     return line

@@ -95,8 +95,14 @@ class Backend(abc.ABC):
     extra: ClassVar[str] = ""
 
     @abc.abstractmethod
-    def load(self, model: ModelSource, *, threads: int = 1) -> Session:
+    def load(
+        self, model: ModelSource, *, threads: int = 1, graph: onnx.ModelProto | None = None
+    ) -> Session:
         """A session with ``threads`` intra-op threads and every graph optimization on.
+
+        ``graph``: the model's proto when ``model`` is its serialized bytes; the native-crash
+        check (:mod:`onnxopt.runtime.contained`) then keys on its structure, not its bytes,
+        and candidates that differ only in weights or channel counts are checked once.
 
         Raises:
             ModelLoadError: The file is missing or uses an IR version/opset the runtime lacks.

@@ -11,11 +11,13 @@ the model and the stage; in a search, a FAIL trial with that reason). Any other 
 lets the caller go on: a Python-level refusal is raised again, with onnxopt's message, when
 the caller opens the model itself.
 
-A model's structure (ops, attributes, tensor types and shapes; not the weight values) is
-checked once per process: the candidates of a search that differ only in weights are not
-run twice. The child inherits nothing from this process: it receives the model bytes and
-the session settings of each probe over a pipe, and it is kept for the next probe (a new
-child would cost an interpreter start per candidate) until a probe kills or hangs it.
+A model's structure (ops, attributes, tensor types and ranks; not the weight values, and
+of a dim only its name or whether it is 0, 1 or more) is
+checked once per process: the candidates of a search that differ only in weights or in
+channel counts (a width search) are not run twice. The child inherits nothing from this
+process: it receives the model bytes and the session settings of each probe over a pipe,
+and it is kept for the next probe (a new child would cost an interpreter start per
+candidate) until a probe kills or hangs it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ TIMEOUT_SECONDS = 600.0
 
 _STAGE: contextvars.ContextVar[str] = contextvars.ContextVar("stage", default="")
 _CHECKED: set[str] = set()
+_SHARED: Path | None = None
 _IN_CHILD = False
 
 
@@ -64,14 +67,19 @@ def stage(name: str) -> Iterator[None]:
 def structure_key(model: onnx.ModelProto | bytes | Path | str, settings: Any) -> str:
     """What decides which kernels run: ops, attributes, tensor types and shapes, settings.
 
-    Weight values are left out (the kernels do not depend on them); a file is keyed by its
-    path, size and modification time.
+    Weight values are left out (the kernels do not depend on them; the model's metadata,
+    which holds the bit width of each quantized tensor, is kept), and of a dim (of an
+    initializer, a graph input or output) only its name or whether it is 0, 1 or more
+    (empty and broadcast dims choose other code paths; channel counts do not); a file is
+    keyed by its path, size and modification time.
     """
     digest = hashlib.sha256(repr(settings).encode())
     if isinstance(model, bytes):
         digest.update(hashlib.sha256(model).digest())
     elif isinstance(model, onnx.ModelProto):
         _hash_graph(digest, model.graph)
+        for prop in model.metadata_props:  # onnxopt's bit widths: other integer ranges
+            digest.update(f"{prop.key}={prop.value};".encode())
         for opset in model.opset_import:
             digest.update(f"{opset.domain}:{opset.version};".encode())
     else:
@@ -80,15 +88,32 @@ def structure_key(model: onnx.ModelProto | bytes | Path | str, settings: Any) ->
     return digest.hexdigest()
 
 
+def _dims(dims) -> list[int]:
+    """0, 1 or 2 for "more" per dim: what the kernels branch on, not the channel count."""
+    return [min(d, 2) for d in dims]
+
+
+def _value_key(value: onnx.ValueInfoProto) -> str:
+    """A graph input/output: its name, type and shape, named dims kept, sizes as ``_dims``."""
+    kind = value.type.WhichOneof("value")
+    if kind != "tensor_type":
+        return f"{value.name}:{value.type.SerializeToString().hex()};"
+    tensor = value.type.tensor_type
+    dims = [d.dim_param if d.HasField("dim_param") else _dims([d.dim_value])[0]
+            if d.HasField("dim_value") else "?" for d in tensor.shape.dim]  # fmt: skip
+    shape = dims if tensor.HasField("shape") else None
+    return f"{value.name}:{tensor.elem_type}:{shape};"
+
+
 def _hash_graph(digest, graph: onnx.GraphProto) -> None:
-    for tensor in graph.initializer:
-        digest.update(f"{tensor.name}:{tensor.data_type}:{list(tensor.dims)};".encode())
+    # an initializer is keyed where it is used, by type and dims, not by name: a quantizer
+    # that shares equal scales between nodes changes the names, not the kernels
+    constants = {t.name: f"<{t.data_type}:{_dims(t.dims)}>" for t in graph.initializer}
     for value in (*graph.input, *graph.output):
-        digest.update(value.SerializeToString())
+        digest.update(_value_key(value).encode())
     for node in graph.node:
-        digest.update(
-            f"{node.domain}:{node.op_type}:{list(node.input)}>{list(node.output)}".encode()
-        )
+        inputs = [constants.get(name, name) for name in node.input]
+        digest.update(f"{node.domain}:{node.op_type}:{inputs}>{list(node.output)}".encode())
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
                 _hash_graph(digest, attr.g)
@@ -106,11 +131,14 @@ def check_loads(
     *,
     label: str,
     target: Callable[..., Any] | None = None,
+    structure: onnx.ModelProto | None = None,
 ) -> None:
     """Open and run ``model`` once in a child process; raise if the child crashed.
 
     Args:
         model: The model (a proto is sent serialized; a file by its path).
+        structure: The proto of ``model`` when that is its bytes: the check is then done
+            once per structure (:func:`structure_key`), not once per distinct bytes.
         settings: Keyword arguments of the session (threads, optimization level...).
         label: How the model is named in messages.
         target: The child's work (default :func:`open_and_run`); tests swap it.
@@ -120,8 +148,9 @@ def check_loads(
     """
     if _IN_CHILD:
         return
-    key = structure_key(model, settings)
-    if key in _CHECKED:
+    key = structure_key(model if structure is None else structure, settings)
+    if key in _CHECKED or key in _shared_keys():
+        _CHECKED.add(key)
         return
     payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     code = run_contained(target or PROBE, payload, settings)
@@ -134,6 +163,40 @@ def check_loads(
             "directly"
         )
     _CHECKED.add(key)
+    if _SHARED is not None:
+        with contextlib.suppress(OSError):
+            _SHARED.parent.mkdir(parents=True, exist_ok=True)
+            with open(_SHARED, "a") as shared:
+                shared.write(key + "\n")  # one short append: whole lines for the readers
+
+
+def share_checks(folder: Path | None) -> None:
+    """Share the structures checked with the other processes of this machine and runtime
+    that share ``folder`` (the workers of one search): a structure one process checked is
+    not checked again by the others, so a new worker starts no child for the base model and
+    the candidates already seen. None stops sharing.
+
+    The file is a cache: a lost or unreadable file only means checking again.
+    """
+    global _SHARED
+    if folder is None:
+        _SHARED = None
+        return
+    import platform
+
+    from onnxopt.runtime.ort import ort_version
+
+    host = hashlib.sha256(f"{platform.node()}:{ort_version()}".encode()).hexdigest()[:16]
+    _SHARED = Path(folder) / f"checked-{host}.keys"  # made by the first write
+
+
+def _shared_keys() -> set[str]:
+    if _SHARED is None:
+        return set()
+    try:
+        return set(_SHARED.read_text().split())
+    except OSError:
+        return set()
 
 
 def run_contained(fn: Callable[..., Any], *args: Any) -> int | None:

@@ -246,6 +246,14 @@ class Feeds:
         """The feeds of samples ``start:stop``."""
         return self.rows(slice(start, stop))
 
+    def subset(self, rows: slice) -> Feeds:
+        """The same feeds over the samples ``rows`` selects (views, no copies)."""
+        part = object.__new__(Feeds)
+        part.arrays = {k: v[rows] for k, v in self.arrays.items()}
+        part.per_run = self.per_run
+        part.n = len(range(*rows.indices(self.n)))
+        return part
+
     @property
     def sample(self) -> np.ndarray:
         """The first batched input's array (shape and dtype for memory checks)."""

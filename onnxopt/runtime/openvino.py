@@ -113,7 +113,9 @@ class OpenVinoBackend(Backend):
     def available(cls) -> bool:
         return importlib.util.find_spec("openvino") is not None
 
-    def load(self, model: ModelSource, *, threads: int = 1) -> OpenVinoSession:
+    def load(
+        self, model: ModelSource, *, threads: int = 1, graph: onnx.ModelProto | None = None
+    ) -> OpenVinoSession:
         check_threads(threads)
         label = model_label(model)
         source: Any
@@ -133,7 +135,10 @@ class OpenVinoBackend(Backend):
             source = str(path)
         from onnxopt.runtime.contained import check_loads
 
-        check_loads(source, {"backend": self.name, "threads": threads}, label=label)
+        if isinstance(model, onnx.ModelProto):
+            graph = model
+        settings = {"backend": self.name, "threads": threads}
+        check_loads(source, settings, label=label, structure=graph)
         with openvino_errors(f"load {label}"):
             compiled = _core().compile_model(_core().read_model(source), "CPU", _config(threads))
         return OpenVinoSession(compiled, label)

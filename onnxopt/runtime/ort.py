@@ -146,6 +146,7 @@ def make_session(
     profile_prefix: Path | None = None,
     disabled_optimizers: Sequence[str] = (),
     error: type[OnnxoptError] = EvaluationError,
+    graph: onnx.ModelProto | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session with fixed threading.
 
@@ -160,6 +161,7 @@ def make_session(
         profile_prefix: Turn on onnxruntime's profiler, writing ``<prefix>_<time>.json``.
         disabled_optimizers: onnxruntime graph transformers not to run.
         error: The error raised when onnxruntime refuses the model.
+        graph: The proto of ``model`` when that is its bytes (the crash check keys on it).
 
     Returns:
         A session on ``CPUExecutionProvider`` only.
@@ -183,7 +185,9 @@ def make_session(
     from onnxopt.runtime.contained import check_loads
 
     settings = session_settings(threads, optimization, config, disabled_optimizers)
-    check_loads(model if isinstance(model, onnx.ModelProto) else source, settings, label=label)
+    if isinstance(model, onnx.ModelProto):
+        graph = model
+    check_loads(source, settings, label=label, structure=graph)
     try:
         with ort_errors(f"load {label}", error):
             return ort.InferenceSession(
@@ -307,8 +311,11 @@ class OrtBackend(Backend):
 
     name: ClassVar[str] = "onnxruntime"
 
-    def load(self, model: ModelSource, *, threads: int = 1) -> OrtSession:
-        return OrtSession(make_session(model, threads=threads), model_label(model))
+    def load(
+        self, model: ModelSource, *, threads: int = 1, graph: onnx.ModelProto | None = None
+    ) -> OrtSession:
+        session = make_session(model, threads=threads, graph=graph)
+        return OrtSession(session, model_label(model))
 
     def version(self) -> str:
         return ort_version()

@@ -218,7 +218,7 @@ class Measurer:
         notes: tuple[str, ...] = ()
         if isinstance(model, onnx.ModelProto):
             data = data if data is not None else model.SerializeToString()
-            session = self.backend.load(data, threads=self.threads)
+            session = self.backend.load(data, threads=self.threads, graph=model)
             graph, size = model, len(data)
         else:
             source = Path(os.fspath(model))
@@ -259,12 +259,16 @@ class Measurer:
             out[spec.name] = spec.compute(inputs, spec.params)
         return out
 
-    def outputs(self, loaded: Loaded) -> np.ndarray:
-        """The scored output of a loaded model on every sample (a reference, say)."""
-        return predict_scores(loaded.session, loaded.io, loaded.feeds, batch_size=self.batch_size)
+    def outputs(self, loaded: Loaded, rows: slice | None = None) -> np.ndarray:
+        """The scored output of a loaded model on every sample (a reference, say), or on
+        the samples ``rows`` selects."""
+        feeds = loaded.feeds if rows is None else loaded.feeds.subset(rows)
+        return predict_scores(loaded.session, loaded.io, feeds, batch_size=self.batch_size)
 
-    def output_metrics(self, loaded: Loaded) -> tuple[dict[str, float], Scored]:
-        """The ``outputs`` tier: one pass over the split.
+    def output_metrics(
+        self, loaded: Loaded, outputs: np.ndarray | None = None
+    ) -> tuple[dict[str, float], Scored]:
+        """The ``outputs`` tier: one pass over the split (``outputs``: already computed).
 
         Raises:
             DataError: Labels or class count that do not fit the output.
@@ -273,7 +277,7 @@ class Measurer:
         """
         io = loaded.io
         specs = self.output_specs()
-        outputs = self.outputs(loaded)
+        outputs = self.outputs(loaded) if outputs is None else outputs
         accuracy = None
         inputs = MetricInputs(outputs=outputs, reference=self.reference)
         y = self.split.y

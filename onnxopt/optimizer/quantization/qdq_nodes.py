@@ -67,7 +67,9 @@ class ActivationQuant:
 
 def add_initializer(graph: ir.Graph, names: Namer, base: str, array: np.ndarray) -> ir.Value:
     """Register ``array`` as a new initializer named after ``base``."""
-    tensor = ir.tensor(array, name=names(base))
+    # ir.Tensor, not ir.tensor: its isinstance checks against runtime Protocols cost ~4 ms
+    # per candidate (a few hundred initializers), a sixth of a trial on a small model
+    tensor = ir.Tensor(np.asarray(array), name=names(base))
     # No type/shape on the value: the tensor carries them, and ir would write value_info.
     value = ir.Value(name=tensor.name, const_value=tensor)
     graph.register_initializer(value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 import onnx
 import onnx_ir as ir
@@ -20,6 +20,7 @@ from onnxopt.data.dataset import Features
 from onnxopt.errors import ConfigError
 from onnxopt.graph import run_pass
 from onnxopt.optimizer.quantization.annotate import Annotation, annotate, needs_calibration
+from onnxopt.optimizer.quantization.calibration import BATCH_SIZE as CALIBRATION_BATCH
 from onnxopt.optimizer.quantization.calibration import Range, calibrate
 from onnxopt.optimizer.quantization.labels import agree_with
 from onnxopt.optimizer.quantization.qdq_pass import (
@@ -68,6 +69,14 @@ class QuantizedCandidate:
         return data
 
 
+class RangesCache(Protocol):
+    """Calibrated ranges kept outside one Quantizer (the workers of a search share them)."""
+
+    def get(self, key: str) -> dict[str, Range] | None: ...
+
+    def put(self, key: str, ranges: dict[str, Range]) -> None: ...
+
+
 class Quantizer:
     """Builds quantized candidates from one float base model.
 
@@ -76,6 +85,8 @@ class Quantizer:
         calibration_x: calibration features (one array, or one per input name); needed
             when any activation fraction is ``"auto"``.
         fixed_inputs: values for inputs the calibration data do not give.
+        ranges_cache: where calibrated ranges are kept between processes (``get(key)`` /
+            ``put(key, ranges)``; None: in this process only).
     """
 
     def __init__(
@@ -83,8 +94,11 @@ class Quantizer:
         model: onnx.ModelProto,
         calibration_x: Features | None = None,
         fixed_inputs: Mapping[str, Any] | None = None,
+        *,
+        ranges_cache: RangesCache | None = None,
     ) -> None:
         self.model = model
+        self._ranges_cache = ranges_cache
         self._feeds = None
         if calibration_x is not None:
             self._feeds = Feeds(graph_inputs(model), calibration_x, fixed_inputs)
@@ -92,6 +106,15 @@ class Quantizer:
         self._bases: dict[int, tuple[ir.Model, list[str]]] = {}
 
     def _calibrate(self, method: str, percentile: float, num_samples: int) -> dict[str, Range]:
+        key = f"{method}:{percentile!r}:{num_samples}"
+        kept = self._ranges_cache.get(key) if self._ranges_cache is not None else None
+        if kept is None:
+            kept = self._observe(method, percentile, num_samples)
+            if self._ranges_cache is not None:
+                self._ranges_cache.put(key, kept)
+        return kept
+
+    def _observe(self, method: str, percentile: float, num_samples: int) -> dict[str, Range]:
         assert self._feeds is not None
         n, batch = min(num_samples, len(self._feeds)), _fixed_batch(self.model)
         if batch is not None:
@@ -104,7 +127,7 @@ class Quantizer:
                 )
         return calibrate(
             self.model, self._feeds, n, method=method, percentile=percentile,
-            batch_size=batch or 64,
+            batch_size=batch or CALIBRATION_BATCH,
         )  # fmt: skip
 
     @property

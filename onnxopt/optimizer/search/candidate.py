@@ -2,20 +2,28 @@
 
 One :class:`WidthScaler` is kept for the whole search and one :class:`Quantizer` per width
 choice (it calibrates the scaled model once), so a trial never re-calibrates, re-reads a
-file or touches the base model.
+file or touches the base model. Workers of one search on one machine also share the scaled
+models and their calibrated ranges through a folder (:meth:`CandidateBuilder.share`): a
+width choice one worker refitted and calibrated is read, not redone, by the others.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
 
+from onnxopt.atomic import write_text
 from onnxopt.config.quantization import QuantizationConfig
 from onnxopt.data.dataset import Dataset
+from onnxopt.model_io import save_onnx
+from onnxopt.optimizer.quantization.calibration import Range
 from onnxopt.optimizer.quantization.quantizer import Quantizer
 from onnxopt.optimizer.search.space import Choice, SearchSpace
 from onnxopt.optimizer.width import WidthConfig, WidthScaler, refit_inputs
@@ -65,6 +73,21 @@ class CandidateBuilder:
             calib = refit_inputs(dataset) if width.needs_calibration() else None
             self.scaler = WidthScaler(base, calib, self._fixed)
         self._quantizers: OrderedDict[tuple, Quantizer] = OrderedDict()
+        self._shared: Path | None = None
+
+    def share(self, folder: Path, identity: str) -> None:
+        """Read and write the scaled models and calibrated ranges of width choices in
+        ``folder`` (the workers of one search), under ``identity`` (what decides them: the
+        base model, the data and the width config; another identity shares nothing)."""
+        width = "" if self.width_config is None else self.width_config.model_dump_json()
+        digest = hashlib.sha256(f"{identity}:{width}".encode()).hexdigest()[:16]
+        self._shared = Path(folder) / f"width-{digest}"  # made by the first write
+
+    def _shared_path(self, choice: Choice, suffix: str) -> Path | None:
+        if self._shared is None:
+            return None
+        key = hashlib.sha256(repr(choice.width_key()).encode()).hexdigest()[:24]
+        return self._shared / f"{key}{suffix}"
 
     def width_space(self) -> dict[str, tuple[float, ...]]:
         """Width choices per channel group (empty without width scaling)."""
@@ -76,15 +99,23 @@ class CandidateBuilder:
         """The base model scaled to the point's widths (the base itself when unscaled)."""
         if self.scaler is None or all(m == 1.0 for m in choice.width.values()):
             return self.base
-        return self.scaler.scale_groups(choice.width, self.width_config).model
+        path = self._shared_path(choice, ".onnx")
+        if path is not None and path.is_file():  # another worker's refit of this choice
+            return onnx.load_model(str(path))
+        model = self.scaler.scale_groups(choice.width, self.width_config).model
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_onnx(model, path)
+        return model
 
     def quantizer(self, choice: Choice) -> Quantizer:
         """The Quantizer of the point's width choice (built and calibrated once)."""
         key = choice.width_key()
         if key not in self._quantizers:
             self._quantizers[key] = Quantizer(
-                self.scaled(choice), self._calibration_x, self._fixed
-            )
+                self.scaled(choice), self._calibration_x, self._fixed,
+                ranges_cache=_RangesFile(self._shared_path(choice, ".ranges.json")),
+            )  # fmt: skip
             if len(self._quantizers) > MAX_CACHED_QUANTIZERS:
                 self._quantizers.popitem(last=False)
         self._quantizers.move_to_end(key)
@@ -101,6 +132,27 @@ class CandidateBuilder:
             return Candidate(self.scaled(choice), None, dict(choice.width))
         quantized = self.quantizer(choice).quantize(config)
         return Candidate(quantized.model, config, dict(choice.width), quantized.result.quantized)
+
+
+class _RangesFile:
+    """Calibrated ranges of one width choice in the shared folder (nothing without one)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def get(self, key: str) -> dict[str, Range] | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        stored = json.loads(self.path.read_text()).get(key)
+        return None if stored is None else {n: Range(*r) for n, r in stored.items()}
+
+    def put(self, key: str, ranges: dict[str, Range]) -> None:
+        if self.path is None:
+            return
+        stored = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        stored[key] = {n: [r.low, r.high] for n, r in ranges.items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(self.path, json.dumps(stored))
 
 
 def model_hash(data: bytes) -> str:

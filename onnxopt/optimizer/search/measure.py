@@ -4,11 +4,21 @@ The metrics come from the measurement pipeline (:class:`~onnxopt.optimizer.evalu
 Measurer`, the same one ``onnxopt evaluate`` uses) on the validation split; this module adds
 the search's constraints (values <= 0 mean satisfied) and the order: a candidate that is
 already infeasible after the ``model`` and ``outputs`` tiers is never timed.
+
+Screening (multi-fidelity, exact): with ``max_accuracy_drop``, the ``outputs`` tier scores
+the split a share (``evaluation.screening``) at a time and stops a candidate as soon as
+even every sample still to score right could not keep its drop within the limit, as a
+pruner stops a trial whose intermediate values cannot recover, but with a bound instead of
+a guess. A stopped candidate is a complete, infeasible trial: its ``accuracy_drop`` is the
+smallest drop it could still have had (> 0), its accuracy and other output metrics are not
+measured (objectives score their worst value, as latency does for any infeasible trial),
+and ``screened`` records how many samples were scored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -18,8 +28,9 @@ import onnx
 
 from onnxopt import metrics as registry
 from onnxopt.config.search import Constraints, Evaluation
+from onnxopt.optimizer.evaluate.accuracy import classification_metrics
 from onnxopt.optimizer.evaluate.latency import LatencyResult
-from onnxopt.optimizer.evaluate.measure import LatencyPlan, Measurer, check_finite
+from onnxopt.optimizer.evaluate.measure import LatencyPlan, Loaded, Measurer, check_finite
 
 
 @dataclass
@@ -31,6 +42,8 @@ class TrialScore:
     latency_skipped: str | None = None
     latency_spread: dict[str, dict[str, float]] | None = None
     """Per batch size (a string key) the median, quartiles and runs behind each latency."""
+    screened: dict[str, int] | None = None
+    """With screening: samples ``scored`` of the split's ``of``, and ``stopped`` (0 or 1)."""
 
     @property
     def feasible(self) -> bool:
@@ -104,7 +117,13 @@ class Evaluator:
         """
         loaded = self.measurer.load(model, data=data)
         out = TrialScore(metrics=self.measurer.model_metrics(loaded))
-        out.metrics.update(self.measurer.output_metrics(loaded)[0])
+        outputs, out.screened = self._screen(loaded)
+        if out.screened is not None and out.screened["stopped"]:
+            out.constraints = self._stopped_constraints(out.metrics, out.screened)
+            out.latency_skipped = "stopped early: it cannot meet max_accuracy_drop"
+            check_finite(out.metrics)
+            return out
+        out.metrics.update(self.measurer.output_metrics(loaded, outputs)[0])
         out.constraints = self._cheap_constraints(out.metrics)
         if not latency:
             out.latency_skipped = "not requested"
@@ -122,6 +141,59 @@ class Evaluator:
                 out.constraints["latency"] = out.metrics["latency"] - self.limits.max_latency_ms
         check_finite(out.metrics)
         return out
+
+    def _needed_correct(self) -> int | None:
+        """Samples a candidate must get right on the whole split to meet max_accuracy_drop
+        (None when screening does not apply: no such limit, no baseline, no labels)."""
+        limit, base = self.limits.max_accuracy_drop, self.baseline_accuracy
+        split = self.measurer.split
+        if limit is None or base is None or split.y is None or not self.evaluation.screening:
+            return None
+        if self.measurer.task != "classification":
+            return None
+        n = len(split)
+        return registry.samples_of(base, n) - registry.allowed_samples(limit, n)
+
+    def _screen(self, loaded: Loaded) -> tuple[np.ndarray | None, dict[str, int] | None]:
+        """The outputs on the whole split (None when stopped or not screened) and the
+        screening record (None when screening does not apply)."""
+        need = self._needed_correct()
+        n = len(self.measurer.split)
+        step = math.ceil(self.evaluation.screening * n)
+        if need is None or step >= n:
+            return None, None
+        y = np.asarray(self.measurer.split.y)
+        parts, correct = [], 0
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            part = self.measurer.outputs(loaded, slice(start, stop))
+            parts.append(part)
+            scored = classification_metrics(part, y[start:stop], output=loaded.io.output_name)
+            correct += registry.samples_of(scored.accuracy, stop - start)
+            if stop < n and correct + (n - stop) < need:
+                return None, {"scored": stop, "of": n, "stopped": 1, "correct": correct}
+        return np.concatenate(parts), {"scored": n, "of": n, "stopped": 0}
+
+    def _stopped_constraints(self, metrics: dict[str, float], screened: dict[str, int]):
+        """A stopped candidate's constraints: ``accuracy_drop`` at the smallest drop it could
+        still have had (> 0); the others, not measured, satisfied (it is infeasible anyway)."""
+        n, need = screened["of"], self._needed_correct()
+        assert need is not None
+        best = screened["correct"] + n - screened["scored"]
+        values = {name: 0.0 for name in self._constraint_names()}
+        values["accuracy_drop"] = (need - best) / n
+        if self.limits.max_size_bytes is not None:
+            values["size"] = metrics["size"] - self.limits.max_size_bytes
+        return values
+
+    def _constraint_names(self) -> list[str]:
+        """Every constraint a trial records a value for (one per configured limit)."""
+        limits = self.limits
+        names = ["accuracy_drop"] if limits.max_accuracy_drop is not None else []
+        names += [f"{name}_drop" for name in limits.max_metric_drop]
+        names += ["size"] if limits.max_size_bytes is not None else []
+        names += ["latency"] if limits.max_latency_ms is not None else []
+        return names
 
     def _cheap_constraints(self, metrics: dict[str, float]) -> dict[str, float]:
         values = {}

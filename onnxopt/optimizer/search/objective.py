@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import onnx
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from onnxopt.config.search import Search
 from onnxopt.errors import CandidateError, OnnxoptError
@@ -26,6 +27,12 @@ from onnxopt.runtime.contained import stage
 
 MAX_CACHED_CANDIDATES = 16
 MAX_CACHED_SCORES = 4096
+SAME_AS = "same_as"
+"""User attr of a trial at a point an earlier complete trial measured: that trial's number."""
+COPIED = ("config", "model_sha256", "metrics", "constraints", "feasible")
+"""User attrs a revisit copies from the earlier trial (every complete trial has them)..."""
+COPIED_IF_SET = ("latency_skipped", "latency_spread", "screened")
+"""... and these, when it has them."""
 
 
 def objective_names(search: Search) -> list[str]:
@@ -61,12 +68,14 @@ def objective_values(search: Search, metrics: dict[str, float]) -> list[float]:
 class Objective:
     """Builds and measures one trial's candidate (``suggest`` then ``evaluate``).
 
-    Built candidates are kept in a small cache keyed by the trial's parameters, so a sampler
-    that revisits a point (TPE, random on a small space) skips the rebuild; and scores by
-    the model's SHA-256, so a model already measured in this process (a revisited point, or
-    another point that builds the same bytes) is not measured again: its accuracy is the
-    same and its latency is a measurement of the same bytes (the report measures the final
-    front again).
+    A point a complete trial of the study already measured (this worker's or another's: a
+    sampler that revisits, TPE or NSGA-II on a small space) is not built again: the build
+    is deterministic, so that trial's model, metrics and constraints are this one's too, and
+    the trial records which it copied (``same_as``). Otherwise built candidates are kept in
+    a small cache keyed by the trial's parameters, and scores by the model's SHA-256, so a
+    model already measured in this process (another point that builds the same bytes) is
+    not measured again: its accuracy is the same and its latency is a measurement of the
+    same bytes (the report measures the final front again).
     """
 
     def __init__(self, space: SearchSpace, builder: CandidateBuilder, evaluator: Evaluator):
@@ -75,6 +84,8 @@ class Objective:
         self.evaluator = evaluator
         self._built: OrderedDict[tuple, _Built] = OrderedDict()
         self._scores: OrderedDict[str, TrialScore] = OrderedDict()
+        self._done: dict[tuple, FrozenTrial] = {}
+        self._seen: set[int] = set()
 
     def suggest(self, trial: optuna.Trial) -> Choice:
         """Sample the trial's point (stored in the study as its params)."""
@@ -90,6 +101,9 @@ class Objective:
             CandidateError: When onnxopt or the runtime cannot build or measure the
                 candidate; the reason is in ``fail_reason``.
         """
+        earlier = self._earlier(trial)
+        if earlier is not None:
+            return self._copy(trial, earlier)
         try:
             with stage(f"measuring trial {trial.number}"):
                 built = self._build(trial, choice)
@@ -109,7 +123,29 @@ class Objective:
             trial.set_user_attr("latency_skipped", measured.latency_skipped)
         if measured.latency_spread:
             trial.set_user_attr("latency_spread", measured.latency_spread)
+        if measured.screened:
+            trial.set_user_attr("screened", measured.screened)
         return objective_values(self.space.search, measured.metrics)
+
+    def _earlier(self, trial: optuna.Trial) -> FrozenTrial | None:
+        """A complete trial of the study at the same point (the first one), or None."""
+        key = _point(trial.params)
+        if key not in self._done:
+            for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                if t.number not in self._seen and all(k in t.user_attrs for k in COPIED):
+                    self._seen.add(t.number)
+                    self._done.setdefault(_point(t.params), t)
+        return self._done.get(key)
+
+    def _copy(self, trial: optuna.Trial, earlier: FrozenTrial) -> list[float]:
+        """Record ``earlier``'s results as this trial's (the same point, the same model)."""
+        for name in (*COPIED, *COPIED_IF_SET):
+            if name in earlier.user_attrs:
+                trial.set_user_attr(name, earlier.user_attrs[name])
+        for name, value in earlier.user_attrs["constraints"].items():
+            trial.set_constraint(name, value)
+        trial.set_user_attr(SAME_AS, earlier.number)
+        return objective_values(self.space.search, dict(earlier.user_attrs["metrics"]))
 
     def _measure(self, built: _Built) -> TrialScore:
         """The model's score, measured once per distinct model (failures are not kept)."""
@@ -123,7 +159,7 @@ class Objective:
         return replace(score, metrics=dict(score.metrics), constraints=dict(score.constraints))
 
     def _build(self, trial: optuna.Trial, choice: Choice) -> _Built:
-        key = tuple(sorted((k, repr(v)) for k, v in trial.params.items()))
+        key = _point(trial.params)
         if key not in self._built:
             candidate = self.builder.build(self.space, choice)
             data = candidate.model.SerializeToString()
@@ -134,6 +170,10 @@ class Objective:
                 self._built.popitem(last=False)
         self._built.move_to_end(key)
         return self._built[key]
+
+
+def _point(params: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from onnxopt.atomic import atomic_folder, sweep_stale, write_text
 from onnxopt.config.search import SearchConfig
+from onnxopt.errors import OnnxoptError, UsageError
 from onnxopt.optimizer.search.context import SearchContext
 from onnxopt.optimizer.search.export import ExportedTrial, export_trial
 from onnxopt.optimizer.search.final_latency import Remeasured, remeasure_front
@@ -28,7 +30,13 @@ from onnxopt.optimizer.search.objective import (
     objective_names,
 )
 from onnxopt.optimizer.search.opening import open_search, precheck, restart
-from onnxopt.optimizer.search.parallel import spawn_workers, stop_workers, wait_workers
+from onnxopt.optimizer.search.parallel import (
+    LOG_DIR,
+    pinned,
+    spawn_workers,
+    stop_workers,
+    wait_workers,
+)
 from onnxopt.optimizer.search.pareto import best_trials, is_feasible
 from onnxopt.optimizer.search.study import (
     N_TRIALS_ATTR,
@@ -40,6 +48,7 @@ from onnxopt.optimizer.search.study import (
     storage_spec,
 )
 from onnxopt.optimizer.search.worker import TrialLoop
+from onnxopt.runtime.contained import share_checks
 
 __all__ = ["SearchContext", "SearchResult", "export_best", "run_search", "run_worker"]
 
@@ -80,23 +89,29 @@ def _limit(ctx: SearchContext) -> int:
 
 
 def _loop(
-    ctx: SearchContext, study, storage, spec: str, name: str, callbacks=(), limit=None
-) -> int:
-    evaluator = ctx.evaluator.for_trials(
-        study.user_attrs["baseline"], ctx.reference(), FileLock(ctx.run_dir / LATENCY_LOCK)
-    )
+    ctx: SearchContext, study, storage, spec: str, name: str, callbacks=(), limit=None,
+    index: int = 0,
+) -> int:  # fmt: skip
+    # latency that decides is timed one worker at a time; latency only reported is timed
+    # beside the other workers' accuracy work
+    lock = FileLock(ctx.run_dir / LATENCY_LOCK) if ctx.config.search.latency_decides else None
+    evaluator = ctx.evaluator.for_trials(study.user_attrs["baseline"], ctx.reference(), lock)
     objective = Objective(ctx.space, ctx.builder, evaluator)
     loop = TrialLoop(
         study, storage, objective, _limit(ctx) if limit is None else limit,
         slot_lock=trial_slot_lock(spec, storage, name),
         timeout=ctx.config.search.strategy.timeout, callbacks=callbacks,
     )  # fmt: skip
-    if ctx.config.search.strategy.workers == 1:
+    workers = ctx.config.search.strategy.workers
+    if workers == 1:
         return loop.run()
+    if ctx.builder.width_config is not None:  # one refit per width choice for all workers
+        ctx.builder.share(ctx.run_dir / LOG_DIR, f"{ctx.base_sha256()}:{ctx.dataset.fingerprint()}")
     from threadpoolctl import threadpool_limits
 
-    # several workers share the cores: one BLAS thread each for refits and calibration
-    with threadpool_limits(limits=1):
+    # several workers share the cores: one BLAS thread each for refits and calibration,
+    # and each worker on its own cores
+    with threadpool_limits(limits=1), pinned(index, workers, ctx.config.search.evaluation.threads):
         return loop.run()
 
 
@@ -151,21 +166,32 @@ def run_search(
         config, run_dir, notify, expected_sha256=stored.base_sha256, progress=say
     )
     limit = _target(ctx, stored.attrs)
-    study, store = open_search(
-        ctx, spec, name, join=join, limit=limit, storage=stored.storage, notify=notify,
-        baseline=lambda: _measure_baseline(ctx, say),
-    )  # fmt: skip
-    with trial_slot_lock(spec, store, name):  # no live worker is between ask and its tag
-        recovered = recover_interrupted(study, store, foreign=reclaim)
-    left = max(limit - counted_trials(study), 0)
-    helpers = min(config.search.strategy.workers - 1, max(left - 1, 0))
-    children = spawn_workers(helpers, ctx.run_dir, spec, name)
+    workers = config.search.strategy.workers
+    children = []
+    if workers > 1 and limit > 1 and stored.attrs is None:
+        # a new study: the workers start now, import and load while this process measures
+        # the baseline and makes the study, and wait for it (refusals came before this)
+        share_checks(ctx.run_dir / LOG_DIR)  # the workers skip what this process checked
+        children = spawn_workers(workers - 1, ctx.run_dir, spec, name)
     try:
+        study, store = open_search(
+            ctx, spec, name, join=join, limit=limit, storage=stored.storage, notify=notify,
+            baseline=lambda: _measure_baseline(ctx, say),
+        )  # fmt: skip
+        with trial_slot_lock(spec, store, name):  # no live worker is between ask and its tag
+            recovered = recover_interrupted(study, store, foreign=reclaim)
+        left = max(limit - counted_trials(study), 0)
+        helpers = min(workers - 1, max(left - 1, 0))
+        if helpers and stored.attrs is not None:  # resumed or joined: as many as useful
+            share_checks(ctx.run_dir / LOG_DIR)
+            children = spawn_workers(helpers, ctx.run_dir, spec, name)
         with _Progress(left, ctx, progress, len(finished_trials(study))) as bar:
             _loop(ctx, study, store, spec, name, callbacks=[bar])
     except BaseException:
         stop_workers(children)
         raise
+    finally:
+        share_checks(None)
     wait_workers(children)
     directions = objective_directions(config.search)
     best = best_trials(study.get_trials(deepcopy=False), directions)
@@ -213,7 +239,8 @@ def run_worker(run_dir: Path, storage: str, study_name: str, index: int) -> int:
     """
     from onnxopt.config.base import validate
 
-    stored = load_study(storage, study_name)
+    share_checks(Path(run_dir) / LOG_DIR)
+    stored = _wait_for_study(storage, study_name)
     attrs = stored.user_attrs
     config = validate(SearchConfig, attrs["config"], source=storage)
     ctx = SearchContext.prepare(config, run_dir, expected_sha256=attrs.get("base_sha256"))
@@ -221,7 +248,31 @@ def run_worker(run_dir: Path, storage: str, study_name: str, index: int) -> int:
     study, store = open_search(
         ctx, storage, study_name, join=True, limit=limit, seed_offset=index, set_target=False
     )
-    return _loop(ctx, study, store, storage, study_name, limit=limit)
+    return _loop(ctx, study, store, storage, study_name, limit=limit, index=index)
+
+
+STUDY_WAIT_S = 3600.0
+"""How long a worker waits for the process that started it to make the study."""
+
+
+def _wait_for_study(storage: str, name: str) -> optuna.Study:
+    """The study, once the process that started this worker has stored its baseline (the
+    worker starts while that process measures it); poll, and give up when that process is
+    gone or after :data:`STUDY_WAIT_S`."""
+    parent, deadline = os.getppid(), time.monotonic() + STUDY_WAIT_S
+    while True:
+        try:
+            study = load_study(storage, name)
+            if {"baseline", N_TRIALS_ATTR} <= set(study.user_attrs):  # both set when made
+                return study
+        except UsageError:  # no journal or no study yet
+            pass
+        if os.getppid() != parent or time.monotonic() > deadline:
+            raise OnnxoptError(
+                f"the study {name!r} was not made (the search that started this worker "
+                "stopped first); see the search's own output"
+            )
+        time.sleep(0.1)
 
 
 def export_best(

@@ -160,7 +160,7 @@ def set_const_input(
     old = node.inputs[index] if index < len(node.inputs) else None
     array = np.ascontiguousarray(array)
     if old is not None and old.is_initializer() and len(old.uses()) == 1:
-        old.const_value = ir.tensor(array, name=old.name)
+        old.const_value = ir.Tensor(array, name=old.name)
         old.shape = ir.Shape(array.shape)
         return
     base = old.name if old is not None and old.name else f"{node.name or node.op_type}_in{index}"
@@ -169,7 +169,7 @@ def set_const_input(
         name=name,
         shape=ir.Shape(array.shape),
         type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(array, name=name),
+        const_value=ir.Tensor(array, name=name),
     )
     graph.register_initializer(value)
     if index >= len(node.inputs):

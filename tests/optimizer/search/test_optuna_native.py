@@ -94,7 +94,10 @@ def test_the_search_measures_the_boundary_as_feasible(write_config, tmp_path):
              "q.by_type.linear.bias_width": 8}  # fmt: skip
     model = ctx.builder.build(ctx.space, ctx.space.decode(ctx.space.encode(point))).model
     base_ev = ctx.evaluator.for_trials(baseline, ctx.reference())
-    accuracy = base_ev.measure(model, latency=False).metrics["accuracy"]
+    whole = config.search.evaluation.model_copy(update={"screening": 0.0})  # no early stop
+    accuracy = Evaluator(
+        base_ev.measurer, whole, config.search.constraints, baseline=baseline
+    ).measure(model, latency=False).metrics["accuracy"]
     lost = round((baseline["accuracy"] - accuracy) * n)
     assert lost >= 2, "2-bit weights should lose samples"
 

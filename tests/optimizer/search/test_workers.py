@@ -50,7 +50,9 @@ def test_two_local_workers_brute_force_exactly_n_trials(write_config, exported_r
     assert len(layers) == 3, layers
     body = (
         by_name_space(layers)
-        + CHEAP
+        # each trial timed for 30 ms at least: the first worker alone would otherwise finish
+        # the 200 points before the second has started (an interpreter start and the data)
+        + CHEAP.replace("min_time_s = 0", "min_time_s = 0.03")
         + """
 [search.strategy]
 sampler = "brute-force"
@@ -186,3 +188,43 @@ def test_joining_with_other_data_is_refused(write_config, exported_recipe, tmp_p
     other.write_text(path.read_text().replace('dataset = "digits"', 'dataset = "other.npz"'))
     with pytest.raises(UsageError, match="the data differ from the stored study's"):
         _join(other, journal, tmp_path / "b")
+
+
+def test_each_worker_is_bound_to_its_own_core_while_it_runs_trials():
+    """`pinned` binds worker i to the i-th allowed core when every worker's threads get a
+    core of their own, restores the binding after, and binds nothing otherwise."""
+    import os
+
+    from onnxopt.optimizer.search.parallel import pinned
+
+    allowed = sorted(os.sched_getaffinity(0))
+    with pinned(0, 1, 1) as cores:  # one worker: the kernel shares the cores as usual
+        assert cores == () and sorted(os.sched_getaffinity(0)) == allowed
+    with pinned(0, len(allowed) + 1, 1) as cores:  # more workers than cores
+        assert cores == () and sorted(os.sched_getaffinity(0)) == allowed
+    if len(allowed) < 2:
+        return  # a one-core machine binds nothing for two workers (checked above)
+    for index in (0, 1):
+        with pinned(index, 2, 1) as cores:
+            assert cores == (allowed[index],)
+            assert os.sched_getaffinity(0) == {allowed[index]}
+        assert sorted(os.sched_getaffinity(0)) == allowed
+    with pinned(1, 2, len(allowed) // 2) as cores:  # threads: a block of cores each
+        half = len(allowed) // 2
+        assert cores == tuple(allowed[half : 2 * half])
+
+
+@pytest.mark.parametrize(
+    ("metrics", "constraints", "decides"),
+    [
+        ("[search.metrics.accuracy]\n[search.metrics.size]\n", "", False),
+        ("[search.metrics.accuracy]\n[search.metrics.latency]\n", "", True),
+        ("[search.metrics.accuracy]\n[search.metrics.latency_b1]\n", "", True),
+        ("[search.metrics.accuracy]\n", "[search.constraints]\nmax_latency_ms = 5.0\n", True),
+    ],
+)
+def test_latency_is_timed_one_worker_at_a_time_only_where_it_decides(
+    write_config, metrics, constraints, decides
+):
+    body = by_name_space() + CHEAP.replace("[1]", "[1, 8]") + metrics + constraints
+    assert load_search_config(write_config(body)).search.latency_decides is decides
