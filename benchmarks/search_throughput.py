@@ -194,6 +194,9 @@ def main() -> None:
              itertools.product(MODELS, SPACES, SAMPLERS)]  # fmt: skip
     parser.add_argument("--only", nargs="*", choices=cells, help="a subset of cells")
     parser.add_argument("--bare-storage", choices=("memory", "journal"), default="memory")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other cells of an earlier --out file (each cell "
+                             "records its trials, repeats and machine)")  # fmt: skip
     parser.add_argument(
         "--models", type=Path, default=Path(tempfile.gettempdir()) / "onnxopt-bench-models"
     )
@@ -235,6 +238,12 @@ def main() -> None:
                       f"{entry['bare'][-1]['trials_per_s']:.1f}", file=sys.stderr)  # fmt: skip
     for entry in results.values():
         summarize(entry)
+        entry.update({"n_trials": args.trials, "repeats": args.repeats,
+                      "machine": machine_info(), "git": git_state()})  # fmt: skip
+    if args.update and args.out.is_file():
+        kept = json.loads(args.out.read_text())["results"]
+        results = {**{c: r for c, r in kept.items() if c not in results}, **results}
+        results = {c: results[c] for c in cells if c in results}
     report(results, args)
     payload = {"benchmark": "search_throughput", "git": git_state(), "machine": machine_info(),
                "n_trials": args.trials, "repeats": args.repeats,

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from onnxopt import metrics as registry
 from onnxopt.atomic import write_text
 from onnxopt.optimizer.search.pareto import is_feasible
+from onnxopt.report.ship import stopped_accuracy_bound, trial_counts
 from onnxopt.report.svg_plots import Axis, Point, scatter_svg
 
 if TYPE_CHECKING:
@@ -77,6 +78,9 @@ def _points(result: SearchResult, refs: dict[str, dict]) -> list[Point]:
     for t in result.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         metrics = t.user_attrs.get("metrics") or {}
         kind = "pareto" if t.number in best else "feasible" if is_feasible(t) else "infeasible"
+        if (bound := stopped_accuracy_bound(t)) is not None:
+            # screening stopped it: drawn where it could at best have been
+            metrics = {**metrics, "accuracy": bound}
         points.append(Point(kind, metrics, f"#{t.number}"))
     for name, ref in refs.items():
         if "validation" in ref:
@@ -97,20 +101,13 @@ def plots_html(result: SearchResult, refs: dict[str, dict]) -> str:
 
 
 def _counts(result: SearchResult) -> str:
-    trials = result.study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state is TrialState.COMPLETE]
-    feasible = [t for t in complete if is_feasible(t)]
-    failed = [t for t in trials if t.state is TrialState.FAIL]
-    violated: dict[str, int] = {}
-    for t in complete:
-        for name, value in (t.user_attrs.get("constraints") or {}).items():
-            if value > 0:
-                violated[name] = violated.get(name, 0) + 1
-    by = ", ".join(f"{n} by {name}" for name, n in sorted(violated.items()))
+    c = trial_counts(result.study.get_trials(deepcopy=False))
+    by = ", ".join(f"{n} by {name}" for name, n in sorted(c.violated.items()))
+    stopped = f" ({c.stopped} stopped early by screening)" if c.stopped else ""
     return (
-        f"{len(trials)} trials: {len(complete)} complete ({len(feasible)} feasible, "
-        f"{len(complete) - len(feasible)} infeasible{f': {by}' if by else ''}), "
-        f"{len(failed)} failed; {len(result.best)} on the Pareto set; "
+        f"{c.total} trials: {c.complete} complete ({c.feasible} feasible, "
+        f"{c.infeasible} infeasible{f': {by}' if by else ''}{stopped}), "
+        f"{c.failed} failed; {len(result.best)} on the Pareto set; "
         f"{result.seconds:.1f} s"
     )
 

@@ -93,6 +93,15 @@ def trial_counts(trials: list[FrozenTrial]) -> TrialCounts:
     return c
 
 
+def stopped_accuracy_bound(trial: FrozenTrial) -> float | None:
+    """The highest accuracy a trial screening stopped could have had (None when it was not
+    stopped): every sample it did not score, right."""
+    screened = trial.user_attrs.get("screened")
+    if not screened or not screened.get("stopped"):
+        return None
+    return (screened["correct"] + screened["of"] - screened["scored"]) / screened["of"]
+
+
 def _top(counter: Counter, n: int = TOP_REASONS) -> str:
     shown = [f"{k}: {v}" for k, v in counter.most_common(n)]
     rest = sum(counter.values()) - sum(v for _, v in counter.most_common(n))

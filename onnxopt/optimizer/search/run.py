@@ -162,17 +162,27 @@ def run_search(
             say(f"moved the previous search to {moved}")
     retry_s = config.search.storage.retry_s
     stored = precheck(spec, name, resume=resume and not restart, join=join, retry_s=retry_s)
-    ctx = SearchContext.prepare(
-        config, run_dir, notify, expected_sha256=stored.base_sha256, progress=say
-    )
-    limit = _target(ctx, stored.attrs)
     workers = config.search.strategy.workers
-    children = []
-    if workers > 1 and limit > 1 and stored.attrs is None:
-        # a new study: the workers start now, import and load while this process measures
-        # the baseline and makes the study, and wait for it (refusals came before this)
-        share_checks(ctx.run_dir / LOG_DIR)  # the workers skip what this process checked
-        children = spawn_workers(workers - 1, ctx.run_dir, spec, name)
+    children: list = []
+    # (not when a workers folder is there already: a refusal must leave it as it was)
+    early = workers > 1 and stored.attrs is None and not (Path(run_dir) / LOG_DIR).exists()
+    if early:
+        # a new study: the workers start now and import while this process trains, loads,
+        # measures the baseline and makes the study; they wait for it
+        made = _spawned_folders(Path(run_dir))
+        share_checks(Path(run_dir) / LOG_DIR)  # the workers skip what this process checked
+        children = spawn_workers(workers - 1, Path(run_dir), spec, name)
+    try:
+        ctx = SearchContext.prepare(
+            config, run_dir, notify, expected_sha256=stored.base_sha256, progress=say
+        )
+        limit = _target(ctx, stored.attrs)
+    except BaseException:
+        stop_workers(children)
+        if early:  # a refusal leaves nothing behind: not the workers' logs either
+            _remove_spawned(made)
+        share_checks(None)
+        raise
     try:
         study, store = open_search(
             ctx, spec, name, join=join, limit=limit, storage=stored.storage, notify=notify,
@@ -182,7 +192,7 @@ def run_search(
             recovered = recover_interrupted(study, store, foreign=reclaim)
         left = max(limit - counted_trials(study), 0)
         helpers = min(workers - 1, max(left - 1, 0))
-        if helpers and stored.attrs is not None:  # resumed or joined: as many as useful
+        if helpers and not early:  # resumed or joined: as many as useful
             share_checks(ctx.run_dir / LOG_DIR)
             children = spawn_workers(helpers, ctx.run_dir, spec, name)
         with _Progress(left, ctx, progress, len(finished_trials(study))) as bar:
@@ -199,6 +209,24 @@ def run_search(
         ctx, study, study.user_attrs["baseline"], best, time.perf_counter() - start, recovered,
         spec,
     )  # fmt: skip
+
+
+def _spawned_folders(run_dir: Path) -> list[Path]:
+    """The folders starting workers will make: the run directory when it is missing, and
+    its ``workers`` folder."""
+    return [f for f in (run_dir, run_dir / LOG_DIR) if not f.exists()]
+
+
+def _remove_spawned(made: list[Path]) -> None:
+    """Remove the worker logs' folder and, when it holds nothing else, the run directory:
+    what starting the workers made (:func:`_spawned_folders`)."""
+    import shutil
+
+    for folder in reversed(made):
+        if folder.name == LOG_DIR:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _target(ctx: SearchContext, attrs: dict | None) -> int:

@@ -228,3 +228,41 @@ def test_latency_is_timed_one_worker_at_a_time_only_where_it_decides(
 ):
     body = by_name_space() + CHEAP.replace("[1]", "[1, 8]") + metrics + constraints
     assert load_search_config(write_config(body)).search.latency_decides is decides
+
+
+def test_workers_start_before_the_study_and_a_refusal_leaves_nothing(
+    write_config, exported_recipe, tmp_path
+):
+    """The workers of a new search start while the command still loads: a search refused
+    meanwhile (a node the model lacks) stops them and leaves no run directory, logs or
+    worker process behind; an accepted one has every worker join the study it makes."""
+    import os
+    import time
+
+    before = os.sched_getaffinity(0)
+    bad = write_config(
+        "[search.quantization.by_name.no_such_node]\nweight_width = [4, 8]\n"
+        "[search.strategy]\nn_trials = 4\nworkers = 2\n",
+        name="bad.toml",
+    )
+    run = tmp_path / "refused"
+    done = subprocess.run(
+        [sys.executable, "-m", "onnxopt", "search", str(bad), "--run-dir", str(run)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "no node 'no_such_node'" in done.stderr
+    assert not run.exists()
+    time.sleep(0.5)
+    workers = subprocess.run(["pgrep", "-f", f"search-worker {run}"], capture_output=True)
+    assert workers.stdout == b"", "a worker outlived the refused search"
+    body = (
+        by_name_space(_layer_names(exported_recipe))
+        + CHEAP
+        + '[search.strategy]\nsampler = "random"\nn_trials = 30\n'
+    )
+    config = load_search_config(write_config(body), workers=2)
+    result = run_search(config, run_dir=tmp_path / "run", progress=False)
+    assert len(result.study.trials) == 30
+    assert "worker 1:" in (tmp_path / "run" / "workers" / "worker-1.log").read_text()
+    assert os.sched_getaffinity(0) == before  # the search's own binding was undone
