@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -88,3 +89,13 @@ def git_state() -> str:
     except (OSError, subprocess.SubprocessError) as exc:
         return f"unknown ({type(exc).__name__})"
     return done.stdout.strip() or "unknown"
+
+
+def write_result(out: Path, payload: dict) -> None:
+    """Write a benchmark's JSON atomically (a temporary file beside it, then a rename) and
+    say where it went."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"-> {out}")

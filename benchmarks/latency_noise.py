@@ -19,14 +19,13 @@ Prints the figures and writes them as JSON with the machine (CPU, load average).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from pathlib import Path
 
 import numpy as np
 import onnx
-from bench_common import machine_info
+from bench_common import machine_info, write_result
 
 from onnxopt.config.quantization import QuantizationConfig
 from onnxopt.data.digits import load_digits
@@ -106,11 +105,7 @@ def main() -> None:
     print(f"interleaved: off by up to {i['max_off_percent']:.1f}%, copies tied in "
           f"{ties}/{args.repeats}, 8-bit vs fp32 told apart in {separated}/{args.repeats}, "
           f"median {i['rounds_median']} rounds")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
-    print(f"-> {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

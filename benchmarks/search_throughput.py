@@ -45,7 +45,7 @@ from pathlib import Path
 import onnx
 import optuna
 from bare_loop import BareLoop, Protocol
-from bench_common import git_state, machine_info
+from bench_common import git_state, machine_info, write_result
 
 MODELS = ("digits-mlp", "digits-wide")
 SPACES = ("lab", "joint")
@@ -251,11 +251,7 @@ def main() -> None:
                "target_fsyncs_per_trial": FSYNC_TARGET,
                "protocol": {"warmup": WARMUP, "repeats": REPEATS, "batch": BATCH, "threads": 1},
                "results": results}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp_out.replace(args.out)
-    print(f"-> {args.out}")
+    write_result(args.out, payload)
 
 
 def summarize(entry: dict) -> None:

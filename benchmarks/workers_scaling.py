@@ -25,7 +25,6 @@ since the workers' samplers (seeded ``seed + i``) revisit points at other rates.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import statistics
@@ -36,7 +35,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench_common import git_state, machine_info
+from bench_common import git_state, machine_info, write_result
 
 CONFIG = Path("configs/search-digits-cnn.toml")
 TARGET = 1.6
@@ -137,11 +136,7 @@ def main() -> None:
     payload = {"benchmark": "workers_scaling", "git": git_state(), "machine": machine_info(),
                "config": str(CONFIG), "n_trials": args.trials, "repeats": args.repeats,
                "summary": summary, "runs": results}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp_out.replace(args.out)
-    print(f"-> {args.out}")
+    write_result(args.out, payload)
 
 
 if __name__ == "__main__":
