@@ -1,7 +1,8 @@
 """Calibrated "auto" activation fractions: min/max and percentile, derived independently.
 
 ``[calibration] method = "minmax" | "percentile"`` (with ``percentile``, default 99.999) picks
-onnxruntime's ``MinMaxCalibrater`` or ``PercentileCalibrater``; onnxopt then takes the
+onnxopt's streaming min/max (the tensors and the result of onnxruntime's ``MinMaxCalibrater``,
+checked against it below) or onnxruntime's ``PercentileCalibrater``; onnxopt then takes the
 fewest integer bits covering the calibrated ``max(|low|, |high|)``. What onnxruntime 1.32
 computes (``onnxruntime/quantization/calibrate.py``), with the ``symmetric=False`` that
 onnxopt passes for percentile:
@@ -224,3 +225,61 @@ def test_percentile_100_covers_the_true_max():
     x[3, 2] = 127 / 32 * (1 + 2.0**-20)
     assert auto_frac(x, 8, "minmax") == 4 == expected_frac(float(x.max()), 8, True)
     assert auto_frac(x, 8, "percentile", 100.0) == 4
+
+
+def _with_constants() -> onnx.ModelProto:
+    """A foreign-style graph: a Constant-node weight, a Reshape by an initializer shape, two
+    float inputs and an int64 one (not observed), opset 13."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Constant", [], ["wc"], value=w),
+        helper.make_node("MatMul", ["a", "wc"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r"]),
+        helper.make_node("Reshape", ["r", "shape"], ["flat"]),
+        helper.make_node("Cast", ["ids"], ["idf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["flat", "idf"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 6]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 4]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("which", ["digits-cnn", "constants"])
+def test_minmax_ranges_equal_onnxruntimes_minmax_calibrater(which, exported_recipe, tmp_path):
+    """The streaming min/max sees the tensors onnxruntime's MinMaxCalibrater sees and finds
+    the same extremes, over several batches with a shorter last one."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from onnxopt.optimizer.quantization.calibration import _Reader, calibrate
+    from onnxopt.runtime.io import Feeds, graph_inputs
+
+    rng = np.random.default_rng(2)
+    if which == "digits-cnn":
+        proto = onnx.load(exported_recipe("digits-cnn"))
+        data = {proto.graph.input[0].name: rng.uniform(0, 16, (37, 1, 8, 8)).astype(np.float32)}
+    else:
+        proto = _with_constants()
+        data = {"a": rng.normal(size=(37, 6)).astype(np.float32),
+                "b": rng.normal(size=(37, 4)).astype(np.float32),
+                "ids": rng.integers(0, 5, (37, 4))}  # fmt: skip
+    before = proto.SerializeToString()
+    ours = calibrate(proto, Feeds(graph_inputs(proto), data), batch_size=16)
+    assert proto.SerializeToString() == before  # the caller's model is left as it was
+    path = tmp_path / "m.onnx"
+    onnx.save_model(proto, str(path))
+    theirs = create_calibrator(path, None, str(tmp_path / "aug.onnx"), CalibrationMethod.MinMax)
+    for start in range(0, 37, 16):
+        batch = {k: v[start : start + 16] for k, v in data.items()}
+        theirs.collect_data(_Reader([batch]))
+    expected = {k: v.range_value for k, v in theirs.compute_data().data.items()}
+    assert set(ours) == set(expected) and len(ours) >= 5
+    for name, (low, high) in expected.items():
+        assert (ours[name].low, ours[name].high) == (float(np.min(low)), float(np.max(high)))
