@@ -12,12 +12,12 @@ lets the caller go on: a Python-level refusal is raised again, with onnxopt's me
 the caller opens the model itself.
 
 A model's structure (ops, attributes, tensor types and ranks; not the weight values, and
-of a dim only its name or whether it is 0, 1 or more) is
-checked once per process: the candidates of a search that differ only in weights or in
-channel counts (a width search) are not run twice. The child inherits nothing from this
-process: it receives the model bytes and the session settings of each probe over a pipe,
-and it is kept for the next probe (a new child would cost an interpreter start per
-candidate) until a probe kills or hangs it.
+of a dim only its name or whether it is 0, 1 or more) is checked once per process, and
+once for the workers of one search (:func:`share_checks`): the candidates that differ only
+in weights or in channel counts (a width search) are not run twice. The child inherits
+nothing from this process: it receives the model bytes and the session settings of each
+probe over a pipe, and it is kept for the next probe (a new child would cost an
+interpreter start per candidate) until a probe kills or hangs it.
 """
 
 from __future__ import annotations

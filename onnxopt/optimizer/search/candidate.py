@@ -9,6 +9,7 @@ width choice one worker refitted and calibrated is read, not redone, by the othe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import OrderedDict
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from google.protobuf.message import DecodeError
 
 from onnxopt.atomic import write_text
 from onnxopt.config.quantization import QuantizationConfig
@@ -101,7 +103,8 @@ class CandidateBuilder:
             return self.base
         path = self._shared_path(choice, ".onnx")
         if path is not None and path.is_file():  # another worker's refit of this choice
-            return onnx.load_model(str(path))
+            with contextlib.suppress(OSError, DecodeError):  # unreadable: refit again
+                return onnx.load_model(str(path))
         model = self.scaler.scale_groups(choice.width, self.width_config).model
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,21 +138,31 @@ class CandidateBuilder:
 
 
 class _RangesFile:
-    """Calibrated ranges of one width choice in the shared folder (nothing without one)."""
+    """Calibrated ranges of one width choice in the shared folder (nothing without one).
+
+    A cache: a file that cannot be read counts as empty (the ranges are computed again),
+    and it is written whole (a temporary file, then a rename)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
+    def _read(self) -> dict:
+        if self.path is None:
+            return {}
+        try:
+            stored = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return stored if isinstance(stored, dict) else {}
+
     def get(self, key: str) -> dict[str, Range] | None:
-        if self.path is None or not self.path.is_file():
-            return None
-        stored = json.loads(self.path.read_text()).get(key)
+        stored = self._read().get(key)
         return None if stored is None else {n: Range(*r) for n, r in stored.items()}
 
     def put(self, key: str, ranges: dict[str, Range]) -> None:
         if self.path is None:
             return
-        stored = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        stored = self._read()
         stored[key] = {n: [r.low, r.high] for n, r in ranges.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text(self.path, json.dumps(stored))

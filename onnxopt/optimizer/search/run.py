@@ -288,6 +288,7 @@ def _wait_for_study(storage: str, name: str) -> optuna.Study:
     worker starts while that process measures it); poll, and give up when that process is
     gone or after :data:`STUDY_WAIT_S`."""
     parent, deadline = os.getppid(), time.monotonic() + STUDY_WAIT_S
+    pause = 0.05
     while True:
         try:
             study = load_study(storage, name)
@@ -300,7 +301,8 @@ def _wait_for_study(storage: str, name: str) -> optuna.Study:
                 f"the study {name!r} was not made (the search that started this worker "
                 "stopped first); see the search's own output"
             )
-        time.sleep(0.1)
+        pause = min(pause * 1.5, 1.0)  # a long training: a database is asked once a second
+        time.sleep(pause)
 
 
 def export_best(

@@ -110,3 +110,39 @@ def _scaled(builder, ctx, points):
     """The scale results of the points' distinct width choices (refits counted from them)."""
     widths = {tuple(sorted(ctx.space.decode(p).width.items())) for p in points}
     return [builder.scaler.scale_groups(dict(w), ctx.config.search.width) for w in widths]
+
+
+def test_workers_share_each_width_choices_refit_and_ranges(context, tmp_path, monkeypatch):
+    """Two builders on one shared folder (two workers): what the first refitted and
+    calibrated the second reads, byte for byte, without refitting or calibrating; a damaged
+    shared file is computed again; another identity shares nothing."""
+    from onnxopt.optimizer.quantization import quantizer
+
+    ctx = context
+    points = _points(ctx.space)[:8]
+
+    def builder(identity: str) -> CandidateBuilder:
+        b = CandidateBuilder(
+            ctx.builder.base, ctx.dataset, ctx.config.search.width,
+            ctx.config.model.fixed_values(),
+        )  # fmt: skip
+        b.share(tmp_path / "shared", identity)
+        return b
+
+    first = [builder("a").build(ctx.space, ctx.space.decode(p)).model for p in points]
+    calls = []
+    real = quantizer.calibrate
+    monkeypatch.setattr(quantizer, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second = builder("a")
+    monkeypatch.setattr(second.scaler, "scale_groups", lambda *a, **k: pytest.fail("refit"))
+    again = [second.build(ctx.space, ctx.space.decode(p)).model for p in points]
+    assert [m.SerializeToString() for m in again] == [m.SerializeToString() for m in first]
+    assert calls == []  # every range was read from the shared folder
+    for damaged in (tmp_path / "shared").glob("*/*"):
+        damaged.write_bytes(b"\x00 not a model, not JSON")
+    third = builder("a")
+    redone = [third.build(ctx.space, ctx.space.decode(p)).model for p in points]
+    assert [m.SerializeToString() for m in redone] == [m.SerializeToString() for m in first]
+    assert calls, "damaged ranges are computed again"
+    other = builder("b")
+    assert other._shared != third._shared
