@@ -15,7 +15,10 @@ with the same code), exports it (int64 ids + mask), then quantizes it with:
 
 Each quantization runs in its own child process: the seconds it takes once the libraries
 and data are loaded, and the peak resident memory it adds above that (the kernel's peak
-counter reset first), next to the same figures for a child that only reads the model.
+counter reset first), next to the same figures for a child that only reads the model; and
+again in a child that first quantizes a tiny untrained encoder (dim 16, one layer) the same
+way, so that the modules a first quantization imports and the runtime's one-time set-up
+are not counted ("after a warm-up": the memory that grows with the model).
 onnxopt's first candidate includes the one-time probe of this CPU's integer kernels
 (``target_cpu = "auto"``, a contained onnxruntime session); "again" is a second candidate
 from the same Quantizer (what each search trial pays);
@@ -71,44 +74,60 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-def quantize_child(variant: str, base: str, out: str) -> None:
-    """Run in a child process: quantize ``base`` to ``out`` as ``variant`` says, and print
-    the seconds and the peak RSS above the resident set once libraries and data are loaded
-    (the kernel's peak counter is reset first: ``/proc/self/clear_refs``)."""
-    import onnxruntime.quantization  # noqa: F401
+def _quantize(variant: str, base: str, out: str, calibration):
+    """Quantize ``base`` to ``out`` as ``variant`` says (the Quantizer, or None)."""
+    import onnxruntime.quantization
 
     from onnxopt.config.quantization import QuantizationConfig
-    from onnxopt.data.token_corpus import load_token_corpus
     from onnxopt.model_io import load_onnx, save_onnx
     from onnxopt.optimizer.quantization.quantizer import Quantizer
 
-    calibration = load_token_corpus().calibration.arrays()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    resident, start = _status_kib("VmRSS"), time.perf_counter()
     config = VARIANTS.get(variant)
     if variant == "load only":
-        load_onnx(base)
-    elif config is None:
+        load_onnx(Path(base))
+        return None
+    if config is None:
         onnxruntime.quantization.quantize_dynamic(base, out)
-    else:
-        quantizer = Quantizer(load_onnx(base), calibration)
-        model = quantizer.quantize(QuantizationConfig.model_validate(config)).model
-        save_onnx(model, Path(out))
+        return None
+    quantizer = Quantizer(load_onnx(Path(base)), calibration)
+    save_onnx(quantizer.quantize(QuantizationConfig.model_validate(config)).model, Path(out))
+    return quantizer
+
+
+def quantize_child(variant: str, base: str, out: str, warm: str | None = None) -> None:
+    """Run in a child process: quantize ``base`` to ``out`` as ``variant`` says, and print
+    the seconds and the peak RSS above the resident set once libraries and data are loaded
+    (the kernel's peak counter is reset first: ``/proc/self/clear_refs``). With ``warm``, a
+    tiny model is quantized the same way first, so the modules the first quantization
+    imports and the runtime's one-time set-up are not counted: what is left grows with the
+    model."""
+    from onnxopt.config.quantization import QuantizationConfig
+    from onnxopt.data.token_corpus import load_token_corpus
+
+    calibration = load_token_corpus().calibration.arrays()
+    if warm is not None:
+        _quantize(variant, warm, out, calibration)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    resident, start = _status_kib("VmRSS"), time.perf_counter()
+    quantizer = _quantize(variant, base, out, calibration)
+    config = VARIANTS.get(variant)
     seconds = time.perf_counter() - start
     added = max(_status_kib("VmHWM") - resident, 0) / 1024
     again = None
-    if config is not None:  # a second candidate of the same quantizer: what a search trial pays
+    if quantizer is not None:  # a second candidate of the same quantizer: what a trial pays
         again = time.perf_counter()
         quantizer.quantize(QuantizationConfig.model_validate(config))
         again = time.perf_counter() - again
     print(json.dumps({"in_process_s": seconds, "peak_added_mib": added, "again_s": again}))
 
 
-def _timed_child(variant: str, base: Path, out: Path) -> dict:
-    """Wall seconds and peak RSS (MiB) of one child process quantizing ``base``."""
+def _timed_child(variant: str, base: Path, out: Path, warm: Path | None = None) -> dict:
+    """Wall seconds and peak RSS (MiB) of one child process quantizing ``base`` (after the
+    tiny ``warm`` model, when given)."""
     start = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, __file__, "--child", variant, str(base), str(out)],
+        [sys.executable, __file__, "--child", variant, str(base), str(out),
+         *([str(warm)] if warm is not None else [])],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert child.stdout is not None
@@ -149,6 +168,9 @@ def _base_model(folder: Path, dim: int, layers: int) -> tuple[Path, dict]:
     trained = train("sentence-encoder", load_token_corpus(), seed=0, progress=False)
     path = folder / "fp32.onnx"
     export_named(trained.module, trained.sample, path, output_name="embedding")
+    # the warm-up model of the memory figures: the same code, tiny and untrained
+    tiny = SentenceEncoder(dim=16, layers=1, ff=32)
+    export_named(tiny.eval(), trained.sample, folder / "tiny.onnx", output_name="embedding")
     params = sum(p.numel() for p in trained.module.parameters())
     torch.set_num_threads(1)
     return path, {"parameters": int(params), "dim": dim, "layers": layers,
@@ -165,10 +187,13 @@ def run(rounds: int, dim: int, layers: int) -> dict:
         folder = Path(tmp)
         base, encoder = _base_model(folder, dim, layers)
         paths = {"fp32": base}
+        tiny = folder / "tiny.onnx"
         quantize = {"load only": _timed_child("load only", base, folder / "none.onnx")}
+        warm = {"load only": _timed_child("load only", base, folder / "none.onnx", tiny)}
         for i, variant in enumerate(VARIANTS):
             paths[variant] = folder / f"variant_{i}.onnx"
             quantize[variant] = _timed_child(variant, base, paths[variant])
+            warm[variant] = _timed_child(variant, base, folder / f"warm_{i}.onnx", tiny)
         test = load_token_corpus().test.arrays()
         reference = _outputs(base, test)
         rows = {}
@@ -179,7 +204,8 @@ def run(rounds: int, dim: int, layers: int) -> dict:
             )
             rows[label] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                            "size_bytes": path.stat().st_size,
-                           "quantize": quantize.get(label)}  # fmt: skip
+                           "quantize": quantize.get(label),
+                           "quantize_warm": warm.get(label)}  # fmt: skip
         feeds = Feeds(graph_inputs(load_onnx(base)), test)
         latency = interleaved_latency(paths, feeds, rounds, batch_sizes=BATCH_SIZES)
         for label, by_batch in latency.items():
@@ -187,6 +213,7 @@ def run(rounds: int, dim: int, layers: int) -> dict:
             rounds_ms = {b: v["round_medians_ms"] for b, v in by_batch.items()}
             rows[label]["latency_rounds_ms"] = rounds_ms
     return {"encoder": encoder, "rounds": rounds, "threads": 1, "load_only": quantize["load only"],
+            "load_only_warm": warm["load only"],
             "variants": rows, "machine": machine_info()}  # fmt: skip
 
 
@@ -198,26 +225,27 @@ def table(result: dict) -> str:
     lines = [
         (
             "| model | cosine mean | cosine min | size (bytes) | batch 1 (ms) | batch 32 (ms) "
-            "| quantize (s) | again (s) | peak RSS added (MiB) |"
+            "| quantize (s) | again (s) | peak RSS added (MiB) | after a warm-up (MiB) |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in result["variants"].items():
-        q = r["quantize"] or {}
+        q, w = r["quantize"] or {}, r.get("quantize_warm") or {}
         lines.append(
             f"| {label} | {r['cosine_mean']:.6f} | {r['cosine_min']:.6f} | {r['size_bytes']:,} "
             f"| {r['latency_ms']['1']:.3f} | {r['latency_ms']['32']:.3f} "
-            f"| {q['in_process_s']:.2f} | {_seconds(q['again_s'])} | {q['peak_added_mib']:.1f} |"
+            f"| {q['in_process_s']:.2f} | {_seconds(q['again_s'])} | {q['peak_added_mib']:.1f} "
+            f"| {w['peak_added_mib']:.1f} |"
             if q else
             f"| {label} | {r['cosine_mean']:.6f} | {r['cosine_min']:.6f} | {r['size_bytes']:,} "
-            f"| {r['latency_ms']['1']:.3f} | {r['latency_ms']['32']:.3f} | - | - | - |"
+            f"| {r['latency_ms']['1']:.3f} | {r['latency_ms']['32']:.3f} | - | - | - | - |"
         )  # fmt: skip
     return "\n".join(lines)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        quantize_child(*sys.argv[2:5])
+        quantize_child(*sys.argv[2:6])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
