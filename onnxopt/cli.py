@@ -793,6 +793,20 @@ def search_cmd(
     no_export, no_progress, as_json,
 ):  # fmt: skip
     """Search quantization and width choices of a model with Optuna (CONFIG_PATH: TOML)."""
+    from onnxopt.optimizer.search.parallel import configured_workers, standby
+
+    # the other workers' interpreters import while this one loads the config and the model
+    with standby((workers or configured_workers(config_path)) - 1):
+        _search(
+            config_path, run_dir, storage, study_name, workers, resume, reclaim, restart,
+            n_trials, no_export, no_progress, as_json,
+        )  # fmt: skip
+
+
+def _search(
+    config_path, run_dir, storage, study_name, workers, resume, reclaim, restart, n_trials,
+    no_export, no_progress, as_json,
+):  # fmt: skip
     from onnxopt.config.search import load_search_config
     from onnxopt.optimizer.search.reference_points import reference_points
     from onnxopt.optimizer.search.run import (

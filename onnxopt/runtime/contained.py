@@ -278,6 +278,18 @@ def _callers_main_hidden() -> Iterator[None]:
             main.__dict__.update(saved)
 
 
+def warm_up() -> None:
+    """Start the probes' server now (a clean interpreter importing onnxruntime, 0.5-1 s),
+    so that it gets ready while the caller prepares instead of when the first probe waits."""
+    context = _context()
+    if _IN_CHILD or context.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    with _callers_main_hidden():
+        forkserver.ensure_running()
+
+
 def _context():
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" not in methods:

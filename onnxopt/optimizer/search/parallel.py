@@ -5,11 +5,19 @@ The process that opened the study runs one worker itself and starts ``N - 1`` mo
 study, so all of them search the same space on the same data. Their output goes to
 ``RUN_DIR/workers/worker-<i>.log``. While it runs trials, worker ``i`` is bound to its own
 cores (:func:`pinned`) when the machine has enough for every worker's threads.
+
+An interpreter importing onnx, onnxruntime, Optuna and onnx_ir takes 1.5-2 s, a large part of
+a short search. So the ``search`` command starts the interpreters it will need as soon as
+it reads ``workers`` (:func:`standby`): each imports what a worker needs while the command
+loads the config, trains or loads the model and opens the study, then waits for its
+``search-worker`` arguments (:func:`spawn_workers` hands them over) or for the command to
+end without it (it exits, having written nothing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -29,11 +37,96 @@ def spawn_workers(n: int, run_dir: Path, storage: str, study_name: str) -> list[
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for index in range(1, n + 1):
-        cmd = [sys.executable, "-m", "onnxopt", "search-worker", str(run_dir),
-               "--storage", storage, "--study", study_name, "--index", str(index)]  # fmt: skip
-        with open(logs / f"worker-{index}.log", "wb") as log:
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        args = ["search-worker", str(run_dir), "--storage", storage, "--study", study_name,
+                "--index", str(index)]  # fmt: skip
+        log = logs / f"worker-{index}.log"
+        proc = _hand_over(args, log)
+        if proc is None:
+            with open(log, "wb") as out:
+                cmd = [sys.executable, "-m", "onnxopt", *args]
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        procs.append(proc)
     return procs
+
+
+_STANDBY: list[subprocess.Popen] = []
+"""Interpreters started by :func:`standby`, not yet handed a worker's arguments."""
+
+_STANDBY_CODE = "from onnxopt.optimizer.search.parallel import _standby_main; _standby_main()"
+
+
+@contextlib.contextmanager
+def standby(n: int) -> Iterator[None]:
+    """While the block runs, ``n`` interpreters import what a worker needs and wait for
+    :func:`spawn_workers`; those it did not use are stopped when the block ends."""
+    started = [
+        subprocess.Popen([sys.executable, "-c", _STANDBY_CODE], stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        for _ in range(max(n, 0))
+    ]
+    _STANDBY.extend(started)
+    try:
+        yield
+    finally:
+        unused = [p for p in started if p in _STANDBY]
+        for p in unused:
+            _STANDBY.remove(p)
+            p.terminate()  # it writes nothing: stopping it mid-import loses nothing
+        for p in unused:
+            p.wait()
+
+
+def _hand_over(args: list[str], log: Path) -> subprocess.Popen | None:
+    """A standby interpreter now running the worker command ``args`` with its output in
+    ``log`` (None when none is left, or the one left has died)."""
+    while _STANDBY:
+        proc = _STANDBY.pop(0)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps({"args": args, "log": str(log)}).encode() + b"\n")
+            proc.stdin.close()
+        except OSError:  # it died (killed, or its imports failed): try the next one
+            proc.wait()
+            continue
+        return proc
+    return None
+
+
+def _standby_main() -> None:
+    """A standby interpreter: import, then run the worker command it is handed (or exit
+    when the search ends without handing it one)."""
+    import onnxruntime  # noqa: F401  (what a worker needs, imported now)
+    import threadpoolctl  # noqa: F401
+
+    import onnxopt.cli
+    import onnxopt.exporters.prepare  # noqa: F401
+    import onnxopt.optimizer.search.journal  # noqa: F401
+    import onnxopt.optimizer.search.run  # noqa: F401
+    from onnxopt.runtime.contained import warm_up
+
+    warm_up()  # its probes' server too
+
+    line = sys.stdin.buffer.readline()
+    if not line:
+        return
+    job = json.loads(line)
+    fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    onnxopt.cli.main(job["args"], prog_name="onnxopt")  # exits with the command's code
+
+
+def configured_workers(path: Path) -> int:
+    """``search.strategy.workers`` of a config file, read cheaply (1 when it cannot be
+    read: the config is checked properly later)."""
+    import tomllib
+
+    try:
+        value = tomllib.loads(Path(path).read_text())["search"]["strategy"]["workers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 64 else 1
 
 
 def wait_workers(procs: list[subprocess.Popen]) -> None:

@@ -48,7 +48,7 @@ from onnxopt.optimizer.search.study import (
     storage_spec,
 )
 from onnxopt.optimizer.search.worker import TrialLoop
-from onnxopt.runtime.contained import share_checks
+from onnxopt.runtime.contained import share_checks, warm_up
 
 __all__ = ["SearchContext", "SearchResult", "export_best", "run_search", "run_worker"]
 
@@ -172,6 +172,7 @@ def run_search(
         made = _spawned_folders(Path(run_dir))
         share_checks(Path(run_dir) / LOG_DIR)  # the workers skip what this process checked
         children = spawn_workers(workers - 1, Path(run_dir), spec, name)
+    warm_up()  # the first candidate's probe does not wait for its server
     try:
         ctx = SearchContext.prepare(
             config, run_dir, notify, expected_sha256=stored.base_sha256, progress=say
@@ -268,6 +269,7 @@ def run_worker(run_dir: Path, storage: str, study_name: str, index: int) -> int:
     from onnxopt.config.base import validate
 
     share_checks(Path(run_dir) / LOG_DIR)
+    warm_up()
     stored = _wait_for_study(storage, study_name)
     attrs = stored.user_attrs
     config = validate(SearchConfig, attrs["config"], source=storage)
@@ -281,14 +283,19 @@ def run_worker(run_dir: Path, storage: str, study_name: str, index: int) -> int:
 
 STUDY_WAIT_S = 3600.0
 """How long a worker waits for the process that started it to make the study."""
+STUDY_POLL_S = 0.05
+STUDY_POLL_FAST_S = 10.0
+"""A worker looks for the study every :data:`STUDY_POLL_S` seconds for this long (a search
+that loads a model and measures its baseline), then less and less often (one that trains)."""
 
 
 def _wait_for_study(storage: str, name: str) -> optuna.Study:
     """The study, once the process that started this worker has stored its baseline (the
     worker starts while that process measures it); poll, and give up when that process is
     gone or after :data:`STUDY_WAIT_S`."""
-    parent, deadline = os.getppid(), time.monotonic() + STUDY_WAIT_S
-    pause = 0.05
+    started = time.monotonic()
+    parent, deadline = os.getppid(), started + STUDY_WAIT_S
+    pause = STUDY_POLL_S
     while True:
         try:
             study = load_study(storage, name)
@@ -301,7 +308,8 @@ def _wait_for_study(storage: str, name: str) -> optuna.Study:
                 f"the study {name!r} was not made (the search that started this worker "
                 "stopped first); see the search's own output"
             )
-        pause = min(pause * 1.5, 1.0)  # a long training: a database is asked once a second
+        if time.monotonic() - started > STUDY_POLL_FAST_S:  # a long training: a database
+            pause = min(pause * 1.5, 1.0)  # is asked once a second
         time.sleep(pause)
 
 

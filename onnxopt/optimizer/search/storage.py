@@ -13,18 +13,23 @@
 
 Why a proxy of :class:`~optuna.storages.BaseStorage` rather than an RDBStorage subclass:
 Optuna wraps an RDBStorage in its trial cache, which calls private RDBStorage methods a
-subclass would have to override; the proxy uses only the public storage interface.
+subclass would have to override; the proxy forwards the public storage interface to that
+cache (``optuna.storages.get_storage``), as ``optuna.create_study`` would use it. Inside a
+trial's :func:`write_batch` it queues the trial's parameter and attribute writes and commits
+them in one transaction (with the RDBStorage helpers those writes are made of).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 from typing import Any
 
 from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from onnxopt.errors import (
     StorageDamagedError,
@@ -110,15 +115,17 @@ def _journal(path: Path, read_only: bool, notify: Callable[[str], None]) -> Base
 def write_batch(
     storage: BaseStorage, *, durable: bool = True
 ) -> contextlib.AbstractContextManager[None]:
-    """Writes that are made durable together when the block ends (one fsync on a journal
-    opened by :func:`open_storage`; other storages write each call as before).
+    """Writes that are made durable together when the block ends: one fsync on a journal
+    opened by :func:`open_storage`, a few transactions on a database (:meth:`RetryingStorage.
+    batch`); other storages write each call as before.
 
-    ``durable=False``: the writes need not survive a power loss on their own (they are in
-    the file at once for every reader; the next durable block's fsync covers them).
+    ``durable=False``: the writes need not survive a power loss on their own (on a journal
+    they are in the file at once for every reader; the next durable block's fsync covers
+    them).
     """
     from onnxopt.optimizer.search.journal import BatchedJournalStorage
 
-    if isinstance(storage, BatchedJournalStorage):
+    if isinstance(storage, BatchedJournalStorage | RetryingStorage):
         return storage.batch(durable)
     return contextlib.nullcontext()
 
@@ -249,31 +256,156 @@ class RetryingStorage(_Forwarding):  # type: ignore[misc, valid-type]
         retry_s: The retry budget in seconds.
     """
 
-    def __init__(self, inner: BaseStorage, label: str, retry_s: float = DEFAULT_RETRY_S) -> None:
-        self.inner = inner
+    def __init__(
+        self, inner: BaseStorage, label: str, retry_s: float = DEFAULT_RETRY_S, *,
+        cached: bool = False,
+    ) -> None:  # fmt: skip
+        import optuna
+
+        self.rdb = inner
+        # Optuna's trial cache (what optuna.create_study puts around an RDBStorage): finished
+        # trials are read once, not on every get_all_trials
+        self.inner = optuna.storages.get_storage(inner) if cached else inner
         self.label = label
         self.retry_s = retry_s
         self.engine = getattr(inner, "engine", None)
         self._gave_up = False
+        self._depth = 0
+        self._queued: list[tuple[str, tuple[Any, ...]]] = []
 
     @classmethod
     def connect(cls, url: str, *, read_only: bool, retry_s: float) -> RetryingStorage:
         """Open ``url`` (retrying a server that is not up yet), then wrap it."""
         label = redact(url)
         storage = retry(lambda: _rdb_storage(url, read_only), label, retry_s)
-        return cls(storage, label, retry_s)
+        return cls(storage, label, retry_s, cached=not read_only)
+
+    @contextlib.contextmanager
+    def batch(self, durable: bool = True) -> Iterator[None]:
+        """Trial parameter and attribute writes inside are queued and written together, in
+        one transaction, before the next other write (a trial's state, a study attribute)
+        or when the outermost block ends. Reads meanwhile see them: the trials this process
+        reads carry its queued writes, and study reads do not depend on them. One trial's
+        ask, tagging and sampling, then its results and tell, are four write transactions
+        (Optuna's create, the queue, the queue, Optuna's state change) instead of one per
+        parameter and attribute. (``durable`` is the journal's; a commit is durable.)"""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._flush()
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: Any) -> None:  # fmt: skip
+        """``set_trial_param``, queued inside :meth:`batch`."""
+        self._write("set_trial_param", trial_id, param_name, param_value_internal, distribution)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """``set_trial_user_attr``, queued inside :meth:`batch`."""
+        self._write("set_trial_user_attr", trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """``set_trial_system_attr``, queued inside :meth:`batch`."""
+        self._write("set_trial_system_attr", trial_id, key, value)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        """``get_trial`` with this process's queued writes to it."""
+        return self._overlaid(self._retried(lambda: self.inner.get_trial(trial_id)))
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        """``get_all_trials`` with this process's queued writes to them."""
+        trials = self._retried(lambda: self.inner.get_all_trials(study_id, deepcopy, states))
+        return [self._overlaid(t) for t in trials] if self._queued else trials
+
+    def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        """``get_trial_user_attrs`` with this process's queued writes."""
+        return self.get_trial(trial_id).user_attrs
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        """``get_trial_system_attrs`` with this process's queued writes."""
+        return self.get_trial(trial_id).system_attrs
+
+    def _overlaid(self, trial: FrozenTrial) -> FrozenTrial:
+        """``trial`` as it reads once the queued writes to it are made (a copy: the trial
+        cache's object is left alone)."""
+        queued = [(name, args) for name, args in self._queued if args[0] == trial._trial_id]
+        if not queued:
+            return trial
+        trial = copy.copy(trial)
+        trial.params, trial.distributions = dict(trial.params), dict(trial.distributions)
+        trial.user_attrs, trial.system_attrs = dict(trial.user_attrs), dict(trial.system_attrs)
+        for name, (_, key, *rest) in queued:
+            if name == "set_trial_param":
+                internal, distribution = rest
+                trial.params[key] = distribution.to_external_repr(internal)
+                trial.distributions[key] = distribution
+            elif name == "set_trial_user_attr":
+                trial.user_attrs[key] = rest[0]
+            else:
+                trial.system_attrs[key] = rest[0]
+        return trial
+
+    def _write(self, name: str, *args: Any) -> None:
+        if self._depth and hasattr(self.rdb, "scoped_session"):
+            self._queued.append((name, args))
+        else:
+            self.call(name, *args)
+
+    def _flush(self) -> None:
+        """Write the queued calls in one transaction (retried whole while disconnected)."""
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, []
+        self._retried(lambda: _write_together(self.rdb, queued))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the wrapped storage's method ``name``, retrying lost connections."""
+        """Call the wrapped storage's method ``name``, retrying lost connections (after
+        writing what :meth:`batch` queued, unless it reads a study only)."""
+        if name not in _STUDY_READS:
+            self._flush()
         method = getattr(self.inner, name)
+        return self._retried(lambda: method(*args, **kwargs))
+
+    def _retried(self, call: Callable[[], Any]) -> Any:
         budget = 0.0 if self._gave_up else self.retry_s
         try:
-            result = retry(lambda: method(*args, **kwargs), self.label, budget, self.retry_s)
+            result = retry(call, self.label, budget, self.retry_s)
         except StorageUnavailableError:
             self._gave_up = True
             raise
         self._gave_up = False
         return result
+
+
+_STUDY_READS = frozenset({
+    "get_all_studies", "get_study_directions", "get_study_id_from_name",
+    "get_study_name_from_id", "get_study_system_attrs", "get_study_user_attrs",
+})  # fmt: skip
+"""Reads that no trial write changes (they need not wait for the queued ones)."""
+
+
+def _write_together(storage: Any, calls: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Optuna RDBStorage writes in one transaction, each as its own method writes it.
+
+    Uses the RDBStorage helpers its public ``set_trial_param`` / ``set_trial_*_attr`` wrap
+    (``_set_trial_param_without_commit``, ``_set_trial_attr_without_commit``; optuna is
+    pinned to 5.0.x). An integrity error (the same rows committed already: a retried commit
+    whose first try reached the server) is ignored, as those methods do."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    attr_models = {"set_trial_user_attr": models.TrialUserAttributeModel,
+                   "set_trial_system_attr": models.TrialSystemAttributeModel}  # fmt: skip
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        for name, args in calls:
+            if name == "set_trial_param":
+                storage._set_trial_param_without_commit(session, *args)
+            else:
+                storage._set_trial_attr_without_commit(session, attr_models[name], *args)
 
 
 def retry(

@@ -74,7 +74,8 @@ def test_two_workers_on_postgres_match_one_worker_on_a_journal(
 ):
     layers = _layer_names(exported_recipe)
     points = _fixed_list(layers)
-    body = by_name_space(layers) + CHEAP + f"""
+    # trials of at least 0.25 s: the eight points outlast the second machine's start
+    body = by_name_space(layers) + CHEAP.replace("min_time_s = 0", "min_time_s = 0.25") + f"""
 [search.strategy]
 sampler = "random"
 n_trials = {len(points)}

@@ -256,6 +256,8 @@ def test_workers_start_before_the_study_and_a_refusal_leaves_nothing(
     time.sleep(0.5)
     workers = subprocess.run(["pgrep", "-f", f"search-worker {run}"], capture_output=True)
     assert workers.stdout == b"", "a worker outlived the refused search"
+    standby = subprocess.run(["pgrep", "-f", "_standby_main"], capture_output=True)
+    assert standby.stdout == b"", "a standby interpreter outlived the refused search"
     body = (
         by_name_space(_layer_names(exported_recipe))
         + CHEAP
@@ -266,3 +268,22 @@ def test_workers_start_before_the_study_and_a_refusal_leaves_nothing(
     assert len(result.study.trials) == 30
     assert "worker 1:" in (tmp_path / "run" / "workers" / "worker-1.log").read_text()
     assert os.sched_getaffinity(0) == before  # the search's own binding was undone
+
+
+def test_a_standby_interpreter_runs_the_worker_command_it_is_handed(tmp_path):
+    """``search`` starts its workers' interpreters early (:func:`parallel.standby`); the first
+    one handed a command runs it with its output in the log, and one not handed any is
+    stopped when the block ends."""
+    from onnxopt.optimizer.search import parallel
+
+    log = tmp_path / "worker-1.log"
+    with parallel.standby(2):
+        started = list(parallel._STANDBY)
+        assert len(started) == 2
+        proc = parallel._hand_over(["--version"], log)
+        assert proc is started[0]
+        assert proc.wait(timeout=120) == 0
+    assert "onnxopt, version" in log.read_text()
+    assert started[1].poll() is not None  # not needed: stopped, not left waiting
+    assert parallel._STANDBY == []
+    assert parallel._hand_over(["--version"], log) is None  # none left: spawn_workers starts one
