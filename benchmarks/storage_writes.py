@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 import tempfile
 import time
@@ -28,8 +27,8 @@ import uuid
 from pathlib import Path
 
 from bench_common import git_state, machine_info, write_result
+from workers_scaling import CONFIG, config_text, export_base
 
-CONFIG = Path("configs/search-digits-cnn.toml")
 FSYNC_TARGET = 4.0
 URL_VAR = "ONNXOPT_TEST_POSTGRES_URL"
 
@@ -99,17 +98,6 @@ def unbatched(off: bool):
         worker.write_batch = real
 
 
-def export_base(folder: Path) -> Path:
-    from onnxopt.data.digits import load_digits
-    from onnxopt.exporters.torch_onnx import export_module
-    from onnxopt.models.training import train
-
-    path = folder / "digits-cnn.onnx"
-    trained = train("digits-cnn", load_digits(), seed=0, progress=False)
-    export_module(trained.module, trained.input_shape, path)
-    return path
-
-
 def search(config_path: Path, run_dir: Path, storage: str | None, name: str) -> tuple:
     from onnxopt.config.search import load_search_config
     from onnxopt.optimizer.search.run import run_search
@@ -134,11 +122,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="onnxopt-storage-") as tmp:
         folder = Path(tmp)
         base = export_base(folder)
-        text = re.sub(r"\[model\]\n(.*\n)*?\n", f'[model]\nonnx = "{base}"\n\n', CONFIG.read_text(),
-                      count=1)  # fmt: skip
-        text = re.sub(r"^n_trials = \d+", f"n_trials = {args.trials}", text, flags=re.M)
         config = folder / "search.toml"
-        config.write_text(text)
+        config.write_text(config_text(base, "latency", args.trials, workers=1))
         storages = {"journal": None, "sqlite": "sqlite:///{dir}/study.db"}
         if args.postgres:
             storages["postgresql"] = args.postgres

@@ -350,7 +350,7 @@ class RetryingStorage(_Forwarding):  # type: ignore[misc, valid-type]
         return trial
 
     def _write(self, name: str, *args: Any) -> None:
-        if self._depth and hasattr(self.rdb, "scoped_session"):
+        if self._depth:
             self._queued.append((name, args))
         else:
             self.call(name, *args)
