@@ -10,19 +10,30 @@ becomes one :class:`~onnxopt.errors.OnnxoptError` line.
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeAlias, TypeGuard
 
 import numpy as np
-import onnx
 
 from onnxopt.errors import UsageError
 
-ModelSource = onnx.ModelProto | bytes | Path | str
+if TYPE_CHECKING:  # the runtime layer imports onnx only where it reads a graph
+    import onnx
+
+ModelSource: TypeAlias = "onnx.ModelProto | bytes | Path | str"
 """A model in memory, serialized, or the path of a file (external data next to it)."""
+
+
+def is_model_proto(model: object) -> TypeGuard[onnx.ModelProto]:
+    """Whether ``model`` is an ``onnx.ModelProto``, without importing onnx (no such object
+    exists before onnx is imported): the probes' child runs models with onnxruntime alone,
+    so it starts without onnx's import (1-3 s on a busy 2-core machine)."""
+    onnx = sys.modules.get("onnx")
+    return onnx is not None and isinstance(model, onnx.ModelProto)
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,7 @@ class Backend(abc.ABC):
 
 def model_label(model: ModelSource) -> str:
     """How a model is named in messages: its file name, or "the model"."""
-    if isinstance(model, onnx.ModelProto | bytes):
+    if is_model_proto(model) or isinstance(model, bytes):
         return "the model"
     return Path(model).name
 

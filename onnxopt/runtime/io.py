@@ -13,14 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from onnxopt.data.shaping import adapt_inputs
 from onnxopt.errors import DataError, UsageError, did_you_mean
 from onnxopt.runtime.base import Session, TensorInfo
+
+if TYPE_CHECKING:  # a graph is read only when one is passed in
+    import onnx
 
 FLOAT_INPUTS = frozenset({np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64)})
 INT_INPUTS = frozenset({np.dtype(np.int64), np.dtype(np.int32), np.dtype(np.int8),
@@ -62,6 +64,8 @@ class ModelIO:
 
 def graph_inputs(model: onnx.ModelProto) -> tuple[TensorInfo, ...]:
     """The inputs of an ONNX graph that are not initializers, as :class:`TensorInfo`."""
+    import onnx
+
     inits = {t.name for t in model.graph.initializer}
     out = []
     for value in model.graph.input:

@@ -16,21 +16,23 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import onnx
 
 from onnxopt.errors import EvaluationError, ModelLoadError, OnnxoptError, UsageError, first_line
-from onnxopt.model_io import ORT_FORMAT_MAGIC
 from onnxopt.runtime.base import (
     Backend,
     ModelSource,
     Session,
     TensorInfo,
     check_threads,
+    is_model_proto,
     model_label,
 )
+
+if TYPE_CHECKING:
+    import onnx
 
 EXTRA = "openvino"
 
@@ -119,7 +121,7 @@ class OpenVinoBackend(Backend):
         check_threads(threads)
         label = model_label(model)
         source: Any
-        if isinstance(model, onnx.ModelProto):
+        if is_model_proto(model):
             source = model.SerializeToString()
         elif isinstance(model, bytes):
             source = model
@@ -127,6 +129,8 @@ class OpenVinoBackend(Backend):
             path = Path(os.fspath(model))
             if not path.is_file():
                 raise ModelLoadError(f"model file {str(path)!r} does not exist; check the path")
+            from onnxopt.model_io import ORT_FORMAT_MAGIC
+
             if path.read_bytes()[4:8] == ORT_FORMAT_MAGIC:
                 raise UsageError(
                     f"{path.name} is onnxruntime's ORT format, which OpenVINO cannot read; "
@@ -135,7 +139,7 @@ class OpenVinoBackend(Backend):
             source = str(path)
         from onnxopt.runtime.contained import check_loads
 
-        if isinstance(model, onnx.ModelProto):
+        if is_model_proto(model):
             graph = model
         settings = {"backend": self.name, "threads": threads}
         check_loads(source, settings, label=label, structure=graph)

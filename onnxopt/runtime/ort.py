@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import onnx
 
 from onnxopt.errors import (
     EvaluationError,
@@ -33,10 +32,12 @@ from onnxopt.runtime.base import (
     Session,
     TensorInfo,
     check_threads,
+    is_model_proto,
     model_label,
 )
 
 if TYPE_CHECKING:
+    import onnx
     import onnxruntime as ort
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -185,7 +186,7 @@ def make_session(
     from onnxopt.runtime.contained import check_loads
 
     settings = session_settings(threads, optimization, config, disabled_optimizers)
-    if isinstance(model, onnx.ModelProto):
+    if is_model_proto(model):
         graph = model
     check_loads(source, settings, label=label, structure=graph)
     try:
@@ -252,7 +253,7 @@ def ort_version() -> str:
 
 
 def _model_source(model: ModelSource) -> tuple[str | bytes, str]:
-    if isinstance(model, onnx.ModelProto):
+    if is_model_proto(model):
         return model.SerializeToString(), "the model"
     if isinstance(model, bytes):
         return model, "the model"

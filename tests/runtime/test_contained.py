@@ -18,7 +18,7 @@ from onnxopt.config.search import load_search_config
 from onnxopt.errors import EvaluationError
 from onnxopt.optimizer.search.run import run_search
 from onnxopt.runtime import contained
-from onnxopt.runtime.ort import make_session
+from onnxopt.runtime.ort import make_session, session_settings
 from tests.runtime import native_crash
 
 
@@ -139,6 +139,17 @@ def test_one_child_serves_probes_until_a_crash_takes_it():
     assert contained.run_contained(native_crash.segfault) == -signal.SIGSEGV
     assert contained.run_contained(int, "3") == 0
     assert contained._prober().process.pid != child  # a new one after the crash
+
+
+def test_the_child_opens_and_runs_a_model_without_importing_onnx(monkeypatch):
+    """The child is ready once onnxruntime is imported: onnx's import (ml_dtypes, 1-3 s on
+    a busy 2-core machine) made a second search worker's first trial wait that long."""
+    monkeypatch.setattr(contained, "_PROBER", None)  # a new child, forked from the server
+    model = _mlp().SerializeToString()
+    assert contained.run_contained(contained.open_and_run, model, session_settings()) == 0
+    without_onnx = "import sys\nassert 'onnx' not in sys.modules, sorted(sys.modules)"
+    assert contained.run_contained(exec, without_onnx) == 0
+    assert contained.run_contained(exec, "import onnx\n" + without_onnx) == 1  # it can fail
 
 
 def test_a_script_without_a_main_guard_runs_once(tmp_path):

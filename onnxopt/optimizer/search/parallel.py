@@ -95,6 +95,10 @@ def _hand_over(args: list[str], log: Path) -> subprocess.Popen | None:
 def _standby_main() -> None:
     """A standby interpreter: import, then run the worker command it is handed (or exit
     when the search ends without handing it one)."""
+    from onnxopt.runtime.contained import warm_up
+
+    warm_up()  # first: its probes' server imports beside this interpreter's imports
+
     import onnxruntime  # noqa: F401  (what a worker needs, imported now)
     import threadpoolctl  # noqa: F401
 
@@ -102,9 +106,6 @@ def _standby_main() -> None:
     import onnxopt.exporters.prepare  # noqa: F401
     import onnxopt.optimizer.search.journal  # noqa: F401
     import onnxopt.optimizer.search.run  # noqa: F401
-    from onnxopt.runtime.contained import warm_up
-
-    warm_up()  # its probes' server too
 
     line = sys.stdin.buffer.readline()
     if not line:
