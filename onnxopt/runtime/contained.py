@@ -301,7 +301,12 @@ def warm_up() -> None:
         with _callers_main_hidden():
             forkserver.ensure_running()  # the server imports on its own
     # the child forks from the server once it has imported: a thread waits for that
-    threading.Thread(target=_prober, name="onnxopt-probe-warm-up", daemon=True).start()
+    threading.Thread(target=_start_child, name="onnxopt-probe-warm-up", daemon=True).start()
+
+
+def _start_child() -> None:
+    with contextlib.suppress(Exception):  # the first probe tries again and says what failed
+        _prober()
 
 
 def _context():
