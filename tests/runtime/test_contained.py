@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import time
 
 import numpy as np
 import onnx
@@ -150,6 +151,20 @@ def test_the_child_opens_and_runs_a_model_without_importing_onnx(monkeypatch):
     without_onnx = "import sys\nassert 'onnx' not in sys.modules, sorted(sys.modules)"
     assert contained.run_contained(exec, without_onnx) == 0
     assert contained.run_contained(exec, "import onnx\n" + without_onnx) == 1  # it can fail
+
+
+def test_warm_up_starts_the_child_that_the_first_probe_then_uses(monkeypatch):
+    monkeypatch.setattr(contained, "_PROBER", None)
+    monkeypatch.setattr(contained, "_WARMED", None)
+    contained.warm_up()  # returns at once; a thread starts the child
+    deadline = time.monotonic() + 120
+    while contained._PROBER is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert contained._PROBER is not None, "no child was started in the background"
+    warmed = contained._PROBER.process.pid
+    contained.warm_up()  # once per process: no second child
+    assert contained.run_contained(int, "1") == 0
+    assert contained._prober().process.pid == warmed
 
 
 def test_a_script_without_a_main_guard_runs_once(tmp_path):
