@@ -32,7 +32,12 @@ def digits_qdq(exported_recipe, digits, tmp_path_factory):
     model = onnx.load(exported_recipe("digits-mlp"))
     folder = tmp_path_factory.mktemp("qdq")
     paths = {}
-    for name, config in (("8-bit", None), ("mixed", mixed_config(gemm_names(model)))):
+    configs = (("mixed", mixed_config(gemm_names(model))),
+               # both 8-bit weight layouts on any machine: int8, and uint8 around 128 for
+               # CPUs whose u8s8 products saturate
+               ("8-bit-vnni", {"target_cpu": "avx512-vnni"}),
+               ("8-bit-avx2", {"target_cpu": "avx2"}))  # fmt: skip
+    for name, config in configs:
         paths[name] = folder / f"{name}.onnx"
         onnx.save(quantize(model, digits.calibration.x, config), paths[name])
     return paths
@@ -50,10 +55,11 @@ def _needed_width(lo: int, hi: int) -> int:
     return width
 
 
-def test_digits_8bit_project_is_typed_from_the_model(digits_qdq, tmp_path):
+@pytest.mark.parametrize("variant", ["8-bit-vnni", "8-bit-avx2"])
+def test_digits_8bit_project_is_typed_from_the_model(digits_qdq, tmp_path, variant):
     """No compile here: test_pipeline verifies digits-mlp at 8 bits and mixed."""
     out = tmp_path / "prj"
-    result = export(digits_qdq["8-bit"], "--format", "hls4ml", "-o", out)
+    result = export(digits_qdq[variant], "--format", "hls4ml", "-o", out)
     assert result.exit_code == 0, result.output
     assert "synthesis not run" in result.output and "compiled" not in result.output
     report = json.loads((out / "precision.json").read_text())
@@ -62,16 +68,16 @@ def test_digits_8bit_project_is_typed_from_the_model(digits_qdq, tmp_path):
     # the input is converted to the first quantizer's format (u8, frac 7), rounding half
     # to even and saturating like QuantizeLinear; not hls4ml's default fixed<16,6>
     assert report["input"]["type"] == "ufixed<8,1,RND_CONV,SAT>"
-    qdq = onnx.load(digits_qdq["8-bit"])
+    qdq = onnx.load(digits_qdq[variant])
     inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
     dense = [row for row in report["layers"] if row["class"] == "Dense"]
     assert [row["onnx_node"] for row in dense] == gemm_names(qdq)
     for row, gemm in zip(dense, [n for n in qdq.graph.node if n.op_type == "Gemm"], strict=True):
         dq = next(n for n in qdq.graph.node if n.output[0] == gemm.input[1])
-        w = inits[dq.input[0]].astype(np.int64)
-        if len(dq.input) > 2:  # uint8 codes around 128 where u8s8 products are not exact
-            w = w - inits[dq.input[2]].astype(np.int64)
-        w = w.T  # [in, out]; inputs are u8 codes 0..255 after a ReLU
+        zero = inits[dq.input[2]].astype(np.int64) if len(dq.input) > 2 else np.int64(0)
+        # uint8 codes around 128 for a CPU whose u8s8 products saturate, int8 codes otherwise
+        assert bool(np.any(zero == 128)) == (variant == "8-bit-avx2")
+        w = (inits[dq.input[0]].astype(np.int64) - zero).T  # [in, out]; inputs are u8 codes
         lo = int(np.minimum(w * 0, w * 255).sum(axis=0).min())
         hi = int(np.maximum(w * 0, w * 255).sum(axis=0).max())
         width = int(row["types"]["accum"].split("<")[1].split(",")[0])
